@@ -1,0 +1,179 @@
+"""The clamp hook: sparse form = dense SAE form, acts only where a chosen feature fires, never on BOS,
+and is a no-op (bit-identical logits) with no features; the sweep writes, summarises and resumes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from unlearn.errors import UnlearnError
+from unlearn.hooks import capture, forward_to
+from unlearn.intervene import MODES, clamp, clamped, new_values
+from unlearn.saes import ARCHITECTURES, SAE
+
+HOOK = "blocks.1.hook_resid_post"
+
+
+def random_sae(
+    d_in: int,
+    d_sae: int,
+    architecture: str,
+    *,
+    dtype=torch.float64,
+    seed: int = 0,
+    hook_name: str | None = HOOK,
+    apply_b_dec_to_input: bool = False,
+) -> SAE:
+    g = torch.Generator().manual_seed(seed)
+    sae = SAE(
+        d_in,
+        d_sae,
+        architecture,
+        k=8 if architecture == "topk" else None,
+        hook_name=hook_name,
+        apply_b_dec_to_input=apply_b_dec_to_input,
+        dtype=dtype,
+    )
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=g) / d_in**0.5)
+        sae.W_dec.copy_(torch.randn(d_sae, d_in, generator=g) / d_sae**0.5)
+        sae.b_enc.copy_(torch.randn(d_sae, generator=g) * 0.1)
+        sae.b_dec.copy_(torch.randn(d_in, generator=g) * 0.1)
+        if sae.threshold is not None:
+            sae.threshold.copy_(torch.rand(d_sae, generator=g) * 0.3)
+    return sae.requires_grad_(False)
+
+
+def dense_reference(sae: SAE, x, features, mode, scale, protect=None):
+    """`decode(f') + (x - decode(f))` with the full feature vector: the form the paper writes down."""
+    f = sae.encode(x)
+    f_new = f.clone()
+    f_new[..., features] = new_values(f[..., features], mode, scale)
+    if protect is not None:
+        f_new[protect] = f[protect]
+    return sae.decode(f_new) + (x - sae.decode(f))
+
+
+@pytest.mark.parametrize("architecture", ARCHITECTURES)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("apply_b_dec", [False, True])
+def test_sparse_form_equals_dense_form(architecture, mode, apply_b_dec):
+    sae = random_sae(16, 48, architecture, apply_b_dec_to_input=apply_b_dec)
+    x = torch.randn(3, 7, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    features = [3, 17, 40, 5, 22, 11]
+    f = sae.encode(x)[..., features]
+    assert 0 < (f > 0).float().mean() < 1, "the test needs both active and inactive entries"
+    protect = torch.zeros(3, 7, dtype=torch.bool)
+    protect[:, 0] = True
+    for scale in (-20.0, 3.0):
+        got = clamped(sae, x, features, mode, scale)
+        torch.testing.assert_close(
+            got, dense_reference(sae, x, features, mode, scale), rtol=1e-12, atol=1e-12
+        )
+        got = clamped(sae, x, features, mode, scale, protect)
+        want = dense_reference(sae, x, features, mode, scale, protect)
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+        assert torch.equal(got[:, 0], x[:, 0])
+
+
+def test_new_values_touch_only_active_entries():
+    f = torch.tensor([0.0, 1.5, 0.0, 2.0])
+    assert new_values(f, "clamp", -20.0).tolist() == [0.0, -20.0, 0.0, -20.0]
+    assert new_values(f, "zero", -20.0).tolist() == [0.0, 0.0, 0.0, 0.0]
+    assert new_values(f, "scale", -2.0).tolist() == [0.0, -3.0, 0.0, -4.0]
+
+
+def _inputs(lm, texts=("The heart pumps blood through the body.", "Mitochondria make ATP for the cell.")):
+    return lm.tokenizer(list(texts), return_tensors="pt", padding=True)
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3"])
+def test_zero_features_leave_logits_bit_identical(tiny, family):
+    lm = tiny(family)
+    sae = random_sae(64, 32, "jumprelu", dtype=torch.float32)
+    inputs = _inputs(lm)
+    with torch.no_grad():
+        plain = lm.model(**inputs).logits
+        with clamp(lm.model, sae, [], "clamp", -50.0):
+            hooked = lm.model(**inputs).logits
+        # features that never fire: the edit adds exact zeros, so the logits are still bit-identical
+        silent = random_sae(64, 32, "standard", dtype=torch.float32)
+        silent.b_enc.fill_(-1e4)
+        with clamp(lm.model, silent, [0, 1, 2], "clamp", -50.0):
+            unfired = lm.model(**inputs).logits
+    assert torch.equal(plain, hooked)
+    assert torch.equal(plain, unfired)
+
+
+def _fires_on_token(lm, hook: str, token_text: str) -> tuple[SAE, int]:
+    """A standard SAE whose feature 5 is the direction of the hook activation at one token: it fires
+    there (and wherever the residual points the same way), the other features are random."""
+    tok_id = lm.tokenizer(token_text, add_special_tokens=False)["input_ids"][0]
+    inputs = _inputs(lm)
+    acts = forward_to(lm.model, [hook], **inputs)[hook]
+    pos = (inputs["input_ids"] == tok_id).nonzero()[0]
+    v = acts[pos[0], pos[1]]
+    sae = random_sae(64, 32, "standard", dtype=torch.float32, hook_name=hook)
+    with torch.no_grad():
+        sae.W_enc[:, 5] = v / v.norm()
+        sae.b_enc[5] = -0.9 * v.norm()  # fires only when the projection is ≥ 90 % of that token's
+    return sae, tok_id
+
+
+def test_clamp_edits_only_where_the_feature_fires(tiny):
+    lm = tiny("gemma3")
+    hook, nxt = "blocks.1.hook_resid_post", "blocks.2.hook_resid_pre"
+    sae, _ = _fires_on_token(lm, hook, " heart")
+    inputs = _inputs(lm)
+    with torch.no_grad():
+        x = forward_to(lm.model, [hook], **inputs)[hook]
+        fires = (sae.encode(x)[..., 5] > 0) & (
+            inputs["input_ids"] != lm.tokenizer.bos_token_id
+        )  # (batch, seq)
+        assert 0 < fires.sum() < fires.numel()
+        with clamp(lm.model, sae, [5], "clamp", -20.0), capture(lm.model, [nxt]) as seen:
+            lm.model(**inputs)
+    changed = (seen[nxt] != x).any(-1)
+    assert torch.equal(changed, fires)
+    # where it fired, the residual moved by (-20 - f) times the feature's decoder row
+    d = sae.W_dec[5]
+    moved = (seen[nxt] - x)[fires]
+    want = (-20.0 - sae.encode(x)[..., 5][fires])[:, None] * d
+    torch.testing.assert_close(moved, want, rtol=1e-4, atol=1e-4)
+
+
+def test_bos_is_never_edited(tiny):
+    lm = tiny("gemma3")
+    hook, nxt = "blocks.1.hook_resid_post", "blocks.2.hook_resid_pre"
+    sae, _ = _fires_on_token(lm, hook, "<bos>")
+    inputs = _inputs(lm)
+    with torch.no_grad():
+        x = forward_to(lm.model, [hook], **inputs)[hook]
+        assert (sae.encode(x)[:, 0, 5] > 0).all()
+        with clamp(lm.model, sae, [5], "clamp", -20.0), capture(lm.model, [nxt]) as kept:
+            lm.model(**inputs)
+        with clamp(lm.model, sae, [5], "clamp", -20.0, skip_bos=False), capture(lm.model, [nxt]) as hit:
+            lm.model(**inputs)
+    assert torch.equal(kept[nxt][:, 0], x[:, 0])
+    assert not torch.equal(hit[nxt][:, 0], x[:, 0])
+
+
+def test_clamp_user_errors(tiny):
+    lm = tiny("gemma3")
+    with pytest.raises(UnlearnError, match="d_in 48 != width 64"):
+        with clamp(lm.model, random_sae(48, 32, "jumprelu"), [1]):
+            pass
+    with pytest.raises(UnlearnError, match="mode"):
+        with clamp(lm.model, random_sae(64, 32, "jumprelu"), [1], mode="negate"):  # type: ignore[arg-type]
+            pass
+    with pytest.raises(UnlearnError, match="0..31"):
+        with clamp(lm.model, random_sae(64, 32, "jumprelu"), [32]):
+            pass
+    # the hook is gone after an error inside the block
+    inputs = _inputs(lm)
+    with torch.no_grad():
+        before = lm.model(**inputs).logits
+        with pytest.raises(RuntimeError):
+            with clamp(lm.model, random_sae(64, 32, "standard", dtype=torch.float32), list(range(32))):
+                raise RuntimeError
+        assert torch.equal(lm.model(**inputs).logits, before)
