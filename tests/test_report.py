@@ -1,0 +1,273 @@
+"""`unlearn report` on a synthetic results tree written with the same helpers the commands use.
+
+Expected values (pooled accuracies, deltas, Pareto front, SAEBench score) are computed independently
+here: by hand for the front and the score, with numpy for question-weighted pooling.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from rich.console import Console
+
+from unlearn.errors import UnlearnError
+from unlearn.report import ReportConfig, collect, collect_runs, pareto_mask, run_report, saebench_scores
+from unlearn.results import EvalBlock, TaskScore, new_run_dir, write_bytes, write_json
+
+PRESET, MODEL = "gemma-2-2b-it", "google/gemma-2-2b-it"
+GEO, AGING = "mmlu:high_school_geography", "mmlu:human_aging"
+N_FORGET, N_GEO, N_AGING = 100, 40, 60
+
+# point id -> (scale, n_features, forget, geography, aging)
+GRID = {
+    "p1": (10, 10, 0.90, 1.00, 1.00),
+    "p2": (50, 10, 0.70, 1.00, 0.99),
+    "p3": (100, 10, 0.30, 0.80, 0.70),
+    "p4": (10, 20, 0.85, 1.00, 1.00),
+    "p5": (50, 20, 0.60, 0.95, 0.98),
+    "p6": (100, 20, 0.35, 0.70, 0.70),
+}
+RMU_AFTER = (0.65, 1.00, 0.99)
+
+
+def block(
+    forget: float, geo: float, aging: float, protocol="letter-perm24", subset="known", n_forget=N_FORGET
+):
+    scores = [
+        TaskScore("wmdp-bio", "forget", protocol, subset, n_forget, forget),
+        TaskScore(GEO, "retain", protocol, subset, N_GEO, geo),
+        TaskScore(AGING, "retain", protocol, subset, N_AGING, aging),
+        TaskScore("mmlu:college_biology", "other", protocol, subset, 20, 0.9),
+    ]
+    return EvalBlock.from_scores(scores)
+
+
+def pooled_retain(geo: float, aging: float) -> float:
+    return float(np.average([geo, aging], weights=[N_GEO, N_AGING]))
+
+
+def cfg(command: str, **extra) -> dict:
+    return {"command": command, "preset": PRESET, "model": MODEL, **extra}
+
+
+def build_tree(root: Path) -> Path:
+    """A results tree with a clamp sweep, another protocol, RMU, evals, features and two corrupt runs."""
+    run = new_run_dir("intervene", "20260101-000000", root)
+    write_json(
+        run / "config.json",
+        cfg("intervene", sae="gemma-scope", hook="blocks.3.hook_resid_post", mode="clamp"),
+    )
+    write_json(run / "baseline.json", block(1.0, 1.0, 1.0))
+    for pid, (scale, n, f, g, a) in GRID.items():
+        point = {"mode": "clamp", "scale": scale, "n_features": n, "features": list(range(n)),
+                 "retain_threshold": 0.01, "metrics": block(f, g, a)}  # fmt: skip
+        write_json(run / "points" / f"{pid}.json", point)
+    # the same model under another protocol and subset: must land in its own section
+    other = new_run_dir("intervene", "20260102-000000", root)
+    write_json(other / "config.json", cfg("intervene", mode="clamp"))
+    write_json(other / "baseline.json", block(0.6, 0.7, 0.7, protocol="letter", subset="all"))
+    write_json(other / "points" / "q1.json", {"mode": "clamp", "scale": 50, "n_features": 10,
+                                              "metrics": block(0.4, 0.6, 0.7, protocol="letter", subset="all")})  # fmt: skip
+    rmu = new_run_dir("rmu-baseline", "20260103-000000", root)
+    write_json(rmu / "config.json", cfg("rmu-baseline", layer=3, steering_coeff=400.0, alpha=100.0))
+    write_json(rmu / "metrics.json", {"before": block(1.0, 1.0, 1.0), "after": block(*RMU_AFTER)})
+    ev = new_run_dir("eval", "20260104-000000", root)
+    write_json(ev / "config.json", cfg("eval", protocol="letter-perm24"))
+    write_json(ev / "metrics.json", block(1.0, 1.0, 1.0))
+    ev_rmu = new_run_dir("eval", "20260105-000000", root)
+    write_json(ev_rmu / "config.json", cfg("eval", rmu="rmu-baseline/20260103-000000"))
+    write_json(ev_rmu / "metrics.json", block(0.5, 0.9, 1.0))
+    # same protocol and subset but other questions (a --limit run): its own section too
+    lim = new_run_dir("eval", "20260106-000000", root)
+    write_json(lim / "config.json", cfg("eval"))
+    write_json(lim / "metrics.json", block(1.0, 1.0, 1.0, n_forget=10))
+    sel = new_run_dir("select-features", "20260100-000000", root)
+    write_json(sel / "config.json", cfg("select-features", sae="gemma-scope"))
+    stats = [
+        {"feature": 7, "forget_freq": 0.2, "retain_freq": 0.001, "ratio": 200.0, "top_tokens": ["virus"]}
+    ]
+    write_json(sel / "features.json", {"topics": {"bio": {"features": [7, 3], "stats": stats}}})
+    # corrupt runs: broken JSON, and a missing required key
+    bad = new_run_dir("intervene", "20260107-broken", root)
+    write_bytes(bad / "config.json", b"{not json")
+    bad2 = new_run_dir("rmu-baseline", "20260108-nokey", root)
+    write_json(bad2 / "config.json", cfg("rmu-baseline"))
+    write_json(bad2 / "metrics.json", {"before": block(1.0, 1.0, 1.0)})
+    return root
+
+
+@pytest.fixture()
+def tree(tmp_path: Path) -> Path:
+    return build_tree(tmp_path / "results")
+
+
+def _main_sweep(df: pd.DataFrame) -> pd.DataFrame:
+    return df[df["run"] == "intervene/20260101-000000"].set_index("point")
+
+
+def test_table_values_and_deltas(tree: Path, caplog):
+    with caplog.at_level(logging.WARNING, logger="unlearn"):
+        df = collect_runs(tree)
+    sweep = _main_sweep(df)
+    for pid, (scale, n, f, g, a) in GRID.items():
+        row = sweep.loc[pid]
+        assert row["method"] == "sae-clamp" and row["scale"] == scale and row["n_features"] == n
+        assert row["forget_acc"] == pytest.approx(f)
+        assert row["retain_acc"] == pytest.approx(pooled_retain(g, a))
+        assert row["retain_mean"] == pytest.approx((g + a) / 2)
+        assert row["delta_forget"] == pytest.approx(f - 1.0)
+        assert row["delta_retain"] == pytest.approx(pooled_retain(g, a) - 1.0)
+        assert row[f"delta:retain:{GEO}"] == pytest.approx(g - 1.0)
+        assert row["preset"] == PRESET and row["protocol"] == "letter-perm24" and row["subset"] == "known"
+    assert sweep.loc["baseline", "method"] == "base" and sweep.loc["baseline", "delta_forget"] == 0
+    rmu = df[(df["run"] == "rmu-baseline/20260103-000000") & (df["method"] == "rmu")].iloc[0]
+    assert rmu["layer"] == 3 and rmu["steering_coeff"] == 400.0
+    assert rmu["delta_forget"] == pytest.approx(RMU_AFTER[0] - 1.0)
+    # an RMU model scored by `unlearn eval --rmu`: compared with the plain eval of its section
+    ev_rmu = df[df["run"] == "eval/20260105-000000"].iloc[0]
+    assert ev_rmu["method"] == "rmu" and ev_rmu["alpha"] == 100.0
+    assert ev_rmu["delta_retain"] == pytest.approx(pooled_retain(0.9, 1.0) - 1.0)
+
+
+def test_corrupt_runs_skipped_with_a_warning_naming_them(tree: Path, caplog):
+    with caplog.at_level(logging.WARNING, logger="unlearn"):
+        c = collect(tree)
+    assert "20260107-broken" in caplog.text and "20260108-nokey" in caplog.text
+    assert "'after'" in caplog.text  # says which key is missing
+    assert not c.points["run"].str.contains("broken|nokey").any()
+    assert any("20260107-broken" in n for n in c.notes)
+
+
+def test_sections_never_mix_protocols_subsets_or_question_sets(tree: Path):
+    c = collect(tree)
+    df = c.points
+    for _, g in df.groupby("section"):
+        assert g["protocol"].nunique() == 1 and g["subset"].nunique() == 1 and g["tasks"].nunique() == 1
+    sec = df.set_index("run")["section"]
+    assert sec["intervene/20260101-000000"].nunique() == 1
+    assert sec["intervene/20260102-000000"].iloc[0] != sec["intervene/20260101-000000"].iloc[0]
+    assert sec["eval/20260106-000000"] != sec["eval/20260104-000000"]
+    assert sec["eval/20260104-000000"] == sec["intervene/20260101-000000"].iloc[0]
+    from unlearn.report_render import separation_reasons
+
+    reasons = " ".join(separation_reasons(df))
+    assert "protocol (letter vs letter-perm24)" in reasons and "question sets" in reasons
+
+
+def test_pareto_front_and_saebench_score(tree: Path):
+    df = collect_runs(tree)
+    main = df[df["section"] == _main_sweep(df)["section"].iloc[0]]
+    front = set(main.loc[main["pareto"], "run"] + "#" + main.loc[main["pareto"], "point"])
+    # by hand: p1 < p4, p2 < rmu(0.65, 0.994), p6 < p3; the unhooked model and eval rows are not candidates
+    sweep = "intervene/20260101-000000#"
+    assert front == {sweep + "p3", sweep + "p4", sweep + "p5", "rmu-baseline/20260103-000000#after",
+                     "eval/20260105-000000#eval"}  # fmt: skip
+    # second code path: brute-force dominance check with numpy
+    cand = main[~main["method"].isin(["base", "eval"])]
+    fr = cand[["forget_acc", "retain_acc"]].to_numpy()
+    brute = [
+        not any((o[0] <= p[0]) & (o[1] >= p[1]) & ((o[0] < p[0]) | (o[1] > p[1])) for o in fr) for p in fr
+    ]
+    assert list(pareto_mask(main)[cand.index]) == brute
+    scores = saebench_scores(df).set_index("run")
+    s = scores.loc["intervene/20260101-000000"]
+    # retain >= 0.99: p1 (1.0), p2 (0.994), p4 (1.0) -> min forget 0.70 -> score 0.30
+    assert s["n_retain_ok"] == 3 and s["best_point"] == "p2" and s["score"] == pytest.approx(0.30)
+    assert scores.loc["intervene/20260102-000000", "score"] == 0.0  # no point keeps retain >= 0.99
+
+
+def test_report_files_and_self_contained_html(tree: Path, tmp_path: Path):
+    out = tmp_path / "report"
+    buf = io.StringIO()
+    run_report(ReportConfig(results=tree, out=out), console=Console(file=buf, width=250))
+    terminal = buf.getvalue()
+    assert "Section 1" in terminal and "SAEBench" in terminal and "20260107-broken" in terminal
+    html = (out / "report.html").read_text()
+    assert not re.search(r"https?://|<link|<script|src=['\"](?!data:)", html, re.I)
+    pngs = re.findall(r"data:image/png;base64,([A-Za-z0-9+/=]+)", html)
+    assert len(pngs) >= 3 and all(base64.b64decode(p)[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+    md = (out / "report.md").read_text()
+    linked = re.findall(r"!\[[^]]*\]\(([^)]+)\)", md)
+    assert linked and all((out / name).exists() for name in linked)
+    assert "0.787" in md  # the published gemma-2-2b-it numbers are shown
+    csv = pd.read_csv(out / "combined.csv")
+    p3 = csv[(csv["run"] == "intervene/20260101-000000") & (csv["point"] == "p3")].iloc[0]
+    assert p3["retain_acc"] == pytest.approx(pooled_retain(0.8, 0.7)) and bool(p3["pareto"])
+
+
+def test_filters_and_bad_options(tree: Path, tmp_path: Path):
+    out = run_report(ReportConfig(results=tree, out=tmp_path / "r", formats=("csv",), method="rmu"),
+                     console=Console(file=io.StringIO()))  # fmt: skip
+    csv = pd.read_csv(out / "combined.csv")
+    assert set(csv["method"]) == {"rmu", "base", "eval"}
+    quiet = Console(file=io.StringIO())
+    with pytest.raises(UnlearnError, match="presets in the results: gemma-2-2b-it"):
+        run_report(ReportConfig(results=tree, out=tmp_path / "x", preset="gemma-7b"), console=quiet)
+    with pytest.raises(UnlearnError, match="unknown method"):
+        run_report(ReportConfig(results=tree, out=tmp_path / "x", method="lora"), console=quiet)
+    with pytest.raises(UnlearnError, match="--format"):
+        run_report(ReportConfig(results=tree, out=tmp_path / "x", formats=("pdf",)), console=quiet)
+
+
+def test_empty_or_missing_results_say_what_is_missing(tmp_path: Path):
+    with pytest.raises(UnlearnError, match="no results folder.*--results"):
+        collect(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UnlearnError, match="unlearn intervene") as e:
+        collect(tmp_path / "empty")
+    assert "unlearn rmu-baseline" in str(e.value)
+    # a partial tree: a sweep without RMU is reported, with a note naming what is missing
+    run = new_run_dir("intervene", "a", tmp_path / "partial")
+    write_json(run / "config.json", cfg("intervene"))
+    write_json(run / "baseline.json", block(1.0, 1.0, 1.0))
+    c = collect(tmp_path / "partial")
+    assert len(c.points) == 1 and any("no rmu-baseline runs" in n for n in c.notes)
+    assert any("partial run" in n for n in c.notes)
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
+def test_html_renders_in_headless_chromium(tree: Path, tmp_path: Path):
+    out = run_report(ReportConfig(results=tree, out=tmp_path / "r", formats=("html",)),
+                     console=Console(file=io.StringIO()))  # fmt: skip
+    shot = tmp_path / "shot.png"
+    cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+           "--disable-background-networking", "--disable-component-update", "--disable-sync",
+           f"--user-data-dir={tmp_path / 'profile'}", f"--screenshot={shot}", "--window-size=1200,2000",
+           (out / "report.html").resolve().as_uri()]  # fmt: skip
+    subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.shape[:2] == (2000, 1200)
+    assert pixels[..., :3].std() > 0.05  # text, tables and plots, not a blank page
+
+
+def test_saebench_score_threshold_is_inclusive():
+    # retain exactly 0.99 qualifies; float pooling may land a hair below (here 0.9899999999999999)
+    pts = pd.DataFrame(
+        {
+            "section": 1,
+            "group": "g",
+            "run": "intervene/a",
+            "subset": "known",
+            "command": "intervene",
+            "method": "sae-clamp",
+            "point": ["x", "y", "z"],
+            "forget_acc": [0.50, 0.20, 0.70],
+            "retain_acc": [sum([0.99] * 3) / 3, 0.985, 1.0],
+        }  # fmt: skip
+    )
+    s = saebench_scores(pts).iloc[0]
+    assert s["n_retain_ok"] == 2 and s["best_point"] == "x" and s["score"] == pytest.approx(0.5)

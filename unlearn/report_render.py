@@ -1,0 +1,293 @@
+"""Render the report's tables as rich (terminal), Markdown and self-contained HTML.
+
+Only formatting lives here; what goes into a table (sections, deltas, Pareto front, scores) is decided
+in `unlearn.report`. The HTML inlines its CSS and its PNGs as base64 data URIs and links nothing, so it
+opens offline and can be mailed as one file.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+import pandas as pd
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from unlearn.plots import short_task, task_columns
+
+WHY_SECTIONS = (
+    "Numbers are grouped by model, evaluation protocol, question subset and question set. Letter-choice, "
+    "cloze and lm-eval accuracies have different chance levels and scales, the known subset has baseline "
+    "1.0 by construction, and pooled accuracies over different questions are different quantities, so "
+    "runs that differ in any of these never share a column or a plot."
+)
+
+
+@dataclass
+class Section:
+    """One comparable block of rows plus what to show with it."""
+
+    number: int
+    title: str
+    table: pd.DataFrame  # display strings
+    plots: dict[str, bytes] = field(default_factory=dict)  # file name -> PNG bytes
+    scores: pd.DataFrame | None = None  # SAEBench scores of the sweeps in this section
+
+
+def _num(x: Any, signed: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return ""
+    return f"{float(x):+.3f}" if signed else f"{float(x):.3f}"
+
+
+def _g(x: Any) -> str:
+    return f"{float(x):g}" if isinstance(x, int | float) and not math.isnan(float(x)) else ""
+
+
+def params_text(row: pd.Series) -> str:
+    """A compact description of the point: clamp settings for SAE points, layer/c/alpha for RMU."""
+    if str(row["method"]).startswith("sae-"):
+        parts = [f"scale={_g(row['scale'])}", f"n={_g(row['n_features'])}"]
+        if _g(row.get("retain_threshold")):
+            parts.append(f"thr={_g(row['retain_threshold'])}")
+        return " ".join(parts)
+    if row["method"] == "rmu":
+        keys = (("layer", "L"), ("steering_coeff", "c="), ("alpha", "α="))
+        return " ".join(f"{p}{_g(row[k])}" for k, p in keys if _g(row.get(k)))
+    return ""
+
+
+def display_table(section: pd.DataFrame) -> pd.DataFrame:
+    """Strings per row: pooled forget/retain with deltas, every retain subject as `acc (delta)`."""
+    task_cols = task_columns(section)
+    rows = []
+    for _, r in section.iterrows():
+        d = {
+            "method": r["method"], "run": r["run"], "point": r["point"], "params": params_text(r),
+            "forget": _num(r["forget_acc"]), "Δ forget": _num(r["delta_forget"], True),
+            "retain": _num(r["retain_acc"]), "Δ retain": _num(r["delta_retain"], True),
+            "retain mean": _num(r["retain_mean"]),
+        }  # fmt: skip
+        for c in task_cols:
+            if c.startswith("forget:") and len([t for t in task_cols if t.startswith("forget:")]) == 1:
+                continue  # the pooled forget column already is this task
+            delta = _num(r.get(f"delta:{c}"), True)
+            d[f"{c.split(':')[0]}: {short_task(c)}"] = _num(r[c]) + (f" ({delta})" if delta else "")
+        d["Pareto"] = "★" if r["pareto"] else ""
+        rows.append(d)
+    return pd.DataFrame(rows)
+
+
+def section_overview(points: pd.DataFrame) -> pd.DataFrame:
+    """One line per section: what is being compared and how many runs it holds."""
+    out = []
+    for s, g in points.groupby("section"):
+        first = g.iloc[0]
+        tasks = [t.split("@")[0] + " n=" + t.split("#")[-1] for t in str(first["tasks"]).split(" | ") if t]
+        out.append(
+            {
+                "section": s,
+                "model": first["group"],
+                "protocol": first["protocol"],
+                "subset": first["subset"],
+                "questions": "; ".join(tasks),
+                "runs": g["run"].nunique(),
+                "rows": len(g),
+            }  # fmt: skip
+        )
+    return pd.DataFrame(out)
+
+
+def separation_reasons(points: pd.DataFrame) -> list[str]:
+    """For sections of the same model, say which of protocol / subset / questions keeps them apart."""
+    firsts = points.groupby("section").first()
+    reasons = []
+    for group, g in firsts.groupby("group"):
+        secs = list(g.index)
+        for i, a in enumerate(secs):
+            for b in secs[i + 1 :]:
+                diff = [
+                    f"{k} ({g.at[a, k]} vs {g.at[b, k]})"
+                    for k in ("protocol", "subset")
+                    if g.at[a, k] != g.at[b, k]
+                ]
+                if g.at[a, "tasks"] != g.at[b, "tasks"]:
+                    diff.append("forget/retain question sets (different tasks or question counts)")
+                reasons.append(f"{group}: sections {a} and {b} differ in " + ", ".join(diff))
+    return reasons
+
+
+def load_published() -> dict[str, Any]:
+    return yaml.safe_load(resources.files("unlearn").joinpath("published.yaml").read_text())
+
+
+def published_table(group: str, model: str) -> tuple[pd.DataFrame, str]:
+    """Published reference numbers for a preset (or its model id); empty when none are on file."""
+    for key, entry in load_published().items():
+        if group == key or model == entry.get("model"):
+
+            def fmt(v: Any) -> str:
+                return "–".join(f"{x:.3f}" for x in v) if isinstance(v, list) else _num(v)
+
+            rows = [
+                {
+                    "method": e["method"],
+                    "setting": e["setting"],
+                    "protocol": e["protocol"],
+                    "subset": e["subset"],
+                    "forget": fmt(e["forget"]),
+                    "retain": fmt(e["retain"]),
+                    "source": e["source"],
+                }  # fmt: skip
+                for e in entry["entries"]
+            ]
+            sb = entry.get("saebench_scores")
+            note = entry.get("note", "")
+            if sb:
+                means = ", ".join(f"{k} {v:.3f}" for k, v in sb["mean_by_architecture"].items())
+                note += f" {sb['note']} Means by architecture: {means}. Source: {sb['source']}."
+            return pd.DataFrame(rows), note
+    return pd.DataFrame(), ""
+
+
+def scores_table(scores: pd.DataFrame) -> pd.DataFrame:
+    """SAEBench scores as display strings (the section is the heading already)."""
+    out = scores.drop(columns=["section", "group"]).copy()
+    for c in ("score", "best_forget", "best_retain"):
+        out[c] = [_num(v) for v in out[c]]
+    return out
+
+
+# ---------------------------------------------------------------- terminal
+
+
+def rich_table(df: pd.DataFrame, title: str) -> Table:
+    table = Table(title=title, title_justify="left", show_lines=False)
+    for c in df.columns:
+        table.add_column(str(c), overflow="fold")
+    for _, r in df.iterrows():
+        table.add_row(
+            *(str(v) if v is not None and not (isinstance(v, float) and math.isnan(v)) else "" for v in r)
+        )
+    return table
+
+
+def print_console(console: Console, doc: Document) -> None:
+    console.print(rich_table(doc.overview, "Sections (never compared with each other)"))
+    for r in doc.reasons:
+        console.print(f"  {r}", highlight=False)
+    for s in doc.sections:
+        console.print(rich_table(s.table, f"Section {s.number}: {s.title}"))
+        if s.scores is not None and len(s.scores):
+            table = rich_table(
+                scores_table(s.scores), f"Section {s.number}: SAEBench unlearning score per sweep"
+            )
+            console.print(table)
+    for model, table, _ in doc.published:
+        console.print(
+            rich_table(table.drop(columns=["source"]), f"Published numbers for {model} (see report)")
+        )
+    for n in doc.notes:
+        console.print(f"[yellow]note:[/] {n}", highlight=False)
+
+
+# ---------------------------------------------------------------- files
+
+
+def md_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "_(none)_\n"
+
+    def cell(v: Any) -> str:
+        text = "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
+        return text.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(cell(c) for c in df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in r) + " |" for r in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Document:
+    """Everything a report file shows, in order."""
+
+    title: str
+    header: str
+    overview: pd.DataFrame
+    reasons: list[str]
+    sections: list[Section]
+    published: list[tuple[str, pd.DataFrame, str]]  # (model, table, note)
+    features: pd.DataFrame
+    notes: list[str]
+
+
+def render_markdown(doc: Document) -> str:
+    out = [
+        f"# {doc.title}\n",
+        doc.header + "\n",
+        "## Sections\n",
+        WHY_SECTIONS + "\n",
+        md_table(doc.overview),
+    ]
+    out += [f"- {r}" for r in doc.reasons] + [""]
+    for s in doc.sections:
+        out += [f"## Section {s.number}: {s.title}\n", md_table(s.table)]
+        if s.scores is not None and len(s.scores):
+            intro = "**SAEBench unlearning score** per sweep (points with retain ≥ 0.99: 1 − min forget):\n"
+            out += [intro, md_table(scores_table(s.scores))]
+        out += [f"![{name}]({name})\n" for name in s.plots]
+    for model, table, note in doc.published:
+        out += [f"## Published numbers: {model}\n", note + "\n", md_table(table)]
+    if not doc.features.empty:
+        out += ["## Feature selections\n", md_table(doc.features)]
+    if doc.notes:
+        out += ["## Notes\n"] + [f"- {n}" for n in doc.notes] + [""]
+    return "\n".join(out)
+
+
+CSS = """body{font-family:system-ui,sans-serif;margin:2em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:13px}
+th,td{border:1px solid #ccc;padding:3px 6px;text-align:left}th{background:#eee}
+img{max-width:100%;border:1px solid #ddd;margin:0.5em}.plots{display:flex;flex-wrap:wrap}.note{color:#8a5a00}"""
+
+
+def html_table(df: pd.DataFrame) -> str:
+    if df.empty:
+        return "<p><em>(none)</em></p>"
+    return df.to_html(index=False, escape=True, na_rep="", border=0)
+
+
+def render_html(doc: Document) -> str:
+    e = html.escape
+    out = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>{e(doc.title)}</title><style>{CSS}</style></head><body>",
+        f"<h1>{e(doc.title)}</h1><p>{e(doc.header)}</p><h2>Sections</h2><p>{e(WHY_SECTIONS)}</p>",
+        html_table(doc.overview),
+        "<ul>" + "".join(f"<li>{e(r)}</li>" for r in doc.reasons) + "</ul>",
+    ]
+    for s in doc.sections:
+        out += [f"<h2>Section {s.number}: {e(s.title)}</h2>", html_table(s.table)]
+        if s.scores is not None and len(s.scores):
+            intro = (
+                "<p><strong>SAEBench unlearning score</strong> per sweep (retain ≥ 0.99: 1 − min forget)</p>"
+            )
+            out += [intro, html_table(scores_table(s.scores))]
+        out.append("<div class='plots'>")
+        for name, png in s.plots.items():
+            data = base64.b64encode(png).decode()
+            out.append(f"<img alt='{e(name)}' src='data:image/png;base64,{data}'>")
+        out.append("</div>")
+    for model, table, note in doc.published:
+        out += [f"<h2>Published numbers: {e(model)}</h2><p>{e(note)}</p>", html_table(table)]
+    if not doc.features.empty:
+        out += ["<h2>Feature selections</h2>", html_table(doc.features)]
+    if doc.notes:
+        out += ["<h2>Notes</h2><ul>"] + [f"<li class='note'>{e(n)}</li>" for n in doc.notes] + ["</ul>"]
+    return "\n".join(out + ["</body></html>\n"])
