@@ -37,10 +37,22 @@ PYDOC_DIR = Path("/usr/share/doc/python3/html")
 # Lexicographer file numbers, from lexnames(5WN) of WordNet 3.0.
 FORGET_LEXFILES = {5: "noun.animal", 8: "noun.body", 20: "noun.plant", 22: "noun.process", 29: "verb.body"}
 RETAIN_LEXFILES = {
-    4: "noun.act", 6: "noun.artifact", 9: "noun.cognition", 10: "noun.communication",
-    15: "noun.location", 21: "noun.possession", 23: "noun.quantity", 24: "noun.relation",
-    25: "noun.shape", 28: "noun.time", 31: "verb.cognition", 32: "verb.communication",
-    33: "verb.competition", 36: "verb.creation", 38: "verb.motion", 40: "verb.possession",
+    4: "noun.act",
+    6: "noun.artifact",
+    9: "noun.cognition",
+    10: "noun.communication",
+    15: "noun.location",
+    21: "noun.possession",
+    23: "noun.quantity",
+    24: "noun.relation",
+    25: "noun.shape",
+    28: "noun.time",
+    31: "verb.cognition",
+    32: "verb.communication",
+    33: "verb.competition",
+    36: "verb.creation",
+    38: "verb.motion",
+    40: "verb.possession",
     41: "verb.social",
 }
 # Retain synsets whose gloss mentions biology are dropped so the retain corpus stays off-topic
@@ -80,13 +92,58 @@ def _split_gloss(gloss: str) -> tuple[str, list[str]]:
 # Definitions that do not start with a noun phrase ("of northern Africa", "used for ...") read as
 # "X is a <hypernym> of northern Africa" instead of "X is an of northern Africa".
 _DETERMINERS = {"a", "an", "any", "one", "the", "some", "someone", "something", "anything", "either"}
-_CONTINUATIONS = {"of", "in", "on", "from", "for", "with", "by", "at", "to", "as", "that", "which", "used",
-                  "having", "found", "native", "resembling", "related", "similar", "especially", "usually",
-                  "often", "sometimes", "formerly", "chiefly", "mostly", "widely", "growing", "made", "able",
-                  "capable", "characterized", "consisting", "containing", "producing", "living", "occurring"}
+_CONTINUATIONS = {
+    "of",
+    "in",
+    "on",
+    "from",
+    "for",
+    "with",
+    "by",
+    "at",
+    "to",
+    "as",
+    "that",
+    "which",
+    "used",
+    "having",
+    "found",
+    "native",
+    "resembling",
+    "related",
+    "similar",
+    "especially",
+    "usually",
+    "often",
+    "sometimes",
+    "formerly",
+    "chiefly",
+    "mostly",
+    "widely",
+    "growing",
+    "made",
+    "able",
+    "capable",
+    "characterized",
+    "consisting",
+    "containing",
+    "producing",
+    "living",
+    "occurring",
+}
 
 
-_TAXON_RANKS = {"genus", "family", "order", "class", "phylum", "division", "subfamily", "suborder", "superfamily"}
+_TAXON_RANKS = {
+    "genus",
+    "family",
+    "order",
+    "class",
+    "phylum",
+    "division",
+    "subfamily",
+    "suborder",
+    "superfamily",
+}
 
 
 def _plural_head(definition: str) -> bool:
@@ -123,7 +180,11 @@ def synset_sentence(pos: str, lemmas: list[str], gloss: str, hypernym: str = "")
         if first in _DETERMINERS:
             text = f"{subject}{also} is {definition}"
         elif _plural_head(definition):  # "ruffs", "New World chameleons", "physical objects consisting of"
-            text = f"{subject}{also} is a {rank} of {definition}" if rank else f"{subject}{also} refers to {definition}"
+            text = (
+                f"{subject}{also} is a {rank} of {definition}"
+                if rank
+                else f"{subject}{also} refers to {definition}"
+            )
         else:
             text = f"{subject}{also} is {_article(definition)} {definition}"
     elif pos == "v":
@@ -241,7 +302,9 @@ def pydoc_documents(pydoc_dir: Path, max_words: int) -> list[dict]:
         for para in paragraphs:
             n = len(para.split())
             if current and words + n > DOC_MAX_WORDS:
-                docs.append({"text": "\n".join(current), "source": f"python-docs:{page.relative_to(pydoc_dir)}"})
+                docs.append(
+                    {"text": "\n".join(current), "source": f"python-docs:{page.relative_to(pydoc_dir)}"}
+                )
                 total += words
                 current, words = [], 0
             if n <= DOC_MAX_WORDS:
@@ -268,15 +331,22 @@ def split_heldout(docs: list[dict]) -> tuple[list[dict], list[dict]]:
 def write_jsonl_gz(path: Path, docs: list[dict]) -> None:
     """Deterministic gzip (mtime 0, no file name) so rebuilding gives identical bytes."""
     payload = "".join(json.dumps(d, ensure_ascii=False) + "\n" for d in docs).encode("utf-8")
-    with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as f:
+    with (
+        open(path, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=9) as f,
+    ):
         f.write(payload)
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--wordnet-dir", type=Path, default=WORDNET_DIR)
     parser.add_argument("--pydoc-dir", type=Path, default=PYDOC_DIR)
-    parser.add_argument("--pydoc-words", type=int, default=120_000, help="words of Python docs to add to retain")
+    parser.add_argument(
+        "--pydoc-words", type=int, default=120_000, help="words of Python docs to add to retain"
+    )
     parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent)
     args = parser.parse_args()
 
