@@ -1,0 +1,449 @@
+"""The shared evaluator: every command measures forgetting and side effects through `EvalSuite.run`.
+
+`prepare_eval` loads the questions once and, with `known_only`, finds the *known subset* with the
+unhooked model (Farrell et al. 2024 §4 / SAEBench: a question is known if the model answers it right in
+all 24 orderings of its choices; under cloze scoring, if it answers it right). Known subsets are cached
+under `cache_dir()/known`, keyed by the model's source, a fingerprint of its weights, the task, its
+questions and the prompt settings — so a hooked or RMU-trained model can never reuse or pollute them,
+and they are only ever computed here, before any intervention is installed.
+
+`EvalSuite.run(model)` then scores the model *as it is now*: hooks installed by the caller's context
+manager act during the forward passes, which is how interventions and RMU are measured.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from torch import nn
+
+from unlearn.errors import UnlearnError
+from unlearn.models import LoadedModel
+from unlearn.paths import cache_dir
+from unlearn.presets import Preset
+from unlearn.prompts import QuestionLike
+from unlearn.results import EvalBlock, TaskScore, read_json, write_json
+from unlearn.scoring import ALL_ORDERS, make_letter_scorer, score_cloze, score_letter
+
+log = logging.getLogger(__name__)
+
+Protocol = Literal["letter", "cloze", "lm-eval"]
+PROMPT_VERSION = 1
+"""Bump when prompt text changes, so cached known subsets are recomputed."""
+
+
+@dataclass
+class EvalConfig:
+    forget: list[str] = field(default_factory=list)
+    """Question sources whose accuracy should drop (`wmdp-bio`, `offline:bio`, a .jsonl path)."""
+    retain: list[str] = field(default_factory=list)
+    """Question sources measuring side effects; multi-subject sources become one task per subject."""
+    other: list[str] = field(default_factory=list)
+    """Tracked but pooled into neither (e.g. `mmlu:college_biology`, too close to WMDP-bio)."""
+    protocol: Protocol = "letter"
+    """`letter` (A/B/C/D logits after `Answer: (`), `cloze` (answer-text log-likelihood) or `lm-eval`."""
+    permutations: bool = False
+    """Letter protocol: score all 24 choice orders; accuracy is the mean over question x order."""
+    known_only: bool = False
+    """Score only questions the unhooked model knows (letter: right in all 24 orders; else: right)."""
+    chat_template: bool | None = None
+    """Wrap letter prompts in the chat template; None = the preset's setting, else whether the tokenizer has one."""
+    batch_size: int = 16
+    """Sequences per forward pass."""
+    limit: int | None = None
+    """At most this many questions per source (quick runs)."""
+
+
+def eval_config_from_preset(preset: Preset | None, **overrides) -> EvalConfig:
+    """The preset's `eval` section as an EvalConfig; overrides that are None are ignored."""
+    ev = preset.eval if preset else {}
+    cfg = EvalConfig(
+        forget=list(ev.get("forget", [])),
+        retain=list(ev.get("retain", [])),
+        protocol=ev.get("protocol", "letter"),
+        chat_template=preset.chat_template if preset else None,
+    )
+    names = {f.name for f in fields(EvalConfig)}
+    for key, value in overrides.items():
+        if key not in names:
+            raise TypeError(f"unknown EvalConfig field {key!r}")
+        if value is not None:
+            setattr(cfg, key, value)
+    return cfg
+
+
+@dataclass
+class EvalTask:
+    name: str
+    role: str
+    questions: list[QuestionLike]
+    known: np.ndarray | None = None
+    """Boolean mask over `questions` (set by `prepare_eval` when `known_only`)."""
+
+    @property
+    def scored(self) -> list[QuestionLike]:
+        if self.known is None:
+            return self.questions
+        return [q for q, k in zip(self.questions, self.known, strict=True) if k]
+
+
+@dataclass
+class EvalOutcome:
+    block: EvalBlock
+    questions: pd.DataFrame
+    """One row per scored question: task, role, index, subject, answer, pred, correct (+ protocol columns)."""
+
+
+def _protocol_name(cfg: EvalConfig) -> str:
+    if cfg.protocol == "letter" and cfg.permutations:
+        return "letter-perm24"
+    return cfg.protocol
+
+
+class EvalSuite:
+    """Questions (and known subsets) prepared once; `run` scores any model state on them."""
+
+    def __init__(self, tokenizer, cfg: EvalConfig, tasks: list[EvalTask], chat_template: bool):
+        self.tokenizer, self.cfg, self.tasks, self.chat_template = tokenizer, cfg, tasks, chat_template
+
+    def run(self, model: nn.Module | LoadedModel, *, desc: str | None = None) -> EvalOutcome:
+        model = model.model if isinstance(model, LoadedModel) else model
+        cfg, protocol = self.cfg, _protocol_name(self.cfg)
+        per_q = 24 if protocol == "letter-perm24" else 4 if cfg.protocol == "cloze" else 1
+        total = sum(len(t.scored) for t in self.tasks) * per_q
+        scores, frames = [], []
+        columns = [
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+        ]
+        with Progress(*columns, transient=True) as bar:
+            job = bar.add_task(desc or f"eval ({protocol})", total=total)
+            for task in self.tasks:
+                questions = task.scored
+                if not questions:
+                    log.warning("task %s has no questions to score (empty known subset?)", task.name)
+                    scores.append(TaskScore(task.name, task.role, protocol, self._subset, 0, math.nan))
+                    continue
+                frame = score_questions(
+                    model,
+                    self.tokenizer,
+                    questions,
+                    cfg,
+                    chat_template=self.chat_template,
+                    progress=lambda n: bar.advance(job, n),
+                )
+                frame.insert(0, "role", task.role)
+                frame.insert(0, "task", task.name)
+                frames.append(frame)
+                acc_norm = float(frame["correct_norm"].mean()) if "correct_norm" in frame else None
+                acc = float(
+                    frame["frac_correct"].mean() if "frac_correct" in frame else frame["correct"].mean()
+                )
+                scores.append(
+                    TaskScore(task.name, task.role, protocol, self._subset, len(questions), acc, acc_norm)
+                )
+        table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+        return EvalOutcome(block=EvalBlock.from_scores(scores), questions=table)
+
+    @property
+    def _subset(self) -> str:
+        return "known" if self.cfg.known_only else "all"
+
+
+def score_questions(
+    model: nn.Module,
+    tokenizer,
+    questions: Sequence[QuestionLike],
+    cfg: EvalConfig,
+    *,
+    chat_template: bool,
+    progress=None,
+) -> pd.DataFrame:
+    """Per-question predictions of one protocol (the model as it is now, hooks included)."""
+    frame = pd.DataFrame(
+        {
+            "index": [getattr(q, "index", i) for i, q in enumerate(questions)],
+            "subject": [q.subject for q in questions],
+            "answer": [q.answer for q in questions],
+        }
+    )
+    if cfg.protocol == "letter":
+        scorer = make_letter_scorer(model, tokenizer, batch_size=cfg.batch_size, progress=progress)
+        orders = ALL_ORDERS if cfg.permutations else [(0, 1, 2, 3)]
+        out = score_letter(questions, tokenizer, scorer, chat_template=chat_template, orders=orders)
+        frame["pred"] = out["pred"]
+        frame["correct"] = out["correct"][:, 0]
+        if cfg.permutations:
+            frame["frac_correct"] = out["correct"].mean(axis=1)
+            frame["all_orders_correct"] = out["correct"].all(axis=1)
+    elif cfg.protocol == "cloze":
+        out = score_cloze(questions, model, tokenizer, batch_size=cfg.batch_size, progress=progress)
+        frame["pred"], frame["pred_norm"] = out["pred"], out["pred_norm"]
+        frame["correct"] = out["pred"] == frame["answer"].to_numpy()
+        frame["correct_norm"] = out["pred_norm"] == frame["answer"].to_numpy()
+        for k in range(4):
+            frame[f"ll_{k}"] = out["ll"][:, k]
+    elif cfg.protocol == "lm-eval":
+        from unlearn.lmeval import lmeval_predictions
+
+        out = lmeval_predictions(
+            model, tokenizer, questions, style="mmlu", chat_template=chat_template, batch_size=cfg.batch_size
+        )
+        frame["pred"] = out["pred"]
+        frame["correct"] = out["pred"] == frame["answer"].to_numpy()
+        if progress:
+            progress(len(questions))
+    else:
+        raise UnlearnError(f"Unknown protocol {cfg.protocol!r}; use letter, cloze or lm-eval.")
+    return frame
+
+
+def prepare_eval(lm: LoadedModel, cfg: EvalConfig) -> EvalSuite:
+    """Load the questions and, with `known_only`, the known subsets (computed with the model as it is now,
+    which must be unhooked: call this before installing any intervention)."""
+    chat = _resolve_chat_template(lm, cfg.chat_template)
+    tasks = load_tasks(cfg)
+    if cfg.known_only:
+        for task in tasks:
+            task.known = known_mask(lm, task, cfg, chat_template=chat)
+            log.info("%s: %d of %d questions known", task.name, int(task.known.sum()), len(task.known))
+    return EvalSuite(lm.tokenizer, cfg, tasks, chat)
+
+
+def _resolve_chat_template(lm: LoadedModel, wanted: bool | None) -> bool:
+    has = bool(getattr(lm.tokenizer, "chat_template", None))
+    if wanted is None:
+        wanted = lm.preset.chat_template if lm.preset else has
+    if wanted and not has:
+        raise UnlearnError(f"The tokenizer of {lm.source!r} has no chat template; pass --no-chat-template.")
+    return bool(wanted)
+
+
+def load_tasks(cfg: EvalConfig) -> list[EvalTask]:
+    from unlearn.data import load_questions, split_by_subject
+
+    if not (cfg.forget or cfg.retain or cfg.other):
+        raise UnlearnError(
+            "No evaluation tasks: pass --tasks (e.g. wmdp-bio,mmlu:college_biology) or a preset."
+        )
+    tasks: list[EvalTask] = []
+    for role, sources in (("forget", cfg.forget), ("retain", cfg.retain), ("other", cfg.other)):
+        for source in sources:
+            questions = load_questions(source, limit=cfg.limit)
+            groups = split_by_subject(questions)
+            if len(groups) > 1:
+                base = source.split("/")[0] if source.startswith("offline:") else source
+                tasks += [EvalTask(f"{base}/{subject}", role, list(qs)) for subject, qs in groups.items()]
+            else:
+                tasks.append(EvalTask(source, role, list(questions)))
+    names = [t.name for t in tasks]
+    if len(set(names)) != len(names):
+        raise UnlearnError(f"A task is listed twice: {sorted(n for n in names if names.count(n) > 1)}.")
+    return tasks
+
+
+def weight_fingerprint(model: nn.Module, n_values: int = 8) -> str:
+    """Hash of a few evenly spaced values of every parameter: cheap, and any retraining (RMU changes
+    whole matrices) or a different checkpoint gives a different key."""
+    digest = hashlib.sha256()
+    for name, param in model.named_parameters():
+        flat = param.detach().reshape(-1)
+        idx = torch.linspace(0, flat.numel() - 1, min(n_values, flat.numel())).long().to(flat.device)
+        digest.update(name.encode() + str(tuple(param.shape)).encode())
+        digest.update(flat[idx].double().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def _known_key(lm: LoadedModel, task: EvalTask, cfg: EvalConfig, chat_template: bool) -> dict:
+    qtext = json.dumps([[q.question, list(q.choices), q.answer] for q in task.questions])
+    return {
+        "model": lm.source,
+        "weights": weight_fingerprint(lm.model),
+        "task": task.name,
+        "protocol": cfg.protocol,
+        "chat_template": chat_template if cfg.protocol != "cloze" else None,
+        "prompt_version": PROMPT_VERSION,
+        "questions": hashlib.sha256(qtext.encode()).hexdigest()[:16],
+    }
+
+
+def known_mask(lm: LoadedModel, task: EvalTask, cfg: EvalConfig, *, chat_template: bool) -> np.ndarray:
+    """Which questions the (unhooked) model knows; read from the cache when computed before."""
+    key = _known_key(lm, task, cfg, chat_template)
+    path = (
+        cache_dir()
+        / "known"
+        / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24] + ".json")
+    )
+    if path.exists():
+        cached = read_json(path)
+        if cached.get("key") == key:
+            return np.asarray(cached["known"], dtype=bool)
+    if cfg.protocol == "letter":
+        scorer = make_letter_scorer(lm.model, lm.tokenizer, batch_size=cfg.batch_size)
+        correct = score_letter(
+            task.questions, lm.tokenizer, scorer, chat_template=chat_template, orders=ALL_ORDERS
+        )
+        known = correct["correct"].all(axis=1)
+    else:
+        frame = score_questions(lm.model, lm.tokenizer, task.questions, cfg, chat_template=chat_template)
+        known = frame["correct"].to_numpy(dtype=bool)
+    write_json(path, {"key": key, "known": known.tolist()})
+    return known
+
+
+# --------------------------------------------------------------------------- `unlearn eval`
+
+
+@dataclass
+class EvalRunConfig:
+    preset: str | None = None
+    """Model preset (default `gemma-3-270m`); supplies the model, tasks, protocol and chat template."""
+    model: str | None = None
+    """Hub id, local folder or .gguf file instead of the preset's model."""
+    tasks: list[str] | None = None
+    """Question sources (default: the preset's forget + retain lists). Roles: the preset's lists, else
+    `forget` for wmdp-* and offline:bio, `other` for anything else."""
+    protocol: Protocol | None = None
+    permutations: bool = False
+    known_only: bool = False
+    chat_template: bool | None = None
+    batch_size: int = 16
+    limit: int | None = None
+    rmu: str | None = None
+    """An `rmu-baseline` run folder whose trained weights are loaded into the model after the known
+    subsets are computed (so they describe the base model)."""
+    device: str | None = None
+    dtype: str | None = None
+    run_id: str | None = None
+
+
+def _roles(tasks: list[str], preset: Preset | None) -> dict[str, list[str]]:
+    ev = preset.eval if preset else {}
+    roles: dict[str, list[str]] = {"forget": [], "retain": [], "other": []}
+    for task in tasks:
+        if task in ev.get("forget", []) or task.startswith("wmdp-") or task == "offline:bio":
+            roles["forget"].append(task)
+        elif task in ev.get("retain", []) or task.startswith("offline:retain"):
+            roles["retain"].append(task)
+        else:
+            roles["other"].append(task)
+    return roles
+
+
+def run_eval(cfg: EvalRunConfig) -> Path:
+    """Evaluate one model state and write `results/eval/<run-id>/` (config, metrics, questions.csv)."""
+    from unlearn.models import load_model
+    from unlearn.presets import DEFAULT_PRESET, get_preset
+    from unlearn.results import new_run_dir, write_table
+
+    preset = get_preset(cfg.preset or DEFAULT_PRESET) if (cfg.preset or not cfg.model) else None
+    lm = load_model(cfg.model or preset.name, device=cfg.device, dtype=cfg.dtype)
+    overrides = dict(
+        protocol=cfg.protocol,
+        permutations=cfg.permutations,
+        known_only=cfg.known_only,
+        chat_template=cfg.chat_template,
+        batch_size=cfg.batch_size,
+        limit=cfg.limit,
+    )
+    if cfg.tasks:
+        overrides |= _roles(cfg.tasks, preset)
+    eval_cfg = eval_config_from_preset(preset, **overrides)
+    suite = prepare_eval(lm, eval_cfg)  # known subsets from the unmodified model
+    if cfg.rmu:
+        try:
+            from unlearn.rmu import load_rmu_weights
+        except ImportError:
+            raise UnlearnError("--rmu needs unlearn.rmu, which is not installed in this version.") from None
+        load_rmu_weights(lm.model, cfg.rmu)
+    outcome = suite.run(lm.model, desc=f"eval {lm.name}")
+    run_dir = new_run_dir("eval", cfg.run_id)
+    write_json(
+        run_dir / "config.json",
+        {
+            "command": "eval",
+            "preset": preset.name if preset else None,
+            "model": lm.source,
+            "protocol": _protocol_name(eval_cfg),
+            "tasks": [t.name for t in suite.tasks],
+            "rmu": cfg.rmu,
+            "eval": eval_cfg,
+            "chat_template": suite.chat_template,
+        },
+    )
+    write_json(run_dir / "metrics.json", outcome.block)
+    write_table(run_dir / "questions.csv", outcome.questions)
+    return run_dir
+
+
+def scores_table(block: EvalBlock, title: str = "Evaluation"):
+    from rich.table import Table
+
+    table = Table(title=f"{title} ({block.protocol}, {block.subset} questions)")
+    for col in ("task", "role", "n", "acc", "acc_norm"):
+        table.add_column(col, justify="left" if col in ("task", "role") else "right")
+    fmt = lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"  # noqa: E731
+    for s in block.scores:
+        table.add_row(s.task, s.role, str(s.n), fmt(s.acc), fmt(s.acc_norm))
+    for role in ("forget", "retain"):
+        table.add_row(f"pooled {role}", role, "", fmt(getattr(block, f"{role}_acc")), "", style="bold")
+    return table
+
+
+def eval_command(
+    preset: Annotated[str | None, typer.Option(help="Model preset (default gemma-3-270m).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Hub id, local folder or .gguf instead of the preset's model.")
+    ] = None,
+    tasks: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated sources: wmdp-bio,mmlu:college_biology,offline:bio,file.jsonl."),
+    ] = None,
+    protocol: Annotated[
+        str | None, typer.Option(help="letter | cloze | lm-eval (default: the preset's).")
+    ] = None,
+    permutations: Annotated[bool, typer.Option(help="Letter protocol: score all 24 choice orders.")] = False,
+    known_only: Annotated[
+        bool, typer.Option(help="Only questions the base model knows (cached per model).")
+    ] = False,
+    chat_template: Annotated[
+        bool | None, typer.Option("--chat-template/--no-chat-template", help="Default: the preset's.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 16,
+    limit: Annotated[int | None, typer.Option(help="At most N questions per source.")] = None,
+    rmu: Annotated[
+        str | None, typer.Option(help="results/rmu-baseline/<id>: evaluate the RMU-trained weights.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 ...")] = None,
+    run_id: Annotated[str | None, typer.Option(help="Run folder name (default: timestamp).")] = None,
+) -> None:
+    """Score a model on forget/retain question sets; writes results/eval/<run-id>/."""
+    if protocol is not None and protocol not in ("letter", "cloze", "lm-eval"):
+        raise UnlearnError(f"Unknown protocol {protocol!r}; use letter, cloze or lm-eval.")
+    task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    cfg = EvalRunConfig(
+        preset=preset, model=model, tasks=task_list, protocol=protocol, permutations=permutations,
+        known_only=known_only, chat_template=chat_template, batch_size=batch_size, limit=limit, rmu=rmu,
+        device=device, dtype=dtype, run_id=run_id,
+    )  # fmt: skip
+    run_dir = run_eval(cfg)
+    console = Console()
+    console.print(scores_table(EvalBlock.from_dict(read_json(run_dir / "metrics.json"))))
+    console.print(f"Results: {run_dir}")
