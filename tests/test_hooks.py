@@ -19,7 +19,9 @@ def test_resid_hooks_match_hidden_states(tiny, family):
     lm = tiny(family)
     inputs = _inputs(lm)
     n = len(decoder_layers(lm.model))
-    names = [f"blocks.{i}.hook_resid_post" for i in range(n - 1)] + [f"blocks.{i}.hook_resid_pre" for i in range(n)]
+    names = [f"blocks.{i}.hook_resid_post" for i in range(n - 1)] + [
+        f"blocks.{i}.hook_resid_pre" for i in range(n)
+    ]
     with torch.no_grad(), capture(lm.model, names) as acts:
         out = lm.model(**inputs, output_hidden_states=True)
     hs = out.hidden_states  # hs[i + 1] = output of layers[i]; the last entry is after the final norm
@@ -85,8 +87,9 @@ def test_logits_unchanged_after_context_even_on_error(tiny, family):
     with torch.no_grad():
         before = lm.model(**inputs).logits
         with pytest.raises(ValueError):
-            with edit(lm.model, "blocks.1.hook_resid_post", lambda x: x * 0), capture(
-                lm.model, ["blocks.2.attn.hook_z"]
+            with (
+                edit(lm.model, "blocks.1.hook_resid_post", lambda x: x * 0),
+                capture(lm.model, ["blocks.2.attn.hook_z"]),
             ):
                 edited = lm.model(**inputs).logits
                 assert not torch.equal(edited, before)
@@ -96,7 +99,9 @@ def test_logits_unchanged_after_context_even_on_error(tiny, family):
     assert n_hooks() == hooks_before
 
 
-@pytest.mark.parametrize("name", ["blocks.1.hook_resid_pre", "blocks.1.hook_resid_post", "blocks.1.attn.hook_z"])
+@pytest.mark.parametrize(
+    "name", ["blocks.1.hook_resid_pre", "blocks.1.hook_resid_post", "blocks.1.attn.hook_z"]
+)
 def test_edit_identity_is_exact_and_keeps_dtype(tiny_folder, name):
     from unlearn.models import load_model
 

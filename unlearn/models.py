@@ -53,10 +53,24 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype in (None, "auto"):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
-        return {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
-                "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16}[dtype]
+        return {
+            "float32": torch.float32,
+            "fp32": torch.float32,
+            "bfloat16": torch.bfloat16,
+            "bf16": torch.bfloat16,
+            "float16": torch.float16,
+            "fp16": torch.float16,
+        }[dtype]
     except KeyError:
         raise UnlearnError(f"Unknown dtype {dtype!r}; use float32, bfloat16 or float16.") from None
+
+
+def model_spec(preset: str | None, model: str | None) -> str:
+    """What a command's `--preset`/`--model` pair asks to load: `--model` wins; `--preset` must name a
+    preset (a typo is an error, not a hub lookup); neither means the embedded default."""
+    if preset is not None:
+        get_preset(preset)
+    return model or preset or DEFAULT_PRESET
 
 
 def load_model(
@@ -103,11 +117,13 @@ def _from_pretrained(folder, *, gguf_file, dtype, attn):
         local = Path(str(folder)).exists()
         raise UnlearnError(
             f"Could not load model {str(folder)!r}: {exc}\n"
-            + ("The folder exists but holds no loadable model (config.json + weights)."
-               if local else
-               "If this is a hub id, the hub may be unreachable and the model not cached: download it once "
-               "with network access (it is then used offline with HF_HUB_OFFLINE=1), or pass a local folder "
-               f"or .gguf file with --model. Presets: {', '.join(preset_names())}.")
+            + (
+                "The folder exists but holds no loadable model (config.json + weights)."
+                if local
+                else "If this is a hub id, the hub may be unreachable and the model not cached: download it once "
+                "with network access (it is then used offline with HF_HUB_OFFLINE=1), or pass a local folder "
+                f"or .gguf file with --model. Presets: {', '.join(preset_names())}."
+            )
         ) from exc
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -134,8 +150,9 @@ def _embedded_folder(name: str) -> Path:
     with tempfile.TemporaryDirectory(dir=folder.parent) as tmp:
         gguf_path = Path(module.assemble(Path(tmp) / gguf_name))
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name,
-                                                     dtype=torch.float32)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
+        )
         # transformers refuses to save a GGUF-loaded model until its quantizer is dropped (reference §6).
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
@@ -143,6 +160,8 @@ def _embedded_folder(name: str) -> Path:
         out = Path(tmp) / "model"
         model.save_pretrained(out)
         tokenizer.save_pretrained(out)
+        if (folder / "config.json").exists():  # another process converted it meanwhile
+            return folder
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(out, folder)

@@ -1,0 +1,37 @@
+"""The `unlearn` command line: a thin typer layer; every command lives with its `run_*` function."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+from rich.console import Console
+from rich.logging import RichHandler
+
+from unlearn import info
+from unlearn.errors import UnlearnError
+
+app = typer.Typer(
+    help="SAE-based unlearning experiments: select features, clamp them, compare with RMU, report.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """SAE-based unlearning experiments: select features, clamp them, compare with RMU, report."""
+
+
+app.command("info")(info.info_command)
+
+
+def main() -> None:
+    """Entry point: user errors print as one red message (exit 2) instead of a traceback."""
+    logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)])
+    try:
+        app()
+    except UnlearnError as exc:
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}")
+        sys.exit(2)

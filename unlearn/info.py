@@ -1,0 +1,93 @@
+"""`unlearn info`: what a preset/model/SAE combination is, checked by running a few tokens through it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from unlearn.errors import UnlearnError
+from unlearn.hooks import decoder_layers, forward_to, hook_width
+from unlearn.models import load_model, model_spec
+from unlearn.paths import resolve_data_path
+
+SAMPLE_TEXT = "The mitochondria produce ATP for the cell, while ribosomes build proteins from amino acids."
+
+
+@dataclass
+class InfoConfig:
+    preset: str | None = None
+    """Preset name (default: the embedded gemma-3-270m)."""
+    model: str | None = None
+    """Model to load instead of the preset's: hub id, local folder or .gguf file."""
+    sae: str | None = None
+    """SAE spec instead of the preset's (registry id, SAELens folder, params.npz); 'none' to skip."""
+    hook: str | None = None
+    """Hook point instead of the preset's / the SAE's."""
+    device: str | None = None
+    dtype: str | None = None
+
+
+def run_info(cfg: InfoConfig) -> dict[str, object]:
+    """Load the model (and SAE), run one sentence, and return the facts shown by `unlearn info`."""
+    lm = load_model(model_spec(cfg.preset, cfg.model), device=cfg.device, dtype=cfg.dtype)
+    preset = lm.preset if lm.preset else None
+    model, config = lm.model, lm.model.config
+    text_config = getattr(config, "text_config", None) or config
+    facts: dict[str, object] = {
+        "model": lm.source if not preset else f"{preset.name} ({preset.model})",
+        "class": type(model).__name__,
+        "layers": len(decoder_layers(model)),
+        "d_model": text_config.hidden_size,
+        "vocab": text_config.vocab_size,
+        "dtype": str(model.dtype).removeprefix("torch."),
+        "device": str(model.device),
+        "chat template": "yes" if lm.tokenizer.chat_template else "no",
+    }
+    sae_spec = cfg.sae if cfg.sae is not None else (preset.sae if preset and not cfg.model else None)
+    hook = cfg.hook or (preset.hook_point if preset and not cfg.model else None)
+    sae = None
+    if sae_spec and sae_spec != "none":
+        from unlearn.saes import check_compatible, load_sae
+
+        spec = str(resolve_data_path(sae_spec)) if resolve_data_path(sae_spec).exists() else sae_spec
+        sae = load_sae(spec, device=model.device)
+        hook = hook or sae.hook_name
+    if hook:
+        facts["hook point"] = hook
+        facts["width at hook"] = hook_width(model, hook)
+    if sae is not None:
+        if hook is None:
+            raise UnlearnError("The SAE names no hook point; pass --hook blocks.<L>.hook_resid_post.")
+        check_compatible(sae, hook_width(model, hook), hook)
+        inputs = lm.tokenizer([SAMPLE_TEXT], return_tensors="pt").to(model.device)
+        with torch.no_grad():
+            x = forward_to(model, [hook], **inputs)[hook][0, 1:].to(sae.W_enc.dtype)  # (tokens, d_in), no BOS
+            f = sae.encode(x)
+            x_hat = sae.decode(f)
+        resid = (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
+        facts["SAE"] = f"{sae.architecture}, d_in {sae.d_in}, d_sae {sae.d_sae}"
+        facts["SAE L0 (sample)"] = f"{(f > 0).sum(-1).float().mean().item():.1f} over {x.shape[0]} tokens"
+        facts["SAE var. explained (sample)"] = f"{1 - resid.item():.3f}"
+    return facts
+
+
+def info_command(
+    preset: str = typer.Option(None, help="Preset name (default gemma-3-270m, the embedded model)."),
+    model: str = typer.Option(None, help="Hub id, local folder or .gguf file instead of a preset."),
+    sae: str = typer.Option(None, help="SAE spec (registry id, SAELens folder, params.npz) or 'none'."),
+    hook: str = typer.Option(None, help="Hook point, e.g. blocks.6.hook_resid_post."),
+    device: str = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda when present)."),
+    dtype: str = typer.Option(None, help="float32, bfloat16 or float16 (default: the preset's)."),
+) -> None:
+    """Show a model's layers, widths and hook point, and its SAE's shape and L0 on a sample sentence."""
+    facts = run_info(InfoConfig(preset=preset, model=model, sae=sae, hook=hook, device=device, dtype=dtype))
+    table = Table(title="unlearn info", show_header=False)
+    table.add_column(style="bold cyan")
+    table.add_column()
+    for key, value in facts.items():
+        table.add_row(key, str(value))
+    Console().print(table)
