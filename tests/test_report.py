@@ -84,7 +84,9 @@ def build_tree(root: Path) -> Path:
     write_json(ev / "config.json", cfg("eval", protocol="letter-perm24"))
     write_json(ev / "metrics.json", block(1.0, 1.0, 1.0))
     ev_rmu = new_run_dir("eval", "20260105-000000", root)
-    write_json(ev_rmu / "config.json", cfg("eval", rmu="rmu-baseline/20260103-000000"))
+    write_json(
+        ev_rmu / "config.json", cfg("eval", rmu=str(rmu / "weights.safetensors"))
+    )  # --rmu names the file
     write_json(ev_rmu / "metrics.json", block(0.5, 0.9, 1.0))
     # same protocol and subset but other questions (a --limit run): its own section too
     lim = new_run_dir("eval", "20260106-000000", root)
@@ -102,6 +104,11 @@ def build_tree(root: Path) -> Path:
     bad2 = new_run_dir("rmu-baseline", "20260108-nokey", root)
     write_json(bad2 / "config.json", cfg("rmu-baseline"))
     write_json(bad2 / "metrics.json", {"before": block(1.0, 1.0, 1.0)})
+    failed = new_run_dir("rmu-baseline", "20260109-failed", root)
+    write_json(failed / "config.json", cfg("rmu-baseline"))
+    write_bytes(failed / "FAILED", b"RuntimeError: CUDA out of memory\n")
+    no_eval = new_run_dir("rmu-baseline", "20260110-noeval", root)
+    write_json(no_eval / "config.json", cfg("rmu-baseline"))
     return root
 
 
@@ -145,6 +152,8 @@ def test_corrupt_runs_skipped_with_a_warning_naming_them(tree: Path, caplog):
     assert "'after'" in caplog.text  # says which key is missing
     assert not c.points["run"].str.contains("broken|nokey").any()
     assert any("20260107-broken" in n for n in c.notes)
+    assert any("20260109-failed" in n and "out of memory" in n for n in c.notes)
+    assert any("20260110-noeval" in n and "unlearn eval --rmu" in n for n in c.notes)
 
 
 def test_sections_never_mix_protocols_subsets_or_question_sets(tree: Path):
@@ -185,11 +194,18 @@ def test_pareto_front_and_saebench_score(tree: Path):
     assert scores.loc["intervene/20260102-000000", "score"] == 0.0  # no point keeps retain >= 0.99
 
 
-def test_report_files_and_self_contained_html(tree: Path, tmp_path: Path):
-    out = tmp_path / "report"
+@pytest.fixture(scope="module")
+def full_report(tmp_path_factory) -> tuple[Path, str]:
+    """One full report (plots take most of the time), shared by the file and browser tests."""
+    root = tmp_path_factory.mktemp("full")
     buf = io.StringIO()
-    run_report(ReportConfig(results=tree, out=out), console=Console(file=buf, width=250))
-    terminal = buf.getvalue()
+    out = run_report(ReportConfig(results=build_tree(root / "results"), out=root / "report"),
+                     console=Console(file=buf, width=250))  # fmt: skip
+    return out, buf.getvalue()
+
+
+def test_report_files_and_self_contained_html(full_report):
+    out, terminal = full_report
     assert "Section 1" in terminal and "SAEBench" in terminal and "20260107-broken" in terminal
     html = (out / "report.html").read_text()
     assert not re.search(r"https?://|<link|<script|src=['\"](?!data:)", html, re.I)
@@ -238,9 +254,8 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install -y chromium)")
-def test_html_renders_in_headless_chromium(tree: Path, tmp_path: Path):
-    out = run_report(ReportConfig(results=tree, out=tmp_path / "r", formats=("html",)),
-                     console=Console(file=io.StringIO()))  # fmt: skip
+def test_html_renders_in_headless_chromium(full_report, tmp_path: Path):
+    out = full_report[0]
     shot = tmp_path / "shot.png"
     cmd = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
            "--disable-background-networking", "--disable-component-update", "--disable-sync",
@@ -271,3 +286,19 @@ def test_saebench_score_threshold_is_inclusive():
     )
     s = saebench_scores(pts).iloc[0]
     assert s["n_retain_ok"] == 2 and s["best_point"] == "x" and s["score"] == pytest.approx(0.5)
+
+
+def test_typer_command(tree: Path, tmp_path: Path):
+    import typer
+    from typer.testing import CliRunner
+
+    from unlearn.report import report_command
+
+    app = typer.Typer()
+    app.command("report")(report_command)
+    app.command("other")(lambda: None)  # two commands, so `report` is a subcommand as in unlearn.cli
+    out = tmp_path / "cli"
+    res = CliRunner().invoke(app, ["report", "--results", str(tree), "--out", str(out), "--format", "csv",
+                                   "--preset", PRESET, "--method", "sae"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert set(pd.read_csv(out / "combined.csv")["method"]) == {"sae-clamp", "base", "eval"}

@@ -40,13 +40,13 @@ def task_columns(section: pd.DataFrame) -> list[str]:
 def _png(fig: Figure) -> bytes:
     FigureCanvasAgg(fig)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
     return buf.getvalue()
 
 
 def tradeoff_plot(section: pd.DataFrame, title: str) -> bytes:
     """Forget vs retain accuracy of every point; the Pareto front joined, the unhooked model as a star."""
-    fig = Figure(figsize=(6.5, 5))
+    fig = Figure(figsize=(6.5, 5), layout="constrained")
     ax = fig.add_subplot()
     for method, g in section.groupby("method"):
         colour, marker = METHOD_STYLE.get(str(method), ("tab:purple", "x"))
@@ -80,7 +80,7 @@ def side_effects_plot(section: pd.DataFrame, best: pd.DataFrame, title: str) -> 
     bars = pd.concat([base, best])
     if bars.empty or not task_cols:
         return None
-    fig = Figure(figsize=(max(6.0, 1.2 * len(task_cols) + 2), 4.5))
+    fig = Figure(figsize=(max(6.0, 1.2 * len(task_cols) + 2), 4.5), layout="constrained")
     ax = fig.add_subplot()
     width = 0.8 / len(bars)
     for k, (_, row) in enumerate(bars.iterrows()):
@@ -105,7 +105,7 @@ def sweep_plot(section: pd.DataFrame, title: str) -> bytes | None:
     sweep = sweep.dropna(subset=["scale", "n_features"])
     if sweep.empty:
         return None
-    fig = Figure(figsize=(11, 4.5))
+    fig = Figure(figsize=(11, 4.5), layout="constrained")
     axes = fig.subplots(1, 2)
     for ax, x, other in ((axes[0], "scale", "n_features"), (axes[1], "n_features", "scale")):
         for key, g in sweep.groupby(["run", "mode", "retain_threshold", other], dropna=False):

@@ -17,8 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Annotated
 
 import pandas as pd
+import typer
 from rich.console import Console
 
 from unlearn.errors import UnlearnError
@@ -160,7 +162,7 @@ def run_report(cfg: ReportConfig, console: Console | None = None) -> Path:
         title = f"{first['group']} · {first['protocol']} · subset {first['subset']}"
         s = rr.Section(int(number), title, rr.display_table(sec), scores=scores[scores["section"] == number])
         sec = sec.assign(label=[rr.params_text(r) or r["point"] for _, r in sec.iterrows()])
-        if {"md", "html", "png"} & set(formats):
+        if {"md", "html", "png"} & set(formats) and not sec["method"].isin(BASELINE_METHODS).all():
             figs = {
                 f"s{number}_tradeoff.png": plots.tradeoff_plot(sec, f"{title}: forget vs retain"),
                 f"s{number}_side_effects.png": plots.side_effects_plot(
@@ -203,13 +205,22 @@ def run_report(cfg: ReportConfig, console: Console | None = None) -> Path:
 
 
 def report_command(
-    results: Path | None = None,
-    out: Path | None = None,
-    format: str = "md,html,csv",
-    preset: str | None = None,
-    method: str | None = None,
-) -> Path:
-    """The CLI entry point: builds a `ReportConfig` and runs it."""
-    return run_report(
+    results: Annotated[
+        Path | None, typer.Option(help="Results tree to read (default: $UNLEARN_RESULTS or ./results).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Report folder (default: <results>/report/<run-id>/).")
+    ] = None,
+    format: Annotated[str, typer.Option(help="Comma-separated: md, html, csv, png.")] = "md,html,csv",
+    preset: Annotated[
+        str | None, typer.Option(help="Only this preset or model id (comma-separated).")
+    ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(help="Only these methods: sae, sae-clamp, sae-zero, sae-scale, rmu (comma-separated)."),
+    ] = None,
+) -> None:
+    """Compare SAE interventions with RMU from everything under results/: tables, plots, HTML."""
+    run_report(
         ReportConfig(results=results, out=out, formats=parse_formats(format), preset=preset, method=method)
     )

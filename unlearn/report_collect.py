@@ -214,6 +214,7 @@ def _read_eval(run_dir: Path, run: str, results_dir: Path) -> list[dict]:
     rmu_path = Path(cfg["rmu"])
     params: dict[str, Any] = {"source": str(rmu_path)}
     for cand in (rmu_path, results_dir / rmu_path, results_dir / "rmu-baseline" / rmu_path):
+        cand = cand.parent if cand.suffix == ".safetensors" else cand  # --rmu may name the weights file
         if (cand / "config.json").exists():
             try:
                 params |= _rmu_params(read_json(cand / "config.json"))
@@ -278,6 +279,15 @@ def collect(results_dir: Path) -> Collection:
             notes.append(f"no {command} runs in {results_dir}: run {_MISSING_HINT[command]}")
         for run_dir in run_dirs:
             run = f"{command}/{run_dir.name}"
+            if (run_dir / "FAILED").exists():  # rmu-baseline (and others) leave this when a run crashed
+                reason = (run_dir / "FAILED").read_text(errors="replace").strip()[:200]
+                notes.append(f"skipped failed run {run_dir}: {reason}")
+                log.warning("skipped failed run %s: %s", run_dir, reason)
+                continue
+            if command == "rmu-baseline" and not (run_dir / "metrics.json").exists():
+                notes.append(f"{run}: no metrics.json (trained with --no-eval, or still running); "
+                             f"score it with `unlearn eval --rmu {run_dir}`")  # fmt: skip
+                continue
             try:
                 if command == "eval":
                     rows += _read_eval(run_dir, run, results_dir)
