@@ -1,0 +1,232 @@
+"""RMU: losses match their formulas, only the intended matrices move, and the lean trainer (truncated
+forward, no second copy) reproduces a plain two-full-copies implementation step by step."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from conftest import FAMILIES
+
+from unlearn.errors import UnlearnError
+from unlearn.rmu_train import RMUTrainer, rmu_mse, select_params, steering_vectors, tokenize
+
+FORGET = [
+    "The mitochondria produce ATP for the cell.",
+    "Enzymes are proteins that speed up reactions in the cell nucleus and cytoplasm.",
+    "A virus infects a host cell and copies its genes.",
+    "Photosynthesis in leaves turns light into sugar.",
+] * 3
+RETAIN = [
+    "History of the city of Rome.",
+    "The river flows through the geography of the valley and on to the sea.",
+    "Computer science studies algorithms.",
+    "the of and a to in is was that for on with as by at from this it an be",
+] * 3
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from threads, and on a shared 2-core machine two threads thrash (10x)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def fresh(tiny, family):
+    """A private copy of the session's tiny model (the trainer changes weights in place)."""
+    lm = tiny(family)
+    return copy.copy(lm).__class__(copy.deepcopy(lm.model), lm.tokenizer, lm.preset, lm.source)
+
+
+def batches(lm, texts, bs=3, max_length=24):
+    return [
+        tokenize(lm.tokenizer, texts[i : i + bs], max_length, lm.model.device)
+        for i in range(0, len(texts), bs)
+    ]
+
+
+# ---------------------------------------------------------------- losses on random tensors
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rmu_mse_matches_formula(dtype):
+    g = torch.Generator().manual_seed(0)
+    acts = (torch.randn(3, 5, 8, generator=g) * 4).to(dtype)
+    target = torch.randn(3, 5, 8, generator=g)
+    cvec = torch.rand(8, generator=g) * 7
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 0, 0, 0, 0]])
+    a = acts.double().numpy()  # the bf16 values as they are, compared in float64
+    t, c, m = target.double().numpy(), cvec.double().numpy(), mask.numpy().astype(bool)
+    # upstream (Li et al.): F.mse_loss = mean over all B*T*D elements, padding included
+    assert rmu_mse(acts, target).dtype == torch.float32
+    np.testing.assert_allclose(rmu_mse(acts, target).item(), ((a - t) ** 2).mean(), rtol=1e-6)
+    np.testing.assert_allclose(rmu_mse(acts, cvec).item(), ((a - c) ** 2).mean(), rtol=1e-6)
+    # Farrell et al.: sum over real tokens and d_model / number of real tokens
+    per_token = ((a - t) ** 2).sum(-1)
+    np.testing.assert_allclose(rmu_mse(acts, target, mask).item(), per_token[m].sum() / m.sum(), rtol=1e-6)
+    per_token_c = ((a - c) ** 2).sum(-1)
+    np.testing.assert_allclose(rmu_mse(acts, cvec, mask).item(), per_token_c[m].mean(), rtol=1e-6)
+
+
+def test_steering_vectors_are_seeded_positive_and_scaled():
+    vecs = steering_vectors(64, 20.0, 2, seed=42)
+    again = steering_vectors(64, 20.0, 2, seed=42)
+    for v, w in zip(vecs, again, strict=True):
+        assert torch.equal(v, w)
+        assert v.dtype == torch.float32 and (v >= 0).all()  # torch.rand, not randn (upstream)
+        assert v.norm().item() == pytest.approx(20.0, rel=1e-6)
+    assert not torch.equal(vecs[0], vecs[1])  # one u per forget source
+    gen = torch.Generator().manual_seed(42)
+    u = torch.rand(64, generator=gen)
+    torch.testing.assert_close(vecs[0], u / u.norm() * 20.0)
+
+
+# ---------------------------------------------------------------- parameter selection
+
+
+def test_select_params_by_name_not_position(tiny):
+    model = tiny("gemma3").model
+    chosen = select_params(model, [0, 1, 2], r"(^|\.)layers\.{layer}\.mlp\.down_proj\.weight$")
+    assert list(chosen) == [f"model.layers.{i}.mlp.down_proj.weight" for i in range(3)]
+    layer = model.model.layers[1]
+    by_position = list(layer.parameters())[6]  # upstream's param_ids=6
+    assert by_position is not layer.mlp.down_proj.weight  # on Gemma 3 q_norm/k_norm come first
+
+
+def test_select_params_errors(tiny):
+    model = tiny("gemma2").model
+    with pytest.raises(UnlearnError, match="matched 0 parameters"):
+        select_params(model, [1], r"layers\.{layer}\.mlp\.nothing$")
+    with pytest.raises(UnlearnError, match="matched 3 parameters"):
+        select_params(model, [1], r"layers\.{layer}\.mlp\.")
+    with pytest.raises(UnlearnError, match="out of range"):
+        select_params(model, [7], r"layers\.{layer}\.mlp\.down_proj\.weight$")
+
+
+# ---------------------------------------------------------------- the trainer on tiny models
+
+
+def make_trainer(lm, *, mask_padding=False, lr=5e-5, coeff=20.0, alpha=100.0, layer=2):
+    d = lm.model.config.hidden_size
+    return RMUTrainer(
+        lm.model, layer=layer, update_layers=[layer - 2, layer - 1, layer], alpha=alpha, lr=lr,
+        control_vecs=steering_vectors(d, coeff, 1, seed=0), mask_padding=mask_padding,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_only_down_proj_changes_and_retain_starts_at_zero(tiny, family):
+    lm = fresh(tiny, family)
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    trainer = make_trainer(lm, lr=1e-3)
+    f, r = batches(lm, FORGET), batches(lm, RETAIN)
+    first = trainer.step(f[0], r[0])
+    assert first.retain == 0.0  # frozen and updated model are the same model at step 0
+    assert first.forget > 0
+    for i in range(1, 3):
+        trainer.step(f[i], r[i])
+    trainer.finish()
+    changed = {n for n, p in lm.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == {f"model.layers.{i}.mlp.down_proj.weight" for i in range(3)}
+    assert not any(p.requires_grad for p in lm.model.parameters())
+    assert set(trainer.changed_weights()) == changed
+    trainer.restore()
+    assert all(torch.equal(p, before[n]) for n, p in lm.model.named_parameters())
+
+
+@pytest.mark.parametrize("mask_padding", [False, True])
+def test_steps_move_forget_activations_toward_control_vector(tiny, mask_padding):
+    lm = fresh(tiny, "gemma2")
+    trainer = make_trainer(lm, lr=3e-3, coeff=8.0, alpha=1.0, mask_padding=mask_padding)
+    f, r = batches(lm, FORGET), batches(lm, RETAIN)
+    cvec = trainer.control_vecs[0]
+
+    def dist():
+        acts = trainer.acts(f[0], grad=False)
+        return rmu_mse(acts, cvec, f[0]["attention_mask"]).item()
+
+    start = dist()
+    for i in range(12):
+        trainer.step(f[i % len(f)], r[i % len(r)])
+    assert dist() < 0.7 * start
+
+
+def test_frozen_acts_are_the_original_model(tiny):
+    lm = fresh(tiny, "gemma3")
+    original = copy.deepcopy(lm.model)
+    trainer = make_trainer(lm, lr=1e-2)
+    f, r = batches(lm, FORGET), batches(lm, RETAIN)
+    for i in range(3):
+        trainer.step(f[i], r[i])
+    with torch.no_grad():
+        want = original(**r[0], output_hidden_states=True).hidden_states[3]
+        moved = lm.model(**r[0], output_hidden_states=True).hidden_states[3]
+    assert not torch.allclose(moved, want)  # the model did change ...
+    torch.testing.assert_close(trainer.frozen_acts(r[0]), want, rtol=0, atol=0)  # ... the frozen view did not
+
+
+def test_nonfinite_loss_stops_before_any_update(tiny):
+    lm = fresh(tiny, "gemma2")
+    trainer = make_trainer(lm)
+    with torch.no_grad():
+        lm.model.model.layers[0].mlp.down_proj.weight[0, 0] = float("nan")
+    weights = trainer.changed_weights()
+    f, r = batches(lm, FORGET), batches(lm, RETAIN)
+    with pytest.raises(UnlearnError, match=r"RMU loss became nan at step 0 .*lower --lr or --steering-coeff"):
+        trainer.step(f[0], r[0])
+    for n, w in trainer.changed_weights().items():
+        assert torch.equal(w.nan_to_num(), weights[n].nan_to_num())
+
+
+# ---------------------------------------------------------------- equivalence with two full copies
+
+
+def naive_rmu(model, layer, names, cvec, alpha, lr, mask_padding, pairs):
+    """The reference algorithm as written upstream: a frozen and an updated full copy, full forwards
+    (every layer and the output head), activations read from `hidden_states`, the loss written out."""
+    updated, frozen = copy.deepcopy(model), copy.deepcopy(model)
+    params = dict(updated.named_parameters())
+    trained = [params[n].requires_grad_(True) for n in names]
+    opt = torch.optim.AdamW(trained, lr=lr, eps=1e-6, weight_decay=0.0)
+
+    def loss(h, target, mask):
+        sq = (h.float() - target.float()) ** 2
+        if not mask_padding:
+            return sq.mean()
+        m = mask.unsqueeze(-1).float()
+        return (sq * m).sum() / m.sum()
+
+    history = []
+    for f_in, r_in in pairs:
+        h_f = updated(**f_in, output_hidden_states=True).hidden_states[layer + 1]
+        forget = loss(h_f, cvec.view(1, 1, -1).expand_as(h_f), f_in["attention_mask"])
+        h_r = updated(**r_in, output_hidden_states=True).hidden_states[layer + 1]
+        with torch.no_grad():
+            h_0 = frozen(**r_in, output_hidden_states=True).hidden_states[layer + 1]
+        retain = alpha * loss(h_r, h_0, r_in["attention_mask"])
+        opt.zero_grad()
+        (forget + retain).backward()
+        opt.step()
+        history.append((forget.item(), retain.item(), {n: params[n].detach().clone() for n in names}))
+    return history
+
+
+@pytest.mark.parametrize("family,mask_padding", [("gemma2", False), ("gemma2", True), ("gemma3", True)])
+def test_lean_equals_two_full_copies(tiny, family, mask_padding):
+    lm = fresh(tiny, family)
+    f, r = batches(lm, FORGET), batches(lm, RETAIN)
+    pairs = list(zip(f, r, strict=True))
+    trainer = make_trainer(lm, lr=2e-3, coeff=10.0, alpha=50.0, mask_padding=mask_padding)
+    names = list(trainer.params)
+    reference = naive_rmu(lm.model, 2, names, trainer.control_vecs[0], 50.0, 2e-3, mask_padding, pairs)
+    for (f_in, r_in), (forget, retain, weights) in zip(pairs, reference, strict=True):
+        got = trainer.step(f_in, r_in)
+        assert got.forget == pytest.approx(forget, rel=1e-5, abs=1e-7)
+        assert got.retain == pytest.approx(retain, rel=1e-4, abs=1e-6)
+        for n in names:
+            torch.testing.assert_close(trainer.params[n].detach(), weights[n], rtol=1e-5, atol=1e-7)
+    assert reference[-1][1] > 0  # the retain term was exercised, not trivially zero throughout

@@ -1,0 +1,396 @@
+"""`unlearn rmu-baseline`: RMU (Li et al., arXiv 2403.03218) as the baseline the paper compares with.
+
+Defaults come from the preset's `rmu` section (Farrell et al.'s best gemma-2-2b-it point: layer 3,
+c=400, α=100, 300 batches of 3, lr 5e-5, padding masked); every value can be overridden. The training
+step lives in `unlearn.rmu_train`. A run writes `results/rmu-baseline/<run-id>/`: `config.json`,
+`losses.csv` + `loss.png`, `weights.safetensors` (only the trained matrices), and `metrics.json` =
+`{"before": block, "after": block}` from the shared evaluator. `load_rmu_weights` puts the trained
+matrices into a freshly loaded model (`unlearn eval --rmu <run>`). A failed run (non-finite loss,
+interrupt) leaves `config.json` and a `FAILED` marker only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+from safetensors.torch import load_file, save
+from torch import Tensor, nn
+
+from unlearn.errors import UnlearnError
+from unlearn.hooks import decoder_layers
+from unlearn.models import LoadedModel, load_model
+from unlearn.paths import results_dir
+from unlearn.presets import DEFAULT_PRESET, get_preset
+from unlearn.results import new_run_dir, read_json, write_bytes, write_json, write_table
+from unlearn.rmu_train import (
+    DEFAULT_PARAM_PATTERN,
+    RMUTrainer,
+    StepLosses,
+    steering_vectors,
+    text_batches,
+    tokenize,
+)
+
+log = logging.getLogger(__name__)
+
+WEIGHTS_FILE = "weights.safetensors"
+
+
+@dataclass
+class RMUConfig:
+    preset: str = DEFAULT_PRESET
+    """Preset giving the model, the RMU defaults and the evaluation tasks."""
+    model: str | None = None
+    """Model to load instead of the preset's (hub id, local folder or .gguf)."""
+    layer: int | None = None
+    """L: the forget/retain losses are taken at the output of `layers[L]`."""
+    update_layers: list[int] | None = None
+    """Layers whose matching parameter is trained; default L-2, L-1, L (as in Li et al.)."""
+    param_pattern: str | None = None
+    """Regex (with `{layer}`) naming the trained parameter of each update layer; default `mlp.down_proj.weight`."""
+    steering_coeff: float | None = None
+    """c: the forget activations are pushed toward c·u, u a fixed random unit vector per forget source."""
+    alpha: float | None = None
+    """α: weight of the retain loss."""
+    lr: float | None = None
+    """AdamW learning rate (eps 1e-6, no weight decay)."""
+    n_batches: int | None = None
+    """Training steps; each takes one forget and one retain batch (fewer if the corpora run out)."""
+    batch_size: int | None = None
+    """Texts per forget batch and per retain batch."""
+    max_length: int | None = None
+    """Tokens per text (longer texts are truncated on the right; upstream uses 512)."""
+    mask_padding: bool | None = None
+    """Farrell et al.'s loss: squared errors summed over real tokens / #real tokens; off = plain mean."""
+    forget_source: list[str] | None = None
+    """Forget corpora (`unlearn.data.iter_texts` sources); several alternate per step, each with its own u."""
+    retain_source: list[str] | None = None
+    """Retain corpora: one, or one per forget source."""
+    min_len: int = 0
+    """Texts of at most this many characters are skipped (upstream's `min_len`; drops WikiText's blank lines)."""
+    seed: int = 42
+    """Seed of the random control vectors (Farrell et al.'s sweep used 42)."""
+    eval: bool = True
+    """Evaluate before and after with the shared evaluator (the preset's tasks and protocol)."""
+    eval_limit: int | None = None
+    """At most this many questions per task (quick runs)."""
+    device: str | None = None
+    dtype: str | None = None
+    run_id: str | None = None
+    """Run folder name under results/rmu-baseline/ (default: a timestamp)."""
+    extra: dict = field(default_factory=dict)
+    """Overrides passed to `eval_config_from_preset` (e.g. protocol, known_only)."""
+
+
+def _as_list(value) -> list:
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def resolve_config(cfg: RMUConfig) -> RMUConfig:
+    """Fill every unset field from the preset's `rmu` section; a missing value is a clear error."""
+    defaults = get_preset(cfg.preset).rmu
+    keys = {"forget_source": "forget_text", "retain_source": "retain_text"}
+    filled = {}
+    for f in ("layer", "steering_coeff", "alpha", "lr", "n_batches", "batch_size", "max_length",
+              "mask_padding", "forget_source", "retain_source"):  # fmt: skip
+        value = getattr(cfg, f)
+        if value is None:
+            value = defaults.get(keys.get(f, f), False if f == "mask_padding" else None)
+        if value is None:
+            raise UnlearnError(
+                f"Preset {cfg.preset!r} has no rmu.{keys.get(f, f)}; pass --{f.replace('_', '-')}."
+            )
+        filled[f] = _as_list(value) if f in keys else value
+    out = dataclasses.replace(cfg, **filled)
+    if out.update_layers is None:
+        out.update_layers = [i for i in (out.layer - 2, out.layer - 1, out.layer) if i >= 0]
+    out.param_pattern = out.param_pattern or defaults.get("param_pattern", DEFAULT_PARAM_PATTERN)
+    if len(out.retain_source) not in (1, len(out.forget_source)):
+        raise UnlearnError("Pass one --retain-source, or one per --forget-source.")
+    if out.n_batches < 1 or out.batch_size < 1 or out.max_length < 1:
+        raise UnlearnError("--n-batches, --batch-size and --max-length must be positive.")
+    return out
+
+
+def load_batches(cfg: RMUConfig) -> tuple[list[list[list[str]]], list[list[list[str]]], int]:
+    """Forget and retain batches per forget source, and the number of steps they allow.
+
+    Step `i` uses source `i % S` and that source's batch `i // S`, as upstream cycles topics."""
+    n_src = len(cfg.forget_source)
+    per_source = math.ceil(cfg.n_batches / n_src)
+    forget = [text_batches(s, cfg.batch_size, per_source, cfg.min_len) for s in cfg.forget_source]
+    retain_by_src = {
+        s: text_batches(s, cfg.batch_size, per_source, cfg.min_len) for s in set(cfg.retain_source)
+    }
+    retain = [retain_by_src[cfg.retain_source[i % len(cfg.retain_source)]] for i in range(n_src)]
+    steps = 0
+    while steps < cfg.n_batches and all(steps // n_src < len(b[steps % n_src]) for b in (forget, retain)):
+        steps += 1
+    if steps == 0:
+        raise UnlearnError(
+            f"No training text: forget {cfg.forget_source} or retain {cfg.retain_source} gave no batch. "
+            "For the gated bio forget corpus pass a local .jsonl with a `text` field (--forget-source)."
+        )
+    if steps < cfg.n_batches:
+        log.warning(
+            "corpora hold only %d of the %d requested batches; training %d steps", steps, cfg.n_batches, steps
+        )
+    return forget, retain, steps
+
+
+def train_rmu(
+    lm: LoadedModel,
+    cfg: RMUConfig,
+    forget: list[list[list[str]]],
+    retain: list[list[list[str]]],
+    steps: int,
+    on_step: Callable[[int, StepLosses], None] | None = None,
+) -> tuple[RMUTrainer, list[StepLosses]]:
+    """Train `lm.model` in place for `steps` steps (a resolved config); returns the trainer and losses."""
+    model = lm.model
+    n_layers = len(decoder_layers(model))
+    if not 0 <= cfg.layer < n_layers:
+        raise UnlearnError(
+            f"--layer {cfg.layer} is out of range: the model has {n_layers} layers (0..{n_layers - 1})."
+        )
+    d_model = (getattr(model.config, "text_config", None) or model.config).hidden_size
+    trainer = RMUTrainer(
+        model, layer=cfg.layer, update_layers=cfg.update_layers, param_pattern=cfg.param_pattern,
+        control_vecs=steering_vectors(d_model, cfg.steering_coeff, len(forget), cfg.seed),
+        alpha=cfg.alpha, lr=cfg.lr, mask_padding=cfg.mask_padding,
+    )  # fmt: skip
+    history = []
+    try:
+        for i in range(steps):
+            topic, b = i % len(forget), i // len(forget)
+            f_in = tokenize(lm.tokenizer, forget[topic][b], cfg.max_length, model.device)
+            r_in = tokenize(lm.tokenizer, retain[topic][b], cfg.max_length, model.device)
+            history.append(trainer.step(f_in, r_in, topic))
+            if on_step:
+                on_step(i, history[-1])
+    finally:
+        trainer.finish()
+    return trainer, history
+
+
+def save_rmu_weights(path: Path, weights: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    write_bytes(path, save(weights, metadata=metadata))
+
+
+def _weights_path(run: str | Path) -> Path:
+    """A run folder, its `weights.safetensors`, or a run id under results/rmu-baseline/."""
+    for cand in (Path(run), results_dir() / Path(run), results_dir() / "rmu-baseline" / Path(run)):
+        if cand.is_file():
+            return cand
+        if (cand / WEIGHTS_FILE).is_file():
+            return cand / WEIGHTS_FILE
+    raise UnlearnError(
+        f"No RMU weights at {run!r}: pass a run folder (results/rmu-baseline/<run-id>) holding {WEIGHTS_FILE} "
+        "from a finished `unlearn rmu-baseline` run."
+    )
+
+
+def load_rmu_weights(model: nn.Module, run: str | Path) -> list[str]:
+    """Copy a run's trained matrices into `model` (loaded from the same base model); returns their names.
+
+    Names and shapes must match the model's parameters exactly (else UnlearnError, nothing changed).
+    """
+    path = _weights_path(run)
+    weights = load_file(str(path))
+    params = dict(model.named_parameters())
+    missing = [n for n in weights if n not in params]
+    wrong = [f"{n}: {tuple(w.shape)} vs {tuple(params[n].shape)}" for n, w in weights.items()
+             if n in params and w.shape != params[n].shape]  # fmt: skip
+    if missing or wrong or not weights:
+        raise UnlearnError(
+            f"RMU weights {path} do not fit this model (unknown names {missing[:3]}, shape mismatches {wrong[:3]}"
+            f"{', empty file' if not weights else ''}); load the same base model the run used (see its config.json)."
+        )
+    with torch.no_grad():
+        for n, w in weights.items():
+            params[n].copy_(w.to(device=params[n].device, dtype=params[n].dtype))
+    return list(weights)
+
+
+def loss_plot(losses) -> bytes:
+    """Forget and α-weighted retain loss per step (PNG, Agg canvas, no global pyplot state)."""
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.5))
+    FigureCanvasAgg(fig)
+    for ax, col, colour in zip(
+        fig.subplots(1, 2), ("forget_loss", "retain_loss"), ("tab:red", "tab:blue"), strict=True
+    ):
+        ax.plot(losses["step"], losses[col], c=colour, lw=1.2)
+        ax.set_xlabel("step")
+        ax.set_title(col.replace("_", " ") + (" (×α)" if col == "retain_loss" else ""))
+        if (losses[col] > 0).all():
+            ax.set_yscale("log")
+        ax.grid(alpha=0.3)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _eval_suite(lm: LoadedModel, cfg: RMUConfig):
+    from unlearn.evaluate import eval_config_from_preset, prepare_eval
+
+    overrides = {"limit": cfg.eval_limit} if cfg.eval_limit is not None else {}
+    return prepare_eval(lm, eval_config_from_preset(get_preset(cfg.preset), **overrides, **cfg.extra))
+
+
+def run_rmu(cfg: RMUConfig, *, progress: bool = True) -> Path:
+    """Train RMU on a freshly loaded model, evaluate before and after, and write the run folder."""
+    import pandas as pd
+
+    cfg = resolve_config(cfg)
+    lm = load_model(cfg.model or cfg.preset, device=cfg.device, dtype=cfg.dtype)
+    forget, retain, steps = load_batches(cfg)  # fail on missing corpora before any slow work
+    run_dir = new_run_dir("rmu-baseline", cfg.run_id)
+    (run_dir / "FAILED").unlink(missing_ok=True)
+    write_json(run_dir / "config.json", {"command": "rmu-baseline", **dataclasses.asdict(cfg),
+                                         "model": lm.source if cfg.model else get_preset(cfg.preset).model,
+                                         "steps": steps})  # fmt: skip
+    try:
+        suite = _eval_suite(lm, cfg) if cfg.eval else None  # known subset from the unhooked model
+        before = suite.run(lm.model, desc="before RMU") if suite else None
+        with _progress(progress, steps) as on_step:
+            trainer, history = train_rmu(lm, cfg, forget, retain, steps, on_step)
+        losses = pd.DataFrame(
+            [(i, h.forget, h.retain, cfg.forget_source[i % len(forget)]) for i, h in enumerate(history)],
+            columns=["step", "forget_loss", "retain_loss", "source"],
+        )
+        write_table(run_dir / "losses.csv", losses)
+        write_bytes(run_dir / "loss.png", loss_plot(losses))
+        meta = {"model": str(lm.source), "preset": cfg.preset, "layer": str(cfg.layer)}
+        save_rmu_weights(run_dir / WEIGHTS_FILE, trainer.changed_weights(), meta)
+        if suite:
+            after = suite.run(lm.model, desc="after RMU")
+            write_table(run_dir / "questions_before.csv", before.questions)
+            write_table(run_dir / "questions_after.csv", after.questions)
+            write_json(run_dir / "metrics.json", {"before": before.block, "after": after.block})
+    except BaseException as exc:
+        for name in (WEIGHTS_FILE, "metrics.json", "losses.csv", "loss.png"):
+            (run_dir / name).unlink(missing_ok=True)
+        write_bytes(run_dir / "FAILED", f"{type(exc).__name__}: {exc}\n".encode())
+        raise
+    log.info("RMU run written to %s", run_dir)
+    return run_dir
+
+
+class _progress:
+    """A rich progress bar showing both losses; a no-op callback when disabled."""
+
+    def __init__(self, enabled: bool, total: int):
+        self.enabled, self.total = enabled, total
+
+    def __enter__(self) -> Callable[[int, StepLosses], None] | None:
+        if not self.enabled:
+            return None
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("RMU"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
+                            TextColumn("{task.fields[losses]}"))  # fmt: skip
+        self.bar.__enter__()
+        task = self.bar.add_task("rmu", total=self.total, losses="")
+
+        def on_step(i: int, h: StepLosses) -> None:
+            self.bar.update(task, advance=1, losses=f"forget {h.forget:.4g}  retain {h.retain:.4g}")
+
+        return on_step
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self.bar.__exit__(*exc)
+
+
+def rmu_baseline_command(
+    preset: Annotated[
+        str, typer.Option(help="Preset: model, RMU defaults, evaluation tasks.")
+    ] = DEFAULT_PRESET,
+    model: Annotated[
+        str | None, typer.Option(help="Model instead of the preset's (hub id, folder, .gguf).")
+    ] = None,
+    layer: Annotated[int | None, typer.Option(help="L: losses at the output of layers[L].")] = None,
+    update_layers: Annotated[
+        str | None, typer.Option(help="Trained layers, comma-separated (default L-2,L-1,L).")
+    ] = None,
+    param_pattern: Annotated[
+        str | None, typer.Option(help="Regex with {layer} naming the trained parameter.")
+    ] = None,
+    steering_coeff: Annotated[
+        float | None, typer.Option(help="c: forget activations pushed toward c·u.")
+    ] = None,
+    alpha: Annotated[float | None, typer.Option(help="α: retain loss weight.")] = None,
+    lr: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
+    n_batches: Annotated[
+        int | None, typer.Option(help="Training steps (one forget + one retain batch each).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Texts per batch.")] = None,
+    max_length: Annotated[int | None, typer.Option(help="Tokens per text (right truncation).")] = None,
+    mask_padding: Annotated[
+        bool | None,
+        typer.Option(
+            "--mask-padding/--no-mask-padding", help="Farrell et al.'s masked loss (default: preset)."
+        ),
+    ] = None,  # fmt: skip
+    forget_source: Annotated[
+        list[str] | None, typer.Option(help="Forget corpus (repeat for several).")
+    ] = None,
+    retain_source: Annotated[
+        list[str] | None, typer.Option(help="Retain corpus (one, or one per forget).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the random control vectors.")] = 42,
+    eval: Annotated[bool, typer.Option("--eval/--no-eval", help="Evaluate before and after.")] = True,
+    eval_limit: Annotated[int | None, typer.Option(help="At most N questions per task.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 ...")] = None,
+    run_id: Annotated[str | None, typer.Option(help="Run folder name (default: timestamp).")] = None,
+) -> None:
+    """RMU baseline (Li et al. 2024; Farrell et al.'s variant with --mask-padding), evaluated before/after."""
+    layers = [int(x) for x in update_layers.split(",")] if update_layers else None
+    cfg = RMUConfig(
+        preset=preset, model=model, layer=layer, update_layers=layers, param_pattern=param_pattern,
+        steering_coeff=steering_coeff, alpha=alpha, lr=lr, n_batches=n_batches, batch_size=batch_size,
+        max_length=max_length, mask_padding=mask_padding, forget_source=forget_source or None,
+        retain_source=retain_source or None, seed=seed, eval=eval, eval_limit=eval_limit, device=device,
+        dtype=dtype, run_id=run_id,
+    )  # fmt: skip
+    run_dir = run_rmu(cfg)
+    console = Console()
+    metrics = run_dir / "metrics.json"
+    if metrics.exists():
+        console.print(before_after_table(read_json(metrics)))
+    console.print(f"RMU run: {run_dir}  (evaluate later with: unlearn eval --rmu {run_dir})")
+
+
+def before_after_table(metrics: dict) -> Table:
+    """Per-task accuracy before and after RMU, then the pooled forget/retain rows."""
+    before = {s["task"]: s for s in metrics["before"]["scores"]}
+    after = {s["task"]: s for s in metrics["after"]["scores"]}
+    table = Table(title="RMU: accuracy before → after")
+    for col in ("task", "role", "n", "before", "after", "Δ"):
+        table.add_column(col, justify="left" if col in ("task", "role") else "right")
+    rows = [(t, s["role"], str(s["n"]), s["acc"], after.get(t, {}).get("acc")) for t, s in before.items()]
+    rows += [(f"pooled {r}", r, "", metrics["before"][f"{r}_acc"], metrics["after"][f"{r}_acc"])
+             for r in ("forget", "retain")]  # fmt: skip
+    for task, role, n, b, a in rows:
+        fmt = lambda v: "–" if v is None else f"{v:.3f}"  # noqa: E731
+        delta = f"{a - b:+.3f}" if a is not None and b is not None else "–"
+        table.add_row(
+            task, role, n, fmt(b), fmt(a), delta, style="bold" if task.startswith("pooled") else None
+        )
+    return table
