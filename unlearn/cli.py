@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from unlearn import info
+from unlearn import info, report
 from unlearn.errors import UnlearnError
 
 app = typer.Typer(
@@ -25,6 +25,8 @@ def _root() -> None:
 
 
 app.command("info")(info.info_command)
+app.command("list-saes")(info.list_saes_command)
+app.command("report")(report.report_command)
 
 
 def main() -> None:

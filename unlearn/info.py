@@ -12,7 +12,6 @@ from rich.table import Table
 from unlearn.errors import UnlearnError
 from unlearn.hooks import decoder_layers, forward_to, hook_width
 from unlearn.models import load_model, model_spec
-from unlearn.paths import resolve_data_path
 
 SAMPLE_TEXT = "The mitochondria produce ATP for the cell, while ribosomes build proteins from amino acids."
 
@@ -53,8 +52,7 @@ def run_info(cfg: InfoConfig) -> dict[str, object]:
     if sae_spec and sae_spec != "none":
         from unlearn.saes import check_compatible, load_sae
 
-        spec = str(resolve_data_path(sae_spec)) if resolve_data_path(sae_spec).exists() else sae_spec
-        sae = load_sae(spec, device=model.device)
+        sae = load_sae(sae_spec, device=model.device)
         hook = hook or sae.hook_name
     if hook:
         facts["hook point"] = hook
@@ -91,3 +89,23 @@ def info_command(
     for key, value in facts.items():
         table.add_row(key, str(value))
     Console().print(table)
+
+
+def list_saes_command(
+    release: str = typer.Argument(None, help="Show the SAE ids of one release."),
+) -> None:
+    """Pretrained SAE releases (and their ids) that --sae accepts."""
+    from unlearn.sae_loaders import _ids, load_releases
+
+    releases = load_releases()
+    if release is None:
+        table = Table(title="SAE releases (--sae RELEASE/ID)")
+        for column in ("release", "hub repo", "model", "ids"):
+            table.add_column(column)
+        for name, rel in releases.items():
+            table.add_row(name, rel["repo_id"], str(rel.get("model", "")), str(len(_ids(rel))))
+        Console().print(table)
+        return
+    if release not in releases:
+        raise UnlearnError(f"Unknown SAE release {release!r}; known: {', '.join(releases)}.")
+    Console().print("\n".join(_ids(releases[release])))
