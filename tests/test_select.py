@@ -1,0 +1,171 @@
+"""Feature statistics equal a float64 reference, the selection rule matches SAEBench's, and a planted
+topic feature is selected first while a feature that fires everywhere is dropped."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from unlearn.errors import UnlearnError
+from unlearn.hooks import forward_to
+from unlearn.results import read_json
+from unlearn.saes import SAE
+from unlearn.select import (
+    FeatureStats,
+    SelectConfig,
+    _parse_sources,
+    accumulate,
+    read_selection,
+    run_select,
+    select_features,
+    token_chunks,
+)
+
+FORGET = [
+    "The heart pumps blood. A cell of the heart has a nucleus, and the cell beats.",
+    "Each cell holds DNA in the nucleus; the cell needs ATP from mitochondria.",
+    "Which organ pumps blood through the body? The heart, made of many a cell.",
+] * 4
+RETAIN = [
+    "History geography computer science and the study of human aging.",
+    "The following are multiple choice questions about geography and history.",
+    "A B C D Answer: the of and a to in is was that for on with as by at from this.",
+] * 4
+
+
+def _stats(freq, n=1000):
+    return FeatureStats(
+        n, torch.tensor(freq, dtype=torch.float64) * n, torch.tensor(freq, dtype=torch.float64)
+    )
+
+
+def test_selection_rule_matches_numpy_reference():
+    rng = np.random.default_rng(0)
+    forget = rng.integers(0, 60, 300) / 1000
+    retain = rng.integers(0, 25, 300) / 1000
+    f, r = _stats(forget), _stats(retain)
+    for thr in (0.001, 0.01):
+        # SAEBench get_top_features: zero the forget score of high-retain features, sort, drop zeros
+        score = np.where(retain > thr, 0.0, forget)
+        order = sorted(np.nonzero(score)[0], key=lambda i: (-score[i], i))
+        assert select_features(f, r, retain_threshold=thr, n_features=20) == [int(i) for i in order[:20]]
+        ratio = forget / np.maximum(retain, 1 / 1000)
+        order = sorted(np.nonzero(score)[0], key=lambda i: (-ratio[i], -forget[i], i))
+        got = select_features(f, r, retain_threshold=thr, n_features=20, rank_by="ratio")
+        assert got == [int(i) for i in order[:20]]
+
+
+def test_token_chunks_cover_the_text_with_bos_windows(tokenizer):
+    chunks = list(token_chunks(FORGET[:3], tokenizer, max_length=8))
+    bos = tokenizer.bos_token_id
+    assert all(c[0] == bos and 2 <= len(c) <= 8 for c in chunks)
+    bodies = [t for c in chunks for t in c[1:]]
+    want = [t for text in FORGET[:3] for t in tokenizer(text, add_special_tokens=False)["input_ids"]]
+    assert bodies == want
+    capped = list(token_chunks(FORGET, tokenizer, max_length=8, max_tokens=30))
+    assert sum(len(c) - 1 for c in capped) == 30
+
+
+def random_sae(d_in=64, d_sae=32, hook="blocks.1.hook_resid_post", seed=0) -> SAE:
+    g = torch.Generator().manual_seed(seed)
+    sae = SAE(d_in, d_sae, "jumprelu", hook_name=hook)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(d_in, d_sae, generator=g) / d_in**0.5)
+        sae.W_dec.copy_(torch.randn(d_sae, d_in, generator=g) / d_sae**0.5)
+        sae.threshold.copy_(torch.rand(d_sae, generator=g) * 0.5)
+    return sae.requires_grad_(False)
+
+
+def test_stats_equal_float64_reference_without_bos_or_padding(tiny):
+    lm = tiny("gemma3")
+    tok, hook = lm.tokenizer, "blocks.1.hook_resid_post"
+    sae = random_sae(hook=hook)
+    chunks = list(token_chunks(FORGET + RETAIN, tok, max_length=12))
+    assert len({len(c) for c in chunks}) > 1  # batches below hold padding
+    stats = accumulate(lm.model, sae, hook, chunks, pad_id=tok.pad_token_id, bos_id=tok.bos_token_id,
+                       batch_tokens=64)  # fmt: skip
+    # reference: unpadded forwards, positions 1.. (BOS dropped), float64 numpy encode
+    W_enc, b_enc = sae.W_enc.double().numpy(), sae.b_enc.double().numpy()
+    thr = sae.threshold.double().numpy()
+    fires, sums, n = np.zeros(32), np.zeros(32), 0
+    for length in {len(c) for c in chunks}:  # equal-length chunks together: no padding at all
+        same = torch.tensor([c for c in chunks if len(c) == length])
+        x = forward_to(lm.model, [hook], input_ids=same)[hook][:, 1:].reshape(-1, 64).double().numpy()
+        pre = x @ W_enc + b_enc
+        f = np.where(pre > thr, np.maximum(pre, 0), 0.0)
+        fires += (f > 0).sum(0)
+        sums += f.sum(0)
+        n += len(x)
+    assert stats.n_tokens == n == sum(len(c) - 1 for c in chunks)
+    assert np.abs(stats.fire_count_F.numpy() - fires).max() <= 1  # a float32 tie at the threshold at most
+    np.testing.assert_allclose(stats.act_sum_F.numpy(), sums, rtol=1e-3, atol=1e-3)
+    assert stats.freq_F.max() > 0
+
+
+def planted_sae(lm, hook: str, token: str) -> tuple[SAE, int]:
+    """Feature 9 is the direction of the token's embedding (fires only on it), feature 3 fires
+    everywhere, feature 4 fires on BOS only; the rest are random."""
+    tok_id = lm.tokenizer(token, add_special_tokens=False)["input_ids"]
+    assert len(tok_id) == 1, f"{token!r} must be one token"
+    ids = torch.tensor([[lm.tokenizer.bos_token_id, tok_id[0]]])
+    x = forward_to(lm.model, [hook], input_ids=ids)[hook][0]  # embeddings (scaled) of BOS and the token
+    sae = random_sae(hook=hook, seed=1)
+    with torch.no_grad():
+        for feat, v in ((9, x[1]), (4, x[0])):
+            sae.W_enc[:, feat] = v / v.norm()
+            sae.b_enc[feat] = -0.8 * v.norm()
+            sae.threshold[feat] = 0.0
+        sae.W_enc[:, 3] = 0.0
+        sae.b_enc[3], sae.threshold[3] = 5.0, 0.0
+    return sae, tok_id[0]
+
+
+def test_planted_feature_is_selected_first(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path / "results"))
+    lm = tiny("gemma3")
+    hook = "blocks.0.hook_resid_pre"  # the (scaled) token embedding: a feature can be one token exactly
+    sae, tok_id = planted_sae(lm, hook, " cell")
+    sae_dir = sae.save(tmp_path / "sae")
+    (tmp_path / "forget.txt").write_text("\n\n".join(FORGET))
+    (tmp_path / "retain.txt").write_text("\n\n".join(RETAIN))
+    cfg = SelectConfig(
+        sae=str(sae_dir), hook=hook, topics=["cardio", "cells"], retain_source=str(tmp_path / "retain.txt"),
+        forget_sources={"cardio": str(tmp_path / "forget.txt"), "cells": str(tmp_path / "retain.txt")},
+        n_features=5, max_length=16, batch_tokens=64, run_id="t1",
+    )  # fmt: skip
+    run_dir = run_select(cfg, lm=lm)
+    features = read_json(run_dir / "features.json")
+    cardio = features["topics"]["cardio"]
+    assert cardio["features"][0] == 9
+    assert (
+        3 not in cardio["features"] and 4 not in cardio["features"]
+    )  # everywhere: dropped; BOS: not counted
+    top = cardio["stats"][0]
+    assert top["retain_freq"] == 0.0 and top["forget_freq"] > 0
+    assert top["top_tokens"] == [lm.tokenizer.decode([tok_id])]
+    assert all("« cell»" in c["text"] for c in top["contexts"]) and len(top["contexts"]) == 8
+    assert features["topics"]["cells"]["features"] == []  # retain text as forget text: nothing survives
+    table = __import__("pandas").read_csv(run_dir / "stats.csv")
+    assert len(table) == 32 and table.loc[3, "retain_freq"] == 1.0 and table.loc[4, "cardio_freq"] == 0.0
+    assert table.loc[9, "cardio_rank"] == 1
+    sel = read_selection(None, "cardio")  # the latest run
+    assert sel.features == cardio["features"] and sel.hook == hook and sel.sae == str(sae_dir)
+    assert read_json(run_dir / "config.json")["sources"]["retain"] == str(tmp_path / "retain.txt")
+
+
+def test_user_errors(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path / "results"))
+    with pytest.raises(UnlearnError, match="TOPIC=SOURCE"):
+        _parse_sources(["bio"])
+    assert _parse_sources(["bio=offline:bio-forget"]) == {"bio": "offline:bio-forget"}
+    with pytest.raises(UnlearnError, match="No feature selection found"):
+        read_selection()
+    lm = tiny("gemma3")
+    sae = random_sae()
+    with pytest.raises(UnlearnError, match="--forget-source"):
+        run_select(SelectConfig(topics=["law"], hook="blocks.1.hook_resid_post"), lm=lm, sae=sae)
+    with pytest.raises(UnlearnError, match="d_in 48"):
+        run_select(SelectConfig(hook="blocks.1.hook_resid_post"), lm=lm, sae=random_sae(d_in=48))
+    with pytest.raises(UnlearnError, match="not found"):
+        run_select(SelectConfig(sae="data/saes/nope"), lm=lm)
