@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from unlearn import info, report
+from unlearn import evaluate, info, report, rmu
 from unlearn.errors import UnlearnError
 
 app = typer.Typer(
@@ -26,6 +26,8 @@ def _root() -> None:
 
 app.command("info")(info.info_command)
 app.command("list-saes")(info.list_saes_command)
+app.command("eval")(evaluate.eval_command)
+app.command("rmu-baseline")(rmu.rmu_baseline_command)
 app.command("report")(report.report_command)
 
 
