@@ -3,6 +3,7 @@ and is a no-op (bit-identical logits) with no features; the sweep writes, summar
 
 from __future__ import annotations
 
+import pandas as pd
 import pytest
 import torch
 
@@ -177,3 +178,108 @@ def test_clamp_user_errors(tiny):
             with clamp(lm.model, random_sae(64, 32, "standard", dtype=torch.float32), list(range(32))):
                 raise RuntimeError
         assert torch.equal(lm.model(**inputs).logits, before)
+
+
+class FakeSuite:
+    """Stands in for the evaluator: 'forget accuracy' = share of logits left bit-identical on fixed
+    inputs (1.0 unhooked, lower when the hook edits anything), so the test sees whether the clamp was live."""
+
+    def __init__(self, lm):
+        self.lm, self.inputs, self.calls = lm, _inputs(lm), []
+        with torch.no_grad():
+            self.ref = lm.model(**self.inputs).logits
+
+    def run(self, model, *, desc=None):
+        from unlearn.evaluate import EvalOutcome
+        from unlearn.results import EvalBlock, TaskScore
+
+        self.calls.append(desc)
+        same = (model(**self.inputs).logits == self.ref).all(-1).float().mean().item()
+        scores = [TaskScore("toy-forget", "forget", "cloze", "all", 10, same),
+                  TaskScore("toy-retain", "retain", "cloze", "all", 10, 1.0)]  # fmt: skip
+        return EvalOutcome(EvalBlock.from_scores(scores), pd.DataFrame({"q": [1]}))
+
+
+def test_sweep_writes_points_and_resumes(tiny, tmp_path, monkeypatch):
+    from unlearn.intervene import InterveneConfig, run_intervene, summary_frame
+    from unlearn.results import read_json
+
+    monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path))
+    lm = tiny("gemma3")
+    sae, _ = _fires_on_token(lm, HOOK, " heart")
+    suite = FakeSuite(lm)
+    cfg = InterveneConfig(feature_ids=[5, 1, 2], modes=["clamp", "zero"], n_features=[1, 3],
+                          scales=[-5.0, -20.0], run_id="r1")  # fmt: skip
+    run_dir = run_intervene(cfg, lm=lm, sae=sae, suite=suite)
+    points = sorted(p.stem for p in (run_dir / "points").glob("*.json"))
+    assert points == ["clamp_n1_s-20", "clamp_n1_s-5", "clamp_n3_s-20", "clamp_n3_s-5", "zero_n1", "zero_n3"]
+    assert suite.calls[0] == "baseline" and len(suite.calls) == 7
+    p = read_json(run_dir / "points" / "clamp_n3_s-20.json")
+    assert p["features"] == [5, 1, 2] and p["scale"] == -20.0 and p["mode"] == "clamp"
+    summary = summary_frame(run_dir)
+    assert list(summary["point"])[0] == "baseline" and len(summary) == 7
+    clamp_rows = summary[summary["mode"] == "clamp"]
+    assert (clamp_rows["d_forget"] < 0).all()  # the hook was live while the suite ran
+    assert read_json(run_dir / "baseline.json")["forget_acc"] == 1.0
+
+    # resume: nothing left to do; a lost point is redone alone; --resume finds the run by its settings
+    run_intervene(cfg, lm=lm, sae=sae, suite=suite)
+    assert len(suite.calls) == 7
+    (run_dir / "points" / "zero_n3.json").unlink()
+    again = InterveneConfig(**{**cfg.__dict__, "run_id": None, "resume": True})
+    assert run_intervene(again, lm=lm, sae=sae, suite=suite) == run_dir
+    assert suite.calls[7:] == ["zero_n3"]
+    with pytest.raises(UnlearnError, match="ranked_features"):
+        run_intervene(InterveneConfig(**{**cfg.__dict__, "feature_ids": [1]}), lm=lm, sae=sae, suite=suite)
+
+
+def test_sweep_reads_a_selection_and_its_sae(tiny, tmp_path, monkeypatch):
+    from unlearn.intervene import InterveneConfig, run_intervene
+    from unlearn.results import read_json, write_json
+
+    monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path))
+    lm = tiny("gemma3")
+    sae, _ = _fires_on_token(lm, HOOK, " heart")
+    sel = tmp_path / "select-features" / "s1"
+    features = {"sae": str(sae.save(tmp_path / "sae")), "hook": HOOK, "rule": {"retain_threshold": 0.01},
+                "topics": {"bio": {"features": [5, 7, 9, 11]}}}  # fmt: skip
+    write_json(sel / "features.json", features)
+    write_json(sel / "config.json", {"command": "select-features"})
+    run_dir = run_intervene(InterveneConfig(n_features=[2], scales=[-20.0]), lm=lm, suite=FakeSuite(lm))
+    p = read_json(run_dir / "points" / "clamp_n2_s-20.json")
+    assert p["features"] == [5, 7] and p["retain_threshold"] == 0.01
+    cfg = read_json(run_dir / "config.json")
+    assert cfg["features"] == str(sel / "features.json") and cfg["hook"] == HOOK and cfg["layer"] == 1
+    assert p["metrics"]["forget_acc"] < 1.0
+    with pytest.raises(UnlearnError, match="no topic 'chem'"):
+        run_intervene(InterveneConfig(topic="chem"), lm=lm, suite=FakeSuite(lm))
+
+
+def test_intervene_command_with_the_real_evaluator(tiny_folder, tmp_path, monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from unlearn.intervene import intervene_command
+    from unlearn.results import read_json
+
+    monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path))
+    monkeypatch.setenv("UNLEARN_CACHE", str(tmp_path / "cache"))
+    sae = random_sae(64, 32, "standard", dtype=torch.float32)
+    sae.b_enc.fill_(0.5)  # every feature fires everywhere, so the clamp certainly acts
+    app = typer.Typer()
+    app.command()(intervene_command)
+    args = ["--model", str(tiny_folder("gemma3")), "--sae", str(sae.save(tmp_path / "sae")), "--hook", HOOK,
+            "--feature-ids", "1,2,3,4", "--n-features", "2,4", "--mode", "clamp,zero", "--scale", "-50",
+            "--forget-tasks", "offline:bio", "--retain-tasks", "offline:retain", "--protocol", "cloze",
+            "--all-questions", "--limit", "4", "--run-id", "cli"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "intervene" / "cli"
+    assert sorted(p.stem for p in (run_dir / "points").glob("*.json")) == [
+        "clamp_n2_s-50", "clamp_n4_s-50", "zero_n2", "zero_n4"]  # fmt: skip
+    point = read_json(run_dir / "points" / "clamp_n4_s-50.json")
+    tasks = {s["task"] for s in point["metrics"]["scores"]}
+    assert "offline:bio" in tasks and any(t.startswith("offline:retain") for t in tasks)
+    assert "intervene sweep" in result.output and "clamp_n4_s-50" in result.output
+    bad = CliRunner().invoke(app, [*args[:-2], "--run-id", "x", "--scale", "a,b"])
+    assert isinstance(bad.exception, UnlearnError)

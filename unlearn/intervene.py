@@ -17,16 +17,26 @@ pre-hook on the model itself, so this holds under any caller (our evaluator, lm-
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Literal, get_args
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal, get_args
 
+import pandas as pd
 import torch
+import typer
+from rich.console import Console
+from rich.table import Table
 from torch import Tensor, nn
 
 from unlearn.errors import UnlearnError
 from unlearn.hooks import edit, hook_width
+from unlearn.models import LoadedModel, load_model
+from unlearn.presets import DEFAULT_PRESET
+from unlearn.results import EvalBlock, new_run_dir, read_json, results_dir, write_json, write_table
 
 log = logging.getLogger(__name__)
 
@@ -136,3 +146,262 @@ def clamp(
             yield
     finally:
         pre.remove()
+
+
+# --- the sweep -----------------------------------------------------------------------------------------
+
+
+@dataclass
+class InterveneConfig:
+    preset: str = DEFAULT_PRESET
+    """Preset whose model, SAE and evaluation tasks are used."""
+    model: str | None = None
+    """Model instead of the preset's: hub id, local folder or .gguf file."""
+    features: str | None = None
+    """select-features run folder or its features.json (default: the latest run)."""
+    topic: str | None = None
+    """Topic of the selection to clamp (default: its first)."""
+    feature_ids: list[int] | None = None
+    """Explicit feature ids, ranked, instead of a selection."""
+    sae: str | None = None
+    """SAE instead of the selection's / preset's."""
+    hook: str | None = None
+    """Hook point instead of the selection's / the SAE's."""
+    modes: list[str] = field(default_factory=lambda: ["clamp"])
+    """Interventions to sweep: clamp (set active features to scale), zero, scale (multiply by scale)."""
+    n_features: list[int] | None = None
+    """Top-n of the ranked features per point (default: 20, or all explicit ids)."""
+    scales: list[float] = field(default_factory=lambda: [-20.0])
+    """Clamp values (clamp mode) or factors (scale mode); zero mode ignores them."""
+    protocol: str | None = None
+    """Evaluation protocol instead of the preset's: letter, cloze or lm-eval."""
+    forget_tasks: list[str] | None = None
+    """Forget question sources instead of the preset's."""
+    retain_tasks: list[str] | None = None
+    """Retain question sources instead of the preset's."""
+    known_only: bool = True
+    """Score only questions the unhooked model knows, as the paper and SAEBench do."""
+    permutations: bool | None = None
+    """Letter protocol: all 24 answer orders."""
+    limit: int | None = None
+    """At most this many questions per source."""
+    batch_size: int | None = None
+    """Evaluation sequences per forward."""
+    run_id: str | None = None
+    """Run folder to write into; an existing one is resumed (completed points are skipped)."""
+    resume: bool = False
+    """Resume the latest run made with the same settings (grid aside)."""
+    device: str | None = None
+    dtype: str | None = None
+
+
+def grid(
+    modes: Sequence[str], n_features: Sequence[int], scales: Sequence[float]
+) -> list[tuple[str, Mode, int, float]]:
+    """(point id, mode, n, scale) in sweep order; zero mode has one point per n (its scale is moot)."""
+    points: dict[str, tuple[str, Mode, int, float]] = {}
+    for mode in map(check_mode, modes):
+        for n in n_features:
+            for scale in [0.0] if mode == "zero" else scales:
+                pid = f"zero_n{n}" if mode == "zero" else f"{mode}_n{n}_s{scale:g}"
+                points.setdefault(pid, (pid, mode, n, float(scale)))
+    return list(points.values())
+
+
+def _run_dir(cfg: InterveneConfig, identity: dict) -> Path:
+    """The run folder: `--run-id` (checked to match), the latest matching one with `--resume`, or new."""
+    base = results_dir() / "intervene"
+    if cfg.run_id and (base / cfg.run_id / "config.json").exists():
+        old = read_json(base / cfg.run_id / "config.json")
+        diff = sorted(k for k in identity if old.get(k) != identity[k])
+        if diff:
+            raise UnlearnError(
+                f"Run {cfg.run_id} was made with other settings ({', '.join(diff)} differ); pass a new --run-id."
+            )
+        return base / cfg.run_id
+    if cfg.resume and not cfg.run_id and base.exists():
+        for run in sorted(base.glob("*/config.json"), reverse=True):
+            old = read_json(run)
+            if all(old.get(k) == v for k, v in identity.items()):
+                log.info("resuming %s", run.parent)
+                return run.parent
+    return new_run_dir("intervene", cfg.run_id)
+
+
+def summary_frame(run_dir: Path) -> pd.DataFrame:
+    """One row per evaluated state (baseline first): pooled and per-task accuracy, deltas vs baseline."""
+    rows = []
+    base = read_json(run_dir / "baseline.json") if (run_dir / "baseline.json").exists() else None
+    entries = [("baseline", {"mode": "none", "metrics": base})] if base else []
+    entries += [(f.stem, read_json(f)) for f in sorted((run_dir / "points").glob("*.json"))]
+    for pid, p in entries:
+        block = EvalBlock.from_dict(p["metrics"])
+        row = {"point": pid, **{k: p.get(k) for k in ("mode", "n_features", "scale")},
+               "forget_acc": block.forget_acc, "retain_acc": block.retain_acc}  # fmt: skip
+        if base:
+            b = EvalBlock.from_dict(base)
+            row["d_forget"] = _diff(block.forget_acc, b.forget_acc)
+            row["d_retain"] = _diff(block.retain_acc, b.retain_acc)
+        row.update({f"{s.role}:{s.task}": s.acc for s in block.scores})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _diff(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def point_table(title: str, block: EvalBlock, base: EvalBlock | None) -> Table:
+    """Per task (and pooled): accuracy now, unhooked, and the change."""
+    table = Table(title=title)
+    for col in ("task", "role", "n", "acc", "unhooked", "change"):
+        table.add_column(col, justify="left" if col in ("task", "role") else "right")
+    before = {(s.task, s.role): s.acc for s in base.scores} if base else {}
+    rows = [(s.task, s.role, str(s.n), s.acc, before.get((s.task, s.role))) for s in block.scores]
+    rows += [("pooled", "forget", "", block.forget_acc, base.forget_acc if base else None),
+             ("pooled", "retain", "", block.retain_acc, base.retain_acc if base else None)]  # fmt: skip
+    for task, role, n, acc, b in rows:
+        fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        change = _diff(acc, b)
+        style = "red" if change and ((role == "retain") == (change < 0)) else None
+        table.add_row(
+            task, role, n, fmt(acc), fmt(b), "-" if change is None else f"{change:+.3f}", style=style
+        )
+    return table
+
+
+def run_intervene(
+    cfg: InterveneConfig,
+    *,
+    lm: LoadedModel | None = None,
+    sae: nn.Module | None = None,
+    suite=None,
+    console: Console | None = None,
+) -> Path:
+    """Evaluate the unhooked model once, then every grid point with its clamp installed; each point's
+    metrics are written as soon as it completes, and points already in the run folder are skipped."""
+    from unlearn.select import read_selection, resolve_sae
+
+    console = console or Console()
+    lm = lm or load_model(cfg.model or cfg.preset, device=cfg.device, dtype=cfg.dtype)
+    preset = lm.preset  # None when --model names a non-preset model
+    selection = None if cfg.feature_ids else read_selection(cfg.features, cfg.topic)
+    ranked = list(cfg.feature_ids) if cfg.feature_ids else selection.features
+    if not ranked:
+        raise UnlearnError("The selection is empty (no feature passed the retain threshold); "
+                           "rerun select-features with a higher --retain-threshold or pass --feature-ids.")  # fmt: skip
+    device = next(lm.model.parameters()).device
+    if sae is None:
+        spec = cfg.sae or (selection.sae if selection else None)
+        hook = cfg.hook or (selection.hook if selection and not cfg.sae else None)
+        sae, sae_spec, hook = resolve_sae(spec, hook, preset, device)
+    else:
+        sae_spec, hook = cfg.sae or "<in-memory>", cfg.hook or sae.hook_name
+    sizes = cfg.n_features or ([len(ranked)] if cfg.feature_ids else [20])
+    if max(sizes) > len(ranked):
+        log.warning("only %d ranked features; larger n use all of them", len(ranked))
+    points = grid(cfg.modes, sorted({min(n, len(ranked)) for n in sizes}), cfg.scales)
+    if suite is None:
+        from unlearn.evaluate import eval_config_from_preset, prepare_eval
+
+        overrides = {"protocol": cfg.protocol, "forget": cfg.forget_tasks, "retain": cfg.retain_tasks,
+                     "known_only": cfg.known_only, "permutations": cfg.permutations, "limit": cfg.limit,
+                     "batch_size": cfg.batch_size}  # fmt: skip
+        ecfg = eval_config_from_preset(preset, **overrides)
+        if not ecfg.forget and not ecfg.retain:
+            raise UnlearnError("No evaluation tasks: pass --forget-tasks and --retain-tasks (or a --preset).")
+        suite = prepare_eval(lm, ecfg)  # known subsets with the unhooked model, before any hook
+    eval_cfg = (
+        dataclasses.asdict(suite.cfg) if dataclasses.is_dataclass(getattr(suite, "cfg", None)) else None
+    )
+    identity = {"command": "intervene", "preset": preset.name if preset else None, "model": lm.name,
+                "sae": sae_spec, "hook": hook, "features": selection.source if selection else None,
+                "topic": selection.topic if selection else None, "ranked_features": ranked, "eval": eval_cfg}  # fmt: skip
+    run_dir = _run_dir(cfg, identity)
+    layer = int(hook.split(".")[1]) if hook.startswith("blocks.") else None
+    write_json(run_dir / "config.json", {**identity, "layer": layer, "grid": {
+        "modes": cfg.modes, "n_features": sizes, "scales": cfg.scales}})  # fmt: skip
+    if (run_dir / "baseline.json").exists():
+        base = EvalBlock.from_dict(read_json(run_dir / "baseline.json"))
+    else:
+        with torch.inference_mode():
+            base = suite.run(lm.model, desc="baseline").block
+        write_json(run_dir / "baseline.json", base)
+    console.print(point_table("unhooked", base, None))
+    thr = selection.retain_threshold if selection else None
+    for pid, mode, n, scale in points:
+        path = run_dir / "points" / f"{pid}.json"
+        if path.exists():
+            log.info("skipping %s (done)", pid)
+            continue
+        with torch.inference_mode(), clamp(lm.model, sae, ranked[:n], mode, scale, hook_name=hook):
+            outcome = suite.run(lm.model, desc=pid)
+        write_json(path, {"mode": mode, "scale": None if mode == "zero" else scale, "n_features": n,
+                          "features": ranked[:n], "retain_threshold": thr, "metrics": outcome.block})  # fmt: skip
+        if getattr(outcome, "questions", None) is not None and len(outcome.questions):
+            write_table(run_dir / "questions" / f"{pid}.csv", outcome.questions)
+        write_table(run_dir / "summary.csv", summary_frame(run_dir))
+        console.print(point_table(f"{pid} ({len(ranked[:n])} features at {hook})", outcome.block, base))
+    write_table(run_dir / "summary.csv", summary_frame(run_dir))
+    return run_dir
+
+
+def _split(text: str | None, kind=str) -> list | None:
+    if text is None:
+        return None
+    try:
+        return [kind(x.strip()) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise UnlearnError(
+            f"Expected a comma-separated list of {kind.__name__} values, got {text!r}."
+        ) from None
+
+
+def intervene_command(
+    scale: Annotated[str, typer.Option(help="Clamp value(s), e.g. -20 or -5,-20,-50.")] = "-20",
+    n_features: Annotated[str | None, typer.Option(help="Top-n feature count(s), e.g. 10,20,50.")] = None,
+    mode: Annotated[
+        str, typer.Option("--mode", "--modes", help="clamp, zero, scale (comma list).")
+    ] = "clamp",
+    features: Annotated[
+        str | None, typer.Option(help="select-features run folder (default: latest).")
+    ] = None,
+    topic: Annotated[str | None, typer.Option(help="Topic of the selection.")] = None,
+    feature_ids: Annotated[str | None, typer.Option(help="Explicit feature ids, e.g. 12,7,301.")] = None,
+    preset: Annotated[str, typer.Option(help="Model preset.")] = DEFAULT_PRESET,
+    model: Annotated[str | None, typer.Option(help="Model instead of the preset's.")] = None,
+    sae: Annotated[str | None, typer.Option(help="SAE instead of the selection's.")] = None,
+    hook: Annotated[str | None, typer.Option(help="Hook point instead of the selection's.")] = None,
+    protocol: Annotated[str | None, typer.Option(help="letter, cloze or lm-eval.")] = None,
+    forget_tasks: Annotated[str | None, typer.Option(help="Forget question sources (comma list).")] = None,
+    retain_tasks: Annotated[str | None, typer.Option(help="Retain question sources (comma list).")] = None,
+    known_only: Annotated[
+        bool | None, typer.Option("--known-only/--all-questions", help="Known subset only.")
+    ] = None,
+    permutations: Annotated[bool | None, typer.Option(help="Letter protocol: all 24 orders.")] = None,
+    limit: Annotated[int | None, typer.Option(help="Questions per source.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Evaluation batch size.")] = None,
+    run_id: Annotated[str | None, typer.Option(help="Run folder (an existing one is resumed).")] = None,
+    resume: Annotated[bool, typer.Option(help="Resume the latest run with the same settings.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16, ...")] = None,
+) -> None:
+    """Clamp selected SAE features during evaluation, over a grid of feature counts and scales."""
+    cfg = InterveneConfig(
+        preset=preset, model=model, features=features, topic=topic, feature_ids=_split(feature_ids, int),
+        sae=sae, hook=hook, modes=_split(mode), n_features=_split(n_features, int), scales=_split(scale, float),
+        protocol=protocol, forget_tasks=_split(forget_tasks), retain_tasks=_split(retain_tasks),
+        known_only=known_only, permutations=permutations, limit=limit, batch_size=batch_size, run_id=run_id,
+        resume=resume, device=device, dtype=dtype,
+    )  # fmt: skip
+    console = Console()
+    run_dir = run_intervene(cfg, console=console)
+    summary = summary_frame(run_dir)
+    table = Table(title=f"intervene sweep ({run_dir})")
+    for col in ("point", "forget_acc", "retain_acc", "d_forget", "d_retain"):
+        table.add_column(col, justify="left" if col == "point" else "right")
+    for _, r in summary.iterrows():
+        cells = [r["point"]] + ["-" if pd.isna(r.get(c)) else f"{r[c]:+.3f}" if c.startswith("d_") else f"{r[c]:.3f}"
+                                for c in ("forget_acc", "retain_acc", "d_forget", "d_retain")]  # fmt: skip
+        table.add_row(*cells)
+    console.print(table)

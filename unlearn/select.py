@@ -37,7 +37,7 @@ from unlearn.errors import UnlearnError
 from unlearn.hooks import forward_to, hook_width
 from unlearn.models import LoadedModel, load_model
 from unlearn.paths import resolve_data_path
-from unlearn.presets import DEFAULT_PRESET, Preset, get_preset, preset_names
+from unlearn.presets import DEFAULT_PRESET, Preset
 from unlearn.results import latest_run_dir, new_run_dir, read_json, write_json, write_table
 from unlearn.saes import SAE, check_compatible, load_sae
 
@@ -366,11 +366,11 @@ def run_select(cfg: SelectConfig, *, lm: LoadedModel | None = None, sae: SAE | N
     if cfg.rank_by not in ("freq", "ratio"):
         raise UnlearnError(f"--rank-by must be freq or ratio, not {cfg.rank_by!r}.")
     lm = lm or load_model(cfg.model or cfg.preset, device=cfg.device, dtype=cfg.dtype)
-    preset = get_preset(cfg.preset) if cfg.preset in preset_names() else None
+    preset = lm.preset  # None when --model names a non-preset model
     forget_sources, retain_source = _sources(cfg, preset)
     device = next(lm.model.parameters()).device
     if sae is None:
-        sae, sae_spec, hook = resolve_sae(cfg.sae, cfg.hook, preset if not cfg.model else None, device)
+        sae, sae_spec, hook = resolve_sae(cfg.sae, cfg.hook, preset, device)
     else:
         sae_spec, hook = cfg.sae or "<in-memory>", cfg.hook or sae.hook_name
     check_compatible(sae, hook_width(lm.model, hook), hook, lm.name)
