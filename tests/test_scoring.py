@@ -24,7 +24,12 @@ class Q:
 QUESTIONS = [
     Q("Which organ pumps blood through the body?", ["heart", "liver", "kidney", "lung"], 0),
     Q("What does the cell nucleus hold?", ["ATP", "DNA", "water only", "the mitochondria of the cell"], 1),
-    Q("Which is a history topic?", ["enzymes", "genes", "the virus", "geography of the"], 3, "high_school_us_history"),
+    Q(
+        "Which is a history topic?",
+        ["enzymes", "genes", "the virus", "geography of the"],
+        3,
+        "high_school_us_history",
+    ),
     Q("Mitochondria make what?", ["proteins", "DNA", "ATP", "A"], 2),
     Q("A short one?", ["a", "b", "c", "d"], 1, "human_aging"),
 ]
@@ -39,7 +44,9 @@ def full_logits(model, ids: list[int]) -> torch.Tensor:
 @pytest.mark.parametrize("family", ["gemma2", "gemma3"])
 def test_letter_scores_equal_full_model_and_padding_is_invisible(tiny, family):
     lm = tiny(family)
-    prompts = [encode_prompt(letter_prompt(q, lm.tokenizer, chat_template=False), lm.tokenizer) for q in QUESTIONS]
+    prompts = [
+        encode_prompt(letter_prompt(q, lm.tokenizer, chat_template=False), lm.tokenizer) for q in QUESTIONS
+    ]
     assert len({len(p) for p in prompts}) > 1  # the batch really is padded
     batched = make_letter_scorer(lm.model, lm.tokenizer, batch_size=len(prompts))(prompts)
     single = torch.cat([make_letter_scorer(lm.model, lm.tokenizer, batch_size=1)([p]) for p in prompts])
@@ -101,7 +108,9 @@ def test_always_A_is_known_when_every_order_puts_the_answer_first(tokenizer):
 
 def test_oracle_scorer_maps_permuted_letters_back(tokenizer):
     """A fake model that reads the prompt and picks the letter whose line holds the marked answer."""
-    questions = [Q(f"q{i}?", [f"opt{k}" + ("*" if k == i % 4 else "") for k in range(4)], i % 4) for i in range(8)]
+    questions = [
+        Q(f"q{i}?", [f"opt{k}" + ("*" if k == i % 4 else "") for k in range(4)], i % 4) for i in range(8)
+    ]
 
     def oracle(prompts):
         out = torch.zeros(len(prompts), 4)
@@ -135,7 +144,12 @@ def test_gemma2_chat_prompt_text_is_exact(tokenizer):
 
 
 def test_base_prompt_text_and_subject_phrase(tokenizer):
-    q = Q("Who was the first US president?", ["Lincoln", "Washington", "Adams", "Grant"], 1, "high_school_us_history")
+    q = Q(
+        "Who was the first US president?",
+        ["Lincoln", "Washington", "Adams", "Grant"],
+        1,
+        "high_school_us_history",
+    )
     expected = (
         "The following are multiple choice questions (with answers) about high school us history.\n"
         "Who was the first US president?\nA. Lincoln\nB. Washington\nC. Adams\nD. Grant\nAnswer: ("

@@ -1,0 +1,167 @@
+"""The shared evaluator: suites from question files, known-subset cache, hooks honoured, run folder."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from unlearn import hooks
+from unlearn.errors import UnlearnError
+from unlearn.evaluate import (
+    EvalConfig,
+    EvalRunConfig,
+    eval_config_from_preset,
+    known_mask,
+    load_tasks,
+    prepare_eval,
+    run_eval,
+)
+from unlearn.presets import get_preset
+from unlearn.results import EvalBlock, read_json
+
+ROWS = [
+    {"question": "Which organ pumps blood?", "choices": ["heart", "liver", "kidney", "lung"], "answer": 0,
+     "subject": "biology"},
+    {"question": "What does the nucleus hold?", "choices": ["ATP", "DNA", "water", "salt"], "answer": 1,
+     "subject": "biology"},
+    {"question": "Which is a virus?", "choices": ["the cell", "enzymes", "flu", "genes"], "answer": 2,
+     "subject": "biology"},
+    {"question": "Where is Paris?", "choices": ["Spain", "Italy", "Peru", "France"], "answer": 3,
+     "subject": "geography"},
+    {"question": "Which river is long?", "choices": ["Nile", "a pond", "a lake", "the sea"], "answer": 0,
+     "subject": "geography"},
+    {"question": "Who aged?", "choices": ["the old", "the young", "a baby", "a child"], "answer": 0,
+     "subject": "human_aging"},
+]  # fmt: skip
+
+
+@pytest.fixture
+def qfiles(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNLEARN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path / "results"))
+    forget, retain = tmp_path / "forget.jsonl", tmp_path / "retain.jsonl"
+    forget.write_text("".join(json.dumps(r) + "\n" for r in ROWS[:3]))
+    retain.write_text("".join(json.dumps(r) + "\n" for r in ROWS[3:]))
+    return str(forget), str(retain)
+
+
+def count_forwards(model):
+    calls = []
+    handle = model.get_decoder().register_forward_pre_hook(lambda *_: calls.append(1))
+    return calls, handle
+
+
+def test_suite_scores_tasks_split_by_subject(tiny, qfiles):
+    lm = tiny("gemma2")
+    forget, retain = qfiles
+    cfg = EvalConfig(forget=[forget], retain=[retain], protocol="cloze", batch_size=4)
+    suite = prepare_eval(lm, cfg)
+    assert [t.name for t in suite.tasks] == [forget, f"{retain}/geography", f"{retain}/human_aging"]
+    out = suite.run(lm.model)
+    assert [s.n for s in out.block.scores] == [3, 2, 1]
+    assert {s.protocol for s in out.block.scores} == {"cloze"} and out.block.subset == "all"
+    df = out.questions
+    for score in out.block.scores:
+        rows = df[df.task == score.task]
+        assert score.acc == pytest.approx(rows.correct.mean()) and score.acc_norm == pytest.approx(
+            rows.correct_norm.mean()
+        )
+    assert out.block.retain_acc == pytest.approx(df[df.role == "retain"].correct.mean())
+    lls = df[[f"ll_{k}" for k in range(4)]].to_numpy()
+    np.testing.assert_array_equal(df.pred, lls.argmax(1))
+
+
+def test_hooks_active_during_run_are_honoured(tiny, qfiles):
+    lm = tiny("gemma3")
+    suite = prepare_eval(lm, EvalConfig(forget=[qfiles[0]], protocol="cloze"))
+    plain = suite.run(lm.model).questions
+    with hooks.edit(lm.model, "blocks.1.hook_resid_post", lambda x: x * 0 + 3.0):
+        hooked = suite.run(lm.model).questions
+    again = suite.run(lm.model).questions
+    pd.testing.assert_frame_equal(plain, again)  # the hook is gone after the block
+    cols = [f"ll_{k}" for k in range(4)]
+    assert np.abs(plain[cols].to_numpy() - hooked[cols].to_numpy()).min() > 1e-3
+
+
+def test_known_subset_is_cached_and_keyed_by_weights(tiny, qfiles):
+    lm = tiny("gemma2")
+    cfg = EvalConfig(forget=[qfiles[0]], protocol="letter", known_only=True, chat_template=True)
+    task = load_tasks(cfg)[0]
+    calls, handle = count_forwards(lm.model)
+    try:
+        first = known_mask(lm, task, cfg, chat_template=True)
+        n_first = len(calls)
+        assert n_first >= 1
+        second = known_mask(lm, task, cfg, chat_template=True)
+        assert len(calls) == n_first  # cache hit: no forward at all
+        np.testing.assert_array_equal(first, second)
+        weight = lm.model.get_decoder().layers[0].mlp.down_proj.weight
+        with torch.no_grad():
+            weight.add_(1.0)
+            try:
+                known_mask(lm, task, cfg, chat_template=True)  # changed weights: recomputed
+            finally:
+                weight.sub_(1.0)
+        assert len(calls) > n_first
+    finally:
+        handle.remove()
+    suite = prepare_eval(lm, cfg)
+    out = suite.run(lm.model)
+    assert out.block.subset == "known" and out.block.scores[0].n == int(first.sum())
+
+
+def test_permutation_accuracy_is_mean_over_orders(tiny, qfiles):
+    lm = tiny("gemma")
+    cfg = EvalConfig(forget=[qfiles[0]], protocol="letter", permutations=True, chat_template=False)
+    out = prepare_eval(lm, cfg).run(lm.model)
+    score = out.block.scores[0]
+    assert score.protocol == "letter-perm24"
+    assert score.acc == pytest.approx(out.questions.frac_correct.mean())
+    assert set(np.round(out.questions.frac_correct * 24, 6)) <= set(range(25))
+
+
+def test_user_errors(tiny, qfiles):
+    lm = tiny("gemma2")
+    lm.tokenizer.chat_template, saved = None, lm.tokenizer.chat_template
+    try:
+        with pytest.raises(UnlearnError, match="no-chat-template"):
+            prepare_eval(lm, EvalConfig(forget=[qfiles[0]], chat_template=True))
+    finally:
+        lm.tokenizer.chat_template = saved
+    with pytest.raises(UnlearnError, match="--tasks"):
+        load_tasks(EvalConfig())
+    with pytest.raises(UnlearnError, match="twice"):
+        load_tasks(EvalConfig(forget=[qfiles[0]], retain=[qfiles[0]]))
+    with pytest.raises(UnlearnError, match="protocol"):
+        prepare_eval(lm, EvalConfig(forget=[qfiles[0]], protocol="logits")).run(lm.model)
+
+
+def test_config_from_preset():
+    cfg = eval_config_from_preset(get_preset("gemma-2-2b-it"), known_only=True, limit=None)
+    assert (
+        cfg.protocol == "letter"
+        and cfg.chat_template is True
+        and cfg.known_only
+        and cfg.forget == ["wmdp-bio"]
+    )
+    assert len(cfg.retain) == 4
+    assert eval_config_from_preset(get_preset("gemma-3-270m")).protocol == "cloze"
+
+
+def test_run_eval_writes_run_folder(tiny_folder, qfiles, tmp_path):
+    forget, retain = qfiles
+    run_dir = run_eval(EvalRunConfig(model=str(tiny_folder("gemma2")), tasks=[forget, retain], protocol="cloze",
+                                     device="cpu", run_id="t1"))  # fmt: skip
+    assert run_dir == tmp_path / "results" / "eval" / "t1"
+    config = read_json(run_dir / "config.json")
+    assert config["command"] == "eval" and config["protocol"] == "cloze" and config["preset"] is None
+    block = EvalBlock.from_dict(read_json(run_dir / "metrics.json"))
+    assert sum(s.n for s in block.scores) == len(ROWS)
+    assert len(pd.read_csv(run_dir / "questions.csv")) == len(ROWS)
+    with pytest.raises(UnlearnError):
+        run_eval(EvalRunConfig(model=str(tiny_folder("gemma2")), tasks=[forget], protocol="cloze", device="cpu",
+                               rmu=str(tmp_path / "no-such-run")))  # fmt: skip
