@@ -4,13 +4,23 @@ forward, no second copy) reproduces a plain two-full-copies implementation step 
 from __future__ import annotations
 
 import copy
+import json
+import os
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
+import typer
 from conftest import FAMILIES
+from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
 
 from unlearn.errors import UnlearnError
+from unlearn.models import load_model
+from unlearn.results import EvalBlock, read_json
+from unlearn.rmu import RMUConfig, load_rmu_weights, resolve_config, rmu_baseline_command, run_rmu
 from unlearn.rmu_train import RMUTrainer, rmu_mse, select_params, steering_vectors, tokenize
 
 FORGET = [
@@ -230,3 +240,91 @@ def test_lean_equals_two_full_copies(tiny, family, mask_padding):
         for n in names:
             torch.testing.assert_close(trainer.params[n].detach(), weights[n], rtol=1e-5, atol=1e-7)
     assert reference[-1][1] > 0  # the retain term was exercised, not trivially zero throughout
+
+
+# ---------------------------------------------------------------- the command end to end (tiny model)
+
+
+@pytest.fixture
+def corpora(tmp_path, monkeypatch):
+    monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path / "results"))
+    paths = {}
+    for name, texts in (("forget", FORGET), ("retain", [""] + RETAIN)):  # "" is skipped (min_len)
+        paths[name] = tmp_path / f"{name}.jsonl"
+        paths[name].write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    return paths
+
+
+def tiny_cfg(tiny_folder, corpora, **kw):
+    base = dict(
+        model=str(tiny_folder("gemma2")), layer=2, n_batches=4, batch_size=2, max_length=16,
+        forget_source=[str(corpora["forget"])], retain_source=[str(corpora["retain"])],
+        eval_limit=3, device="cpu", dtype="float32", run_id="t",
+    )  # fmt: skip
+    return RMUConfig(**{**base, **kw})
+
+
+def test_resolve_config_from_preset_and_overrides():
+    cfg = resolve_config(RMUConfig(preset="gemma-2-2b-it"))
+    assert (cfg.layer, cfg.update_layers, cfg.steering_coeff, cfg.alpha) == (3, [1, 2, 3], 400.0, 100.0)
+    assert (cfg.n_batches, cfg.batch_size, cfg.lr, cfg.mask_padding) == (300, 3, 5e-5, True)
+    assert cfg.forget_source == ["wmdp-bio-forget"] and cfg.retain_source == ["wikitext"]
+    cfg = resolve_config(RMUConfig(preset="gemma-2-2b-it", layer=7, alpha=300.0, mask_padding=False))
+    assert (cfg.layer, cfg.update_layers, cfg.alpha, cfg.mask_padding) == (7, [5, 6, 7], 300.0, False)
+    with pytest.raises(UnlearnError, match="one per --forget-source"):
+        resolve_config(RMUConfig(forget_source=["a", "b", "c"], retain_source=["x", "y"]))
+
+
+def test_run_writes_results_and_weights_load_back(tiny_folder, corpora):
+    run = run_rmu(tiny_cfg(tiny_folder, corpora, lr=1e-3), progress=False)
+    assert run == Path(os.environ["UNLEARN_RESULTS"]) / "rmu-baseline" / "t"
+    cfg = read_json(run / "config.json")
+    assert cfg["command"] == "rmu-baseline" and cfg["steps"] == 4 and cfg["update_layers"] == [0, 1, 2]
+    losses = pd.read_csv(run / "losses.csv")
+    assert list(losses.columns[:3]) == ["step", "forget_loss", "retain_loss"] and len(losses) == 4
+    assert losses["retain_loss"][0] == 0.0
+    assert (run / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    metrics = read_json(run / "metrics.json")
+    before, after = EvalBlock.from_dict(metrics["before"]), EvalBlock.from_dict(metrics["after"])
+    assert {s.role for s in before.scores} == {"forget", "retain"} and len(after.scores) == len(before.scores)
+    assert not (run / "FAILED").exists()
+
+    saved = load_file(str(run / "weights.safetensors"))
+    assert sorted(saved) == [f"model.layers.{i}.mlp.down_proj.weight" for i in range(3)]
+    lm = load_model(str(tiny_folder("gemma2")), device="cpu", dtype="float32")
+    original = {n: p.clone() for n, p in lm.model.named_parameters()}
+    assert load_rmu_weights(lm.model, run) == list(saved)
+    for n, p in lm.model.named_parameters():
+        assert torch.equal(p, saved[n]) if n in saved else torch.equal(p, original[n])
+    assert all(not torch.equal(saved[n], original[n]) for n in saved)  # training moved every one
+
+    bad = run.parent / "bad"
+    bad.mkdir()
+    save_file({n: w[:, :5].contiguous() for n, w in saved.items()}, str(bad / "weights.safetensors"))
+    with pytest.raises(UnlearnError, match="do not fit this model"):
+        load_rmu_weights(lm.model, bad)
+    with pytest.raises(UnlearnError, match="No RMU weights"):
+        load_rmu_weights(lm.model, run.parent / "missing")
+
+
+def test_nan_run_saves_nothing_as_good(tiny_folder, corpora):
+    with pytest.raises(UnlearnError, match="RMU loss became inf at step 0"):
+        run_rmu(tiny_cfg(tiny_folder, corpora, steering_coeff=1e25, eval=False), progress=False)
+    run = Path(os.environ["UNLEARN_RESULTS"]) / "rmu-baseline" / "t"
+    assert sorted(p.name for p in run.iterdir()) == ["FAILED", "config.json"]
+    assert "lower --lr" in (run / "FAILED").read_text()
+
+
+def test_command_parses_options(tiny_folder, corpora):
+    app = typer.Typer()
+    app.command()(rmu_baseline_command)
+    args = ["--model", str(tiny_folder("gemma2")), "--layer", "2", "--update-layers", "1,2", "--n-batches", "2",
+            "--batch-size", "2", "--forget-source", str(corpora["forget"]), "--forget-source",
+            str(corpora["forget"]), "--retain-source", str(corpora["retain"]), "--mask-padding", "--no-eval",
+            "--device", "cpu", "--dtype", "float32", "--run-id", "cli"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    cfg = read_json(Path(os.environ["UNLEARN_RESULTS"]) / "rmu-baseline" / "cli" / "config.json")
+    assert cfg["update_layers"] == [1, 2] and cfg["mask_padding"] is True and len(cfg["forget_source"]) == 2
+    losses = pd.read_csv(Path(os.environ["UNLEARN_RESULTS"]) / "rmu-baseline" / "cli" / "losses.csv")
+    assert list(losses["source"]) == [str(corpora["forget"])] * 2
