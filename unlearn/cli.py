@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from unlearn import evaluate, info, report, rmu
+from unlearn import evaluate, info, intervene, report, rmu, select, train_sae
 from unlearn.errors import UnlearnError
 
 app = typer.Typer(
@@ -24,11 +24,15 @@ def _root() -> None:
     """SAE-based unlearning experiments: select features, clamp them, compare with RMU, report."""
 
 
+# In pipeline order, as `unlearn --help` lists them.
 app.command("info")(info.info_command)
 app.command("list-saes")(info.list_saes_command)
 app.command("eval")(evaluate.eval_command)
+app.command("select-features")(select.select_features_command)
+app.command("intervene")(intervene.intervene_command)
 app.command("rmu-baseline")(rmu.rmu_baseline_command)
 app.command("report")(report.report_command)
+app.command("train-sae")(train_sae.train_sae_command)
 
 
 def main() -> None:
