@@ -254,3 +254,13 @@ def test_question_is_immutable_record():
     assert isinstance(q, Question) and q.source == "offline:bio" and q.index == 0
     with pytest.raises(AttributeError):
         q.answer = 3  # frozen: cached known-subsets may key on it
+
+
+def test_data_relative_paths_resolve_from_any_cwd(tmp_path, monkeypatch):
+    """Presets name shipped files as `data/...`; they must load from outside the repo too."""
+    monkeypatch.chdir(tmp_path)
+    by_path = load_questions("data/questions/bio.jsonl")
+    assert [q.question for q in by_path] == [q.question for q in load_questions("offline:bio")]
+    assert next(iter_texts("data/corpora/retain-heldout.jsonl.gz")) == next(
+        iter_texts("offline:retain-heldout")
+    )

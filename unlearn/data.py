@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearn.errors import UnlearnError
-from unlearn.paths import data_dir
+from unlearn.paths import data_dir, resolve_data_path
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +78,9 @@ def load_questions(source: str, *, split: str | None = None, limit: int | None =
     elif source.startswith("offline:"):
         _no_split(source, split)
         rows = _offline_question_rows(source)
-    elif _is_path(source, (".jsonl", ".json", ".parquet")):
+    elif path := _local_path(source, (".jsonl", ".json", ".parquet")):
         _no_split(source, split)
-        rows = list(enumerate(_read_table(Path(source))))
+        rows = list(enumerate(_read_table(path)))
     else:
         raise UnlearnError(f"Unknown question source {source!r}. Valid forms: {QUESTION_SOURCES_HELP}.")
     questions = [_to_question(row, source, index) for index, row in rows]
@@ -188,8 +188,7 @@ def _texts(source: str) -> Iterator[str]:
         )
     if source.startswith("questions:"):
         return (_question_text(q) for q in load_questions(source.removeprefix("questions:")))
-    if _is_path(source, (".jsonl", ".jsonl.gz", ".txt")):
-        path = Path(source)
+    if path := _local_path(source, (".jsonl", ".jsonl.gz", ".txt")):
         return _txt_paragraphs(path) if source.endswith(".txt") else _jsonl_texts(path, source)
     raise UnlearnError(f"Unknown text source {source!r}. Valid forms: {TEXT_SOURCES_HELP}.")
 
@@ -237,12 +236,14 @@ def _txt_paragraphs(path: Path) -> Iterator[str]:
 # --------------------------------------------------------------------------- files and hub
 
 
-def _is_path(source: str, suffixes: tuple[str, ...]) -> bool:
+def _local_path(source: str, suffixes: tuple[str, ...]) -> Path | None:
+    """The file a source names (as given, else under the data folder: presets say `data/...`), or None."""
     if not source.endswith(suffixes):
-        return False
-    if not Path(source).is_file():
-        raise UnlearnError(f"File not found: {source}")
-    return True
+        return None
+    path = resolve_data_path(source)
+    if not path.is_file():
+        raise UnlearnError(f"File not found: {source} (also looked for {path}).")
+    return path
 
 
 def _read_table(path: Path) -> list[Any]:
