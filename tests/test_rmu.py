@@ -235,8 +235,8 @@ def test_lean_equals_two_full_copies(tiny, family, mask_padding):
     reference = naive_rmu(lm.model, 2, names, trainer.control_vecs[0], 50.0, 2e-3, mask_padding, pairs)
     for (f_in, r_in), (forget, retain, weights) in zip(pairs, reference, strict=True):
         got = trainer.step(f_in, r_in)
-        assert got.forget == pytest.approx(forget, rel=1e-5, abs=1e-7)
-        assert got.retain == pytest.approx(retain, rel=1e-4, abs=1e-6)
+        assert got.forget == pytest.approx(forget, rel=1e-6)
+        assert got.retain == pytest.approx(retain, rel=1e-4, abs=1e-9)
         for n in names:
             torch.testing.assert_close(trainer.params[n].detach(), weights[n], rtol=1e-5, atol=1e-7)
     assert reference[-1][1] > 0  # the retain term was exercised, not trivially zero throughout
