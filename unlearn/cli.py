@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from unlearn import evaluate, info, intervene, report, rmu, select, train_sae
+from unlearn import demo, evaluate, info, intervene, report, rmu, select, train_sae
 from unlearn.errors import UnlearnError
 
 app = typer.Typer(
@@ -33,6 +33,7 @@ app.command("intervene")(intervene.intervene_command)
 app.command("rmu-baseline")(rmu.rmu_baseline_command)
 app.command("report")(report.report_command)
 app.command("train-sae")(train_sae.train_sae_command)
+app.command("demo")(demo.demo_command)
 
 
 def main() -> None:
