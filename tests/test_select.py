@@ -165,7 +165,37 @@ def test_user_errors(tiny, tmp_path, monkeypatch):
     sae = random_sae()
     with pytest.raises(UnlearnError, match="--forget-source"):
         run_select(SelectConfig(topics=["law"], hook="blocks.1.hook_resid_post"), lm=lm, sae=sae)
+    src = {"forget_sources": {"bio": "offline:bio-forget"}, "retain_source": "offline:retain"}
     with pytest.raises(UnlearnError, match="d_in 48"):
-        run_select(SelectConfig(hook="blocks.1.hook_resid_post"), lm=lm, sae=random_sae(d_in=48))
+        run_select(SelectConfig(hook="blocks.1.hook_resid_post", **src), lm=lm, sae=random_sae(d_in=48))
     with pytest.raises(UnlearnError, match="not found"):
-        run_select(SelectConfig(sae="data/saes/nope"), lm=lm)
+        run_select(SelectConfig(sae="data/saes/nope", **src), lm=lm)
+    with pytest.raises(UnlearnError, match="No SAE"):
+        run_select(SelectConfig(**src), lm=lm)
+
+
+def test_select_features_command(tiny, tiny_folder, tmp_path, monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    from unlearn.select import select_features_command
+
+    monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path / "results"))
+    hook = "blocks.0.hook_resid_pre"
+    sae, _ = planted_sae(tiny("gemma3"), hook, " cell")
+    (tmp_path / "f.txt").write_text("\n\n".join(FORGET))
+    (tmp_path / "r.txt").write_text("\n\n".join(RETAIN))
+    app = typer.Typer()
+    app.command()(select_features_command)
+    args = ["--model", str(tiny_folder("gemma3")), "--sae", str(sae.save(tmp_path / "sae")), "--hook", hook,
+            "--topic", "bio", "--topic", "cyber", "--forget-source", f"bio={tmp_path / 'f.txt'}",
+            "--forget-source", f"cyber={tmp_path / 'f.txt'}", "--retain-source", str(tmp_path / "r.txt"),
+            "--n-features", "3", "--rank-by", "ratio", "--max-tokens", "200", "--run-id", "cli"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    features = read_json(tmp_path / "results" / "select-features" / "cli" / "features.json")
+    assert features["topics"]["bio"]["features"][0] == 9 == features["topics"]["cyber"]["features"][0]
+    assert features["rule"]["rank_by"] == "ratio" and features["rule"]["retain_tokens"] == 200
+    assert "bio: " in result.output and "cyber: " in result.output
+    bad = CliRunner().invoke(app, [*args[:-2], "--run-id", "x", "--rank-by", "magic"])
+    assert isinstance(bad.exception, UnlearnError)
