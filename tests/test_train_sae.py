@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
@@ -9,7 +10,29 @@ import pytest
 import torch
 
 from unlearn.errors import UnlearnError
-from unlearn.train_sae import JumpReLUFn, SAETrainConfig, StepFn, TrainableSAE, train_sae
+from unlearn.saes import SAE, load_sae
+from unlearn.train_sae import (
+    JumpReLUFn,
+    SAETrainConfig,
+    StepFn,
+    TrainableSAE,
+    TrainSAEConfig,
+    collect_activations,
+    evaluate_sae,
+    run_train_sae,
+    token_windows,
+    train_sae,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny matmuls: one thread is far faster than several fighting over a loaded machine's cores."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
 
 # --- straight-through estimators -----------------------------------------------------------------------
 
@@ -85,15 +108,6 @@ def test_differentiable_parts_match_finite_differences(architecture):
 # --- training recovers planted sparse directions --------------------------------------------------------
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny matmuls run faster on one thread than fighting over a loaded machine's cores."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def planted_data(n: int = 8192, d: int = 32, m: int = 16, p: float = 0.08, seed: int = 0):
     """Sparse non-negative combinations of m random unit directions, a constant offset and small noise."""
     gen = torch.Generator().manual_seed(seed)
@@ -105,7 +119,7 @@ def planted_data(n: int = 8192, d: int = 32, m: int = 16, p: float = 0.08, seed:
 
 
 @pytest.mark.parametrize(("architecture", "extra"), [("jumprelu", {"l0_coeff": 1e-2}), ("topk", {"k": 4})])
-def test_training_recovers_planted_directions(architecture, extra, one_thread):
+def test_training_recovers_planted_directions(architecture, extra):
     x_ND, dirs_MD = planted_data()
     cfg = SAETrainConfig(
         architecture=architecture, width=64, lr=1e-2, batch_size=256, epochs=5, dead_tokens=5000, **extra
@@ -146,3 +160,170 @@ def test_folded_sae_equals_the_training_sae_on_scaled_inputs():
 def test_bad_training_config_is_a_user_error(change, message):
     with pytest.raises(UnlearnError, match=message):
         train_sae(torch.randn(64, 4), SAETrainConfig(**({"width": 8} | change)), progress=False)
+
+
+# --- activations, evaluation and the run on a tiny model --------------------------------------------------
+
+HOOK = "blocks.2.hook_resid_post"
+WORDS = (
+    "the cell nucleus holds DNA while mitochondria make ATP for the cell and enzymes fold proteins "
+    "history geography computer science human aging photosynthesis virus genes"
+).split()
+
+
+def corpus(n_docs: int = 40, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=rng.integers(20, 120))) for _ in range(n_docs)]
+
+
+def test_collected_activations_equal_hidden_states_without_bos_and_padding(tiny, tmp_path):
+    lm = tiny("gemma3")
+    texts = corpus(6)
+    acts = collect_activations(
+        lm.model, lm.tokenizer, HOOK, texts, n_tokens=10_000, max_length=32, batch_size=4, progress=False
+    )
+    expected = []
+    for window in token_windows(lm.tokenizer, texts, 32):  # independent path: one window at a time
+        with torch.no_grad():
+            hidden = lm.model(torch.tensor([window]), output_hidden_states=True).hidden_states
+        expected.append(hidden[3][0, 1:])  # hidden_states[i + 1] = output of layers[i]; drop BOS
+    expected = torch.cat(expected)
+    assert acts.dtype == torch.float16 and acts.shape == expected.shape
+    torch.testing.assert_close(acts.float(), expected, rtol=2e-3, atol=2e-3)
+
+    # A cached collection stopped early resumes where it stopped and gives the same rows.
+    cache, key = tmp_path / "acts.f16", {"test": 1}
+    part = collect_activations(
+        lm.model,
+        lm.tokenizer,
+        HOOK,
+        texts,
+        n_tokens=50,
+        max_length=32,
+        batch_size=4,
+        cache=cache,
+        cache_key=key,
+        progress=False,
+    )
+    assert len(part) == 50
+    full = collect_activations(
+        lm.model,
+        lm.tokenizer,
+        HOOK,
+        texts,
+        n_tokens=len(acts),
+        max_length=32,
+        batch_size=4,
+        cache=cache,
+        cache_key=key,
+        progress=False,
+    )
+    torch.testing.assert_close(full.float(), acts.float())
+
+
+def identity_sae(d: int) -> SAE:
+    """relu(x) − relu(−x) = x: a 'standard' SAE that reconstructs exactly, with L0 = #non-zero coordinates."""
+    sae = SAE(d, 2 * d, "standard")
+    eye = torch.eye(d)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([eye, -eye], dim=1))
+        sae.W_dec.copy_(torch.cat([eye, -eye], dim=0))
+    return sae
+
+
+def test_evaluate_sae_against_independent_computations(tiny):
+    lm = tiny("gemma3")
+    texts = corpus(8, seed=1)
+    perfect = evaluate_sae(
+        lm.model,
+        lm.tokenizer,
+        identity_sae(64),
+        HOOK,
+        texts,
+        max_length=32,
+        batch_size=4,
+        ce_tokens=10_000,
+        progress=False,
+    )
+    assert perfect["variance_explained"] == pytest.approx(1.0, abs=1e-6)
+    assert perfect["delta_ce"] == pytest.approx(0.0, abs=1e-5)
+    assert perfect["ce_loss_recovered"] == pytest.approx(1.0, abs=1e-4)
+    assert perfect["l0"] == pytest.approx(64, abs=0.01)
+    assert perfect["dead_frac"] == 0.0  # every coordinate takes both signs somewhere
+
+    # Clean CE equals the model's own loss over the same predictions (BOS → token 1 excluded, as the
+    # evaluation only counts predictions made from positions the splice touches).
+    total, count = 0.0, 0
+    for window in token_windows(lm.tokenizer, texts, 32):
+        ids = torch.tensor([window])
+        labels = ids.clone()
+        labels[:, 1] = -100
+        with torch.no_grad():
+            loss = lm.model(ids, labels=labels).loss.item()
+        total, count = total + loss * (len(window) - 2), count + len(window) - 2
+    assert perfect["ce_tokens"] == count
+    assert perfect["ce_clean"] == pytest.approx(total / count, rel=1e-5)
+
+    # Variance explained of a random SAE against numpy float64 on the same activations.
+    sae = SAE(64, 96, "jumprelu")
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(64, 96, generator=gen) * 0.2)
+        sae.W_dec.copy_(torch.randn(96, 64, generator=gen) * 0.2)
+        sae.threshold.fill_(0.3)
+    got = evaluate_sae(
+        lm.model, lm.tokenizer, sae, HOOK, texts, max_length=32, batch_size=4, ce_tokens=0, progress=False
+    )
+    x = (
+        collect_activations(
+            lm.model, lm.tokenizer, HOOK, texts, n_tokens=10**6, max_length=32, progress=False
+        )
+        .double()
+        .numpy()
+    )  # float16 copy: compare loosely
+    W_enc, W_dec, thr = (t.detach().double().numpy() for t in (sae.W_enc, sae.W_dec, sae.threshold))
+    pre = x @ W_enc
+    f = np.where(pre > thr, pre, 0.0)
+    fve = 1 - ((x - f @ W_dec) ** 2).sum() / ((x - x.mean(0)) ** 2).sum()
+    assert got["variance_explained"] == pytest.approx(fve, rel=1e-2)
+    assert got["l0"] == pytest.approx((f > 0).sum(1).mean(), rel=1e-2)
+    assert "ce_clean" not in got and got["tokens"] == len(x)
+
+
+def test_run_train_sae_writes_a_loadable_sae_and_metrics(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path / "results"))
+    train_file, held_file = tmp_path / "train.jsonl", tmp_path / "held.jsonl"
+    train_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus(60, seed=2)))
+    held_file.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus(10, seed=3)))
+    cfg = TrainSAEConfig(
+        model=str(tiny_folder("gemma3")),
+        hook=HOOK,
+        sources=[str(train_file)],
+        eval_sources=[str(held_file)],
+        tokens=3000,
+        max_length=32,
+        ce_tokens=300,
+        train=SAETrainConfig(width=128, batch_size=256, epochs=3, lr=5e-3),
+        out=tmp_path / "shipped",
+        dtype="float32",
+        device="cpu",
+    )
+    run_dir = run_train_sae(cfg, progress=False)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("variance_explained", "l0", "dead_frac", "delta_ce", "ce_loss_recovered"):
+        assert math.isfinite(metrics[key]), key
+    assert metrics["variance_explained"] > 0.5  # random tiny models have easy activations
+    sae = load_sae(tmp_path / "shipped")
+    assert sae.dtype == torch.float16 and sae.hook_name == HOOK and sae.architecture == "jumprelu"
+    assert (tmp_path / "shipped" / "training.json").exists() and (run_dir / "losses.csv").exists()
+
+
+def test_run_train_sae_user_errors(tiny_folder, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path))
+    folder = str(tiny_folder("gemma3"))
+    with pytest.raises(UnlearnError, match="--hook"):
+        run_train_sae(TrainSAEConfig(model=folder, device="cpu"), progress=False)
+    with pytest.raises(UnlearnError, match="--source"):
+        run_train_sae(TrainSAEConfig(model=folder, hook=HOOK, sources=[]), progress=False)
+    with pytest.raises(UnlearnError, match="--tokens"):
+        run_train_sae(TrainSAEConfig(model=folder, hook=HOOK, tokens=10), progress=False)

@@ -7,7 +7,8 @@ Two architectures, both saved as plain `unlearn.saes.SAE` folders (SAELens forma
 - `topk` (Gao et al. 2024, arXiv 2406.04093): keep the k largest of `relu(pre)`; MSE plus AuxK, which
   teaches dead latents to model the residual.
 
-Inputs are scaled to unit mean squared norm during training (2407.14435 §5) so that ε, the threshold
+Inputs are scaled to unit mean squared norm during training (2407.14435 §5; centred first, see
+`train_sae`) so that ε, the threshold
 init and λ transfer between models; the scale is folded back into the saved weights, so the saved SAE
 reads raw activations. Decoder rows are kept at unit norm (as SAEBench/dictionary_learning do).
 
@@ -18,15 +19,33 @@ activation tensor); activation collection and evaluation on a language model (`c
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
+import json
 import logging
 import math
-from dataclasses import dataclass
+import shutil
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
 
+import numpy as np
+import pandas as pd
 import torch
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
 from torch import Tensor, nn
 
 from unlearn.errors import UnlearnError
-from unlearn.saes import SAE
+from unlearn.hooks import edit, forward_to, hook_width
+from unlearn.models import load_model
+from unlearn.presets import DEFAULT_PRESET
+from unlearn.results import new_run_dir, read_json, write_json, write_table
+from unlearn.saes import SAE, load_sae
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +255,7 @@ def check_train_config(cfg: SAETrainConfig, d_in: int) -> None:
 class TrainResult:
     sae: TrainableSAE
     scale: float
-    """Input scale s (root mean squared norm of the raw activations); saved weights have it folded in."""
+    """Input scale s (root mean squared norm of the centred activations); saved weights have it folded in."""
     history: list[dict]
     """Loss-curve rows (step, tokens, lr, l0_coeff, loss, mse, l0, var_explained, dead_frac, aux)."""
     dead_frac: float
@@ -254,7 +273,10 @@ def train_sae(acts_ND: Tensor, cfg: SAETrainConfig, *, progress: bool = True) ->
     check_train_config(cfg, d)
     gen = torch.Generator().manual_seed(cfg.seed)
     sample_SD = acts_ND[torch.randperm(n, generator=gen)[: min(n, 50_000)]].float()
-    scale = sample_SD.pow(2).sum(-1).mean().sqrt().item()
+    # Scale so that the *centred* activations have unit mean squared norm. 2407.14435 §5 scales the raw
+    # norm; Gemma's residual stream carries a large constant component (97% of the norm at layer 6 of
+    # Gemma 3 270M), which would shrink the informative part ~10x relative to θ's init and ε.
+    scale = (sample_SD - sample_SD.mean(0)).pow(2).sum(-1).mean().sqrt().item()
     # b_dec starts at the coordinate-wise median, a cheap stand-in for the geometric median (Bricken et al.).
     sae = TrainableSAE(d, cfg, init_bias_DN=sample_SD.median(0).values / scale)
     theta = [p for name, p in sae.named_parameters() if name == "log_threshold"]
@@ -267,8 +289,6 @@ def train_sae(acts_ND: Tensor, cfg: SAETrainConfig, *, progress: bool = True) ->
     l0_warm = max(1, int(total * cfg.l0_warmup))
     last_fired_F = torch.zeros(cfg.width, dtype=torch.long)
     seen, history, order = 0, [], torch.empty(0, dtype=torch.long)
-
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     columns = [
         TextColumn("train SAE"),
@@ -337,3 +357,476 @@ def train_sae(acts_ND: Tensor, cfg: SAETrainConfig, *, progress: bool = True) ->
         steps=total,
         tokens=seen,
     )
+
+
+# --- activations from a language model -------------------------------------------------------------------
+
+
+def mixed_texts(sources: Sequence[str], *, limit_docs: int | None = None) -> Iterator[str]:
+    """Documents of several sources interleaved one by one (a 50/50 mix for two sources); when one runs
+    out the others continue. Deterministic, so an activation cache can resume where it stopped."""
+    from unlearn.data import iter_texts
+
+    iters = [iter_texts(s, limit_docs=limit_docs) for s in sources]
+    while iters:
+        for it in list(iters):
+            text = next(it, None)
+            if text is None:
+                iters.remove(it)
+            elif text.strip():
+                yield text
+
+
+def token_windows(
+    tokenizer, texts: Iterable[str], max_length: int, min_tokens: int = 8
+) -> Iterator[list[int]]:
+    """Each document cut into windows of at most `max_length` tokens, each starting with BOS (Gemma is
+    very sensitive to a missing BOS, reference §4); using whole documents wastes no text on truncation."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    body = max_length - len(bos)
+    for text in texts:
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        for start in range(0, len(ids), body):
+            chunk = ids[start : start + body]
+            if len(chunk) >= min_tokens:
+                yield bos + chunk
+
+
+def batch_windows(
+    windows: Iterable[list[int]], batch_size: int, pad_id: int, n_prefix: int
+) -> Iterator[dict]:
+    """Right-padded batches: `input_ids`, `attention_mask` (B, T) and `keep` (B, T), the positions whose
+    activations count — real tokens after the BOS prefix (BOS has a huge norm and no content)."""
+    batch: list[list[int]] = []
+    for window in itertools.chain(windows, [None]):
+        if window is not None:
+            batch.append(window)
+        if batch and (window is None or len(batch) == batch_size):
+            T = max(map(len, batch))
+            ids_BT = torch.full((len(batch), T), pad_id, dtype=torch.long)
+            mask_BT = torch.zeros((len(batch), T), dtype=torch.long)
+            for i, w in enumerate(batch):
+                ids_BT[i, : len(w)] = torch.tensor(w)
+                mask_BT[i, : len(w)] = 1
+            keep_BT = mask_BT.bool()
+            keep_BT[:, :n_prefix] = False
+            yield {"input_ids": ids_BT, "attention_mask": mask_BT, "keep": keep_BT, "n_windows": len(batch)}
+            batch = []
+
+
+def collect_activations(
+    model: nn.Module,
+    tokenizer,
+    hook: str,
+    texts: Iterable[str],
+    *,
+    n_tokens: int,
+    max_length: int = 128,
+    batch_size: int = 16,
+    cache: Path | None = None,
+    cache_key: dict | None = None,
+    progress: bool = True,
+) -> Tensor:
+    """Activations (N ≤ n_tokens, d) at `hook` in float16, from forwards that stop at the hook's layer.
+
+    With `cache`, they go to a float16 memory-mapped file (outside the repo) with a JSON sidecar; a run
+    with the same `cache_key` reuses it, and resumes an interrupted collection where it stopped.
+    """
+    d = hook_width(model, hook)
+    meta_path = cache.with_suffix(".json") if cache else None
+    meta = {"key": cache_key or {}, "d": d, "capacity": n_tokens, "filled": 0, "windows": 0}
+    if cache and meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        if old["key"] == meta["key"] and old["d"] == d and old["capacity"] >= n_tokens and cache.exists():
+            meta = old
+    if cache:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        mode = "r+" if meta["filled"] else "w+"
+        mm = np.memmap(cache, np.float16, mode, shape=(meta["capacity"], d))
+        buf = torch.from_numpy(mm)
+    else:
+        mm, buf = None, torch.empty(n_tokens, d, dtype=torch.float16)
+    filled, done = meta["filled"], meta["windows"]
+    if filled >= n_tokens:
+        return buf[:n_tokens]
+
+    n_prefix = int(tokenizer.bos_token_id is not None)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    windows = itertools.islice(token_windows(tokenizer, texts, max_length), done, None)
+    columns = [
+        TextColumn("activations"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("{task.fields[rate]}"),
+    ]
+    t0, start = time.perf_counter(), filled
+    with Progress(*columns, disable=not progress) as bar, torch.inference_mode():
+        task = bar.add_task("acts", total=n_tokens, completed=filled, rate="")
+        for i, batch in enumerate(batch_windows(windows, batch_size, pad, n_prefix)):
+            acts_BTD = forward_to(
+                model, [hook], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
+            )[hook]
+            rows_ND = acts_BTD[batch["keep"]].float()[: n_tokens - filled]
+            buf[filled : filled + len(rows_ND)] = rows_ND.clamp(-65504, 65504).half()
+            filled += len(rows_ND)
+            done += batch["n_windows"]
+            rate = (filled - start) / (time.perf_counter() - t0)
+            bar.update(task, completed=filled, rate=f"{rate:.0f} tok/s")
+            if cache and (i % 20 == 19 or filled >= n_tokens):
+                mm.flush()
+                _write_meta(meta_path, {**meta, "filled": filled, "windows": done})
+            if filled >= n_tokens:
+                break
+    if cache:
+        _write_meta(meta_path, {**meta, "filled": filled, "windows": done})
+    if filled < n_tokens:
+        log.warning("the corpus ran out after %d of %d tokens", filled, n_tokens)
+    return buf[:filled]
+
+
+def _write_meta(path: Path, meta: dict) -> None:
+    write_json(path, meta)
+
+
+# --- evaluation on held-out text ---------------------------------------------------------------------------
+
+
+def _next_token_ce(logits_BTV: Tensor, ids_BT: Tensor, sel_BT: Tensor, mask_BT: Tensor) -> tuple[float, int]:
+    """Summed next-token cross-entropy over positions t with sel[t] whose target t+1 is a real token."""
+    sel_BT = sel_BT[:, :-1] & mask_BT[:, 1:].bool()
+    logits_NV = logits_BTV[:, :-1][sel_BT].float()
+    targets_N = ids_BT[:, 1:][sel_BT]
+    return torch.nn.functional.cross_entropy(logits_NV, targets_N, reduction="sum").item(), len(targets_N)
+
+
+def _ce_three_ways(model, sae: SAE, hook: str, inputs: dict, keep_BT: Tensor) -> tuple[Tensor, dict, int]:
+    """One batch through the model clean, with the SAE reconstruction spliced in at the kept positions,
+    and with zeros there; returns the clean activations, the summed CEs and the token count."""
+    store: dict[str, Tensor] = {}
+
+    def record(act: Tensor) -> Tensor:
+        store["x"] = act
+        return act
+
+    def splice(act: Tensor) -> Tensor:
+        return torch.where(keep_BT[..., None], sae(act).to(act.dtype), act)
+
+    def zero(act: Tensor) -> Tensor:
+        return act.masked_fill(keep_BT[..., None], 0.0)
+
+    sums, count = {}, 0
+    for name, fn in (("clean", record), ("sae", splice), ("zero", zero)):
+        with edit(model, hook, fn):
+            logits_BTV = model(**inputs, use_cache=False).logits
+        sums[name], count = _next_token_ce(logits_BTV, inputs["input_ids"], keep_BT, inputs["attention_mask"])
+        del logits_BTV
+    return store["x"], sums, count
+
+
+@torch.inference_mode()
+def evaluate_sae(
+    model: nn.Module,
+    tokenizer,
+    sae: SAE,
+    hook: str,
+    texts: Iterable[str],
+    *,
+    max_length: int = 128,
+    batch_size: int = 8,
+    ce_tokens: int = 8192,
+    max_tokens: int | None = None,
+    progress: bool = True,
+) -> dict[str, float]:
+    """Quality of `sae` at `hook` on held-out text, the usual SAE metrics (SAEBench "core"):
+
+    - variance explained `1 − Σ‖x − x̂‖² / Σ‖x − x̄‖²`, mean L0, fraction of latents that never fire;
+    - next-token CE of the model clean, with x̂ spliced in at the hook, and with zeros spliced in, on the
+      first `ce_tokens` predicted tokens: `delta_ce = ce_sae − ce_clean`, `ce_loss_recovered =
+      (ce_zero − ce_sae) / (ce_zero − ce_clean)`.
+    BOS and padding are left out everywhere (and left untouched by the splice): the SAE never saw BOS.
+    """
+    n_prefix = int(tokenizer.bos_token_id is not None)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    sse, sum_sq, n, l0_sum = 0.0, 0.0, 0, 0.0
+    sum_x_D = torch.zeros(sae.d_in, dtype=torch.float64)
+    fired_F = torch.zeros(sae.d_sae, dtype=torch.bool)
+    ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
+    ce_n = 0
+    columns = [
+        TextColumn("evaluate SAE"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+    ]
+    with Progress(*columns, disable=not progress) as bar:
+        task = bar.add_task("eval", total=max_tokens, info="")
+        for batch in batch_windows(token_windows(tokenizer, texts, max_length), batch_size, pad, n_prefix):
+            ids_BT, mask_BT, keep_BT = batch["input_ids"], batch["attention_mask"], batch["keep"]
+            inputs = {"input_ids": ids_BT, "attention_mask": mask_BT}
+            if ce_n < ce_tokens:
+                acts_BTD, sums, count = _ce_three_ways(model, sae, hook, inputs, keep_BT)
+                ce = {k: ce[k] + sums[k] for k in ce}
+                ce_n += count
+            else:
+                acts_BTD = forward_to(model, [hook], **inputs)[hook]
+            x_ND = acts_BTD[keep_BT].to(sae.dtype)
+            f_NF = sae.encode(x_ND)
+            x_hat_ND = sae.decode(f_NF)
+            sse += (x_ND - x_hat_ND).double().pow(2).sum().item()
+            sum_sq += x_ND.double().pow(2).sum().item()
+            sum_x_D += x_ND.double().sum(0)
+            n += len(x_ND)
+            l0_sum += (f_NF > 0).sum().item()
+            fired_F |= (f_NF > 0).any(0)
+            bar.update(
+                task,
+                completed=n,
+                info=f"{n} tokens, FVE {1 - sse / (sum_sq - sum_x_D.pow(2).sum().item() / n):.3f}",
+            )
+            if max_tokens is not None and n >= max_tokens:
+                break
+    if n == 0:
+        raise UnlearnError("no evaluation tokens: the held-out texts are empty")
+    total_var = sum_sq - sum_x_D.pow(2).sum().item() / n
+    out = {
+        "tokens": n,
+        "variance_explained": 1 - sse / total_var,
+        "mse_per_token": sse / n,
+        "l0": l0_sum / n,
+        "dead_frac": 1 - fired_F.float().mean().item(),
+        "dead_count": int((~fired_F).sum()),
+        "ce_tokens": ce_n,
+    }
+    if ce_n:
+        clean, spliced, zeroed = (ce[k] / ce_n for k in ("clean", "sae", "zero"))
+        out |= {
+            "ce_clean": clean,
+            "ce_sae": spliced,
+            "ce_zero": zeroed,
+            "delta_ce": spliced - clean,
+            "ce_loss_recovered": (zeroed - spliced) / (zeroed - clean) if zeroed != clean else float("nan"),
+        }
+    return out
+
+
+# --- the run and its command ---------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainSAEConfig:
+    """One `unlearn train-sae` run: where activations come from, how to train, where the SAE goes."""
+
+    model: str = DEFAULT_PRESET
+    """Preset name (its model and hook point) or a model spec (hub id, folder, .gguf)."""
+    hook: str | None = None
+    """Hook point, e.g. `blocks.6.hook_resid_post`; default: the preset's."""
+    sources: list[str] = field(default_factory=lambda: ["offline:bio-forget", "offline:retain"])
+    """Training corpora (`unlearn.data.iter_texts` sources), interleaved document by document."""
+    eval_sources: list[str] = field(
+        default_factory=lambda: ["offline:bio-forget-heldout", "offline:retain-heldout"]
+    )
+    """Held-out corpora for the quality metrics."""
+    tokens: int = 300_000
+    """Activation tokens to collect (BOS and padding excluded); training makes `epochs` passes over them."""
+    max_length: int = 128
+    """Tokens per window (documents are cut into windows that each start with BOS)."""
+    forward_batch: int = 16
+    """Windows per model forward."""
+    eval_tokens: int | None = 100_000
+    """At most this many held-out tokens for variance explained, L0 and dead latents (None: all)."""
+    ce_tokens: int = 8192
+    """Held-out tokens for the spliced-in CE (three full forwards each, the slow part)."""
+    train: SAETrainConfig = field(default_factory=SAETrainConfig)
+    """Optimisation hyper-parameters."""
+    save_dtype: str = "float16"
+    """dtype of the saved weights (float16 keeps a shipped SAE small; metrics use the saved weights)."""
+    activations: Path | None = None
+    """Float16 activation cache file (outside the repo) to reuse/resume between tries; None: in memory."""
+    out: Path | None = None
+    """Also copy the SAE folder (+ training.json, metrics.json) here, e.g. data/saes/<name>."""
+    dtype: str | None = None
+    """Model dtype (default: the preset's)."""
+    device: str | None = None
+    """cpu, cuda, ... (default: cuda if available)."""
+    run_id: str | None = None
+    """Run folder name under results/train-sae/ (default: a timestamp)."""
+
+
+_SAVE_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def run_train_sae(cfg: TrainSAEConfig, *, progress: bool = True) -> Path:
+    """Collect activations, train, save (SAELens folder), evaluate the saved SAE; returns the run folder."""
+    if not cfg.sources:
+        raise UnlearnError("pass at least one training corpus with --source")
+    if cfg.save_dtype not in _SAVE_DTYPES:
+        raise UnlearnError(f"--save-dtype must be one of {', '.join(_SAVE_DTYPES)}, got {cfg.save_dtype!r}")
+    if cfg.tokens < cfg.train.batch_size:
+        raise UnlearnError(f"--tokens ({cfg.tokens}) must be at least --batch-size ({cfg.train.batch_size})")
+    lm = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
+    hook = cfg.hook or (lm.preset.hook_point if lm.preset else None)
+    if hook is None:
+        raise UnlearnError(
+            f"{cfg.model!r} is not a preset with a hook point; pass --hook blocks.<L>.hook_resid_post"
+        )
+    d_in = hook_width(lm.model, hook)
+    check_train_config(cfg.train, d_in)
+    run_dir = new_run_dir("train-sae", cfg.run_id)
+    model_dtype = str(next(lm.model.parameters()).dtype).removeprefix("torch.")
+    config = {
+        "command": "train-sae",
+        "preset": lm.preset.name if lm.preset else None,
+        "model": lm.source,
+        "hook": hook,
+        "d_in": d_in,
+        **dataclasses.asdict(cfg),
+    }
+    write_json(run_dir / "config.json", config)
+
+    t0 = time.perf_counter()
+    key = {
+        "model": lm.source,
+        "hook": hook,
+        "sources": cfg.sources,
+        "max_length": cfg.max_length,
+        "dtype": model_dtype,
+    }
+    acts_ND = collect_activations(
+        lm.model,
+        lm.tokenizer,
+        hook,
+        mixed_texts(cfg.sources),
+        n_tokens=cfg.tokens,
+        max_length=cfg.max_length,
+        batch_size=cfg.forward_batch,
+        cache=cfg.activations,
+        cache_key=key,
+        progress=progress,
+    )
+    t1 = time.perf_counter()
+    result = train_sae(acts_ND, cfg.train, progress=progress)
+    t2 = time.perf_counter()
+    sae_dir = result.sae.to_sae(result.scale, hook_name=hook, dtype=_SAVE_DTYPES[cfg.save_dtype]).save(
+        run_dir / "sae"
+    )
+    write_table(run_dir / "losses.csv", pd.DataFrame(result.history))
+
+    saved = load_sae(sae_dir, dtype=torch.float32, device=lm.model.device)
+    held_out = evaluate_sae(
+        lm.model,
+        lm.tokenizer,
+        saved,
+        hook,
+        mixed_texts(cfg.eval_sources),
+        max_length=cfg.max_length,
+        ce_tokens=cfg.ce_tokens,
+        max_tokens=cfg.eval_tokens,
+        progress=progress,
+    )
+    metrics = {
+        **held_out,
+        "eval_sources": cfg.eval_sources,
+        "dead_frac_train": result.dead_frac,
+        "train_last": result.history[-1],
+    }
+    training = {
+        **config,
+        "activation_tokens": len(acts_ND),
+        "train_tokens": result.tokens,
+        "steps": result.steps,
+        "input_scale": result.scale,
+        "model_dtype": model_dtype,
+        "seconds": {"activations": t1 - t0, "training": t2 - t1, "evaluation": time.perf_counter() - t2},
+    }
+    write_json(sae_dir / "training.json", training)
+    write_json(sae_dir / "metrics.json", metrics)
+    write_json(run_dir / "metrics.json", metrics)
+    if cfg.out:
+        shutil.copytree(sae_dir, cfg.out, dirs_exist_ok=True)
+        log.info("SAE copied to %s", cfg.out)
+    return run_dir
+
+
+def metrics_table(metrics: dict) -> Table:
+    table = Table(title="SAE quality on held-out text")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    rows = [
+        ("variance explained", "variance_explained", "{:.3f}"),
+        ("L0", "l0", "{:.1f}"),
+        ("dead latents (held-out)", "dead_frac", "{:.1%}"),
+        ("dead latents (training)", "dead_frac_train", "{:.1%}"),
+        ("CE clean", "ce_clean", "{:.4f}"),
+        ("CE with SAE", "ce_sae", "{:.4f}"),
+        ("delta CE", "delta_ce", "{:+.4f}"),
+        ("CE zero-ablated", "ce_zero", "{:.4f}"),
+        ("CE loss recovered", "ce_loss_recovered", "{:.3f}"),
+        ("tokens (CE tokens)", "tokens", "{}"),
+    ]
+    for label, key, fmt in rows:
+        if key in metrics:
+            value = fmt.format(metrics[key])
+            table.add_row(label, value + (f" ({metrics['ce_tokens']})" if key == "tokens" else ""))
+    return table
+
+
+def train_sae_command(
+    model: Annotated[str, typer.Option(help="Preset (model + hook point) or model spec.")] = DEFAULT_PRESET,
+    hook: Annotated[str | None, typer.Option(help="Hook point (default: the preset's).")] = None,
+    architecture: Annotated[str, typer.Option(help="jumprelu or topk.")] = "jumprelu",
+    width: Annotated[int, typer.Option(help="Latents (d_sae).")] = 2048,
+    l0_coeff: Annotated[float, typer.Option(help="jumprelu: λ of the L0 penalty.")] = 2e-3,
+    target_l0: Annotated[
+        float | None, typer.Option(help="jumprelu: penalise (L0/target − 1)² instead.")
+    ] = None,
+    k: Annotated[int, typer.Option(help="topk: active latents per token.")] = 32,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 2e-3,
+    tokens: Annotated[int, typer.Option(help="Activation tokens to collect.")] = 300_000,
+    epochs: Annotated[float, typer.Option(help="Passes over the collected activations.")] = 2.0,
+    batch_size: Annotated[int, typer.Option(help="Tokens per optimiser step.")] = 2048,
+    max_length: Annotated[int, typer.Option(help="Tokens per text window.")] = 128,
+    source: Annotated[list[str] | None, typer.Option(help="Training corpus (repeat to mix).")] = None,
+    eval_source: Annotated[list[str] | None, typer.Option(help="Held-out corpus (repeat to mix).")] = None,
+    ce_tokens: Annotated[int, typer.Option(help="Held-out tokens for the spliced CE.")] = 8192,
+    seed: Annotated[int, typer.Option(help="Initialisation and shuffling seed.")] = 0,
+    activations: Annotated[Path | None, typer.Option(help="Activation cache file to reuse/resume.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also copy the SAE here (e.g. data/saes/NAME).")] = None,
+    save_dtype: Annotated[str, typer.Option(help="float16, float32 or bfloat16.")] = "float16",
+    dtype: Annotated[str | None, typer.Option(help="Model dtype.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda ...")] = None,
+    run_id: Annotated[str | None, typer.Option(help="Run folder name (default: timestamp).")] = None,
+) -> None:
+    """Train a JumpReLU (or TopK) SAE on activations at a hook point; report its held-out quality."""
+    defaults = TrainSAEConfig()
+    train = SAETrainConfig(
+        architecture=architecture,
+        width=width,
+        l0_coeff=l0_coeff,
+        target_l0=target_l0,
+        k=k,
+        lr=lr,
+        batch_size=batch_size,
+        epochs=epochs,
+        seed=seed,
+    )
+    cfg = TrainSAEConfig(
+        model=model,
+        hook=hook,
+        sources=source or defaults.sources,
+        eval_sources=eval_source or defaults.eval_sources,
+        tokens=tokens,
+        max_length=max_length,
+        ce_tokens=ce_tokens,
+        train=train,
+        save_dtype=save_dtype,
+        activations=activations,
+        out=out,
+        dtype=dtype,
+        device=device,
+        run_id=run_id,
+    )
+    run_dir = run_train_sae(cfg)
+    console = Console()
+    console.print(metrics_table(read_json(run_dir / "metrics.json")))
+    console.print(f"SAE: {run_dir / 'sae'}" + (f"  (copied to {out})" if out else ""))
