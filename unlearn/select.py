@@ -172,8 +172,8 @@ def progress_bar(**kwargs) -> Progress:
 
 
 def _counted_acts(
-    model: nn.Module, sae: nn.Module, hook: str, ids_BT: Tensor, mask_BT: Tensor, bos: int | None
-):
+    model: nn.Module, hook: str, ids_BT: Tensor, mask_BT: Tensor, bos: int | None
+) -> tuple[Tensor, Tensor]:
     """Hook activations of counted tokens (N, d_in) and the mask (B, T) that picked them."""
     device = next(model.parameters()).device
     ids_BT, mask_BT = ids_BT.to(device), mask_BT.to(device)
@@ -199,7 +199,7 @@ def accumulate(
     stats = FeatureStats.empty(sae.d_sae, sae.W_enc.device)
     task = progress.add_task(desc, total=sum(len(c) for c in chunks)) if progress else None
     for _, ids_BT, mask_BT in batches(chunks, pad_id, batch_tokens):
-        x_ND, _ = _counted_acts(model, sae, hook, ids_BT, mask_BT, bos_id)
+        x_ND, _ = _counted_acts(model, hook, ids_BT, mask_BT, bos_id)
         stats.update(sae.encode(x_ND))
         if progress is not None:
             progress.advance(task, int(mask_BT.sum()))
@@ -227,7 +227,7 @@ def top_contexts(
     counts: list[Counter] = [Counter() for _ in features]
     task = progress.add_task("contexts", total=sum(len(c) for c in chunks)) if progress else None
     for idx, ids_BT, mask_BT in batches(chunks, pad if pad is not None else 0, batch_tokens):
-        x_ND, keep_BT = _counted_acts(model, sae, hook, ids_BT, mask_BT, bos)
+        x_ND, keep_BT = _counted_acts(model, hook, ids_BT, mask_BT, bos)
         f_NK = sae.encode_subset(x_ND, features).float().cpu()
         where_N2 = keep_BT.nonzero().cpu()  # (row, pos) of each counted token
         tok_N = ids_BT[where_N2[:, 0], where_N2[:, 1]]
