@@ -252,9 +252,10 @@ def _diff(a: float | None, b: float | None) -> float | None:
 
 
 def point_table(title: str, block: EvalBlock, base: EvalBlock | None) -> Table:
-    """Per task (and pooled): accuracy now, unhooked, and the change."""
+    """Per task (and pooled): accuracy now and, against the unhooked model, its value and the change
+    (red where it moved the wrong way: forget up, retain down)."""
     table = Table(title=title)
-    for col in ("task", "role", "n", "acc", "unhooked", "change"):
+    for col in ("task", "role", "n", "acc", "unhooked", "change")[: 6 if base else 4]:
         table.add_column(col, justify="left" if col in ("task", "role") else "right")
     before = {(s.task, s.role): s.acc for s in base.scores} if base else {}
     rows = [(s.task, s.role, str(s.n), s.acc, before.get((s.task, s.role))) for s in block.scores]
@@ -264,9 +265,8 @@ def point_table(title: str, block: EvalBlock, base: EvalBlock | None) -> Table:
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
         change = _diff(acc, b)
         style = "red" if change and ((role == "retain") == (change < 0)) else None
-        table.add_row(
-            task, role, n, fmt(acc), fmt(b), "-" if change is None else f"{change:+.3f}", style=style
-        )
+        extra = [fmt(b), "-" if change is None else f"{change:+.3f}"] if base else []
+        table.add_row(task, role, n, fmt(acc), *extra, style=style)
     return table
 
 
