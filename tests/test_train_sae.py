@@ -327,3 +327,26 @@ def test_run_train_sae_user_errors(tiny_folder, tmp_path, monkeypatch):
         run_train_sae(TrainSAEConfig(model=folder, hook=HOOK, sources=[]), progress=False)
     with pytest.raises(UnlearnError, match="--tokens"):
         run_train_sae(TrainSAEConfig(model=folder, hook=HOOK, tokens=10), progress=False)
+
+
+def test_train_sae_command_runs_through_typer(tiny_folder, tmp_path, monkeypatch):
+    """The typer signature maps onto the config: a tiny topk run from the command line."""
+    import typer
+    from typer.testing import CliRunner
+
+    from unlearn.train_sae import train_sae_command
+
+    monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path / "results"))
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps({"text": t}) + "\n" for t in corpus(30, seed=4)))
+    app = typer.Typer()
+    app.command()(train_sae_command)
+    args = ["--model", str(tiny_folder("gemma3")), "--hook", HOOK, "--architecture", "topk", "--k", "8",
+            "--width", "64", "--tokens", "1000", "--batch-size", "250", "--epochs", "1", "--max-length", "32",
+            "--source", str(data), "--eval-source", str(data), "--ce-tokens", "100", "--save-dtype", "float32",
+            "--device", "cpu", "--run-id", "cli"]  # fmt: skip
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    sae = load_sae(tmp_path / "results" / "train-sae" / "cli" / "sae")
+    assert sae.architecture == "topk" and sae.k == 8 and sae.d_sae == 64 and sae.dtype == torch.float32
+    assert "variance explained" in result.output

@@ -259,7 +259,7 @@ class TrainResult:
     history: list[dict]
     """Loss-curve rows (step, tokens, lr, l0_coeff, loss, mse, l0, var_explained, dead_frac, aux)."""
     dead_frac: float
-    """Latents that did not fire on the last `dead_tokens` training tokens (or ever, in shorter runs)."""
+    """Latents that did not fire on the last `dead_tokens` training tokens (at most the run's second half)."""
     steps: int
     tokens: int
 
@@ -348,7 +348,9 @@ def train_sae(acts_ND: Tensor, cfg: SAETrainConfig, *, progress: bool = True) ->
                     f"FVE {row['var_explained']:.3f}  dead {row['dead_frac']:.1%}",
                 )
             bar.advance(task)
-    dead_F = (seen - last_fired_F) >= min(cfg.dead_tokens, seen)
+    # Judged on the last `dead_tokens` tokens, but at most the second half of a short run: almost every
+    # latent fires at the start (θ starts tiny), so "never fired" would hide latents that died later.
+    dead_F = (seen - last_fired_F) >= min(cfg.dead_tokens, seen // 2)
     return TrainResult(
         sae=sae,
         scale=scale,
