@@ -45,14 +45,20 @@ def child(args: argparse.Namespace) -> dict:
     if cuda:
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak = (torch.cuda.max_memory_allocated() / 2**20) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    peak = (
+        (torch.cuda.max_memory_allocated() / 2**20)
+        if cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     return {"side": args.side, "seconds": seconds, "pred": [int(p) for p in pred], "peak_mib": peak,
             "loaded_mib": None if cuda else rss_loaded, "device": str(lm.model.device),
             "answers": [q.answer for q in questions]}  # fmt: skip
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--source", default="offline:bio")
     parser.add_argument("--n", type=int, default=64)
@@ -74,12 +80,18 @@ def main() -> None:
     ours, theirs = runs["ours"], runs["lm-eval"]
     same = sum(a == b for a, b in zip(ours["pred"], theirs["pred"], strict=True))
     acc = lambda r: sum(p == a for p, a in zip(r["pred"], r["answers"], strict=True)) / len(r["answers"])  # noqa: E731
-    print(f"model {args.model} on {ours['device']}, {args.protocol} protocol, {len(ours['pred'])} questions of {args.source}")
+    print(
+        f"model {args.model} on {ours['device']}, {args.protocol} protocol, {len(ours['pred'])} questions of {args.source}"
+    )
     print(f"same answers: {same}/{len(ours['pred'])}   acc ours {acc(ours):.3f}  lm-eval {acc(theirs):.3f}")
     print(f"time ours {ours['seconds']:.2f} s   lm-eval {theirs['seconds']:.2f} s   "
           f"speed-up {theirs['seconds'] / ours['seconds']:.1f}x")  # fmt: skip
     unit = "CUDA max allocated" if ours["loaded_mib"] is None else "peak RSS"
-    extra = "" if ours["loaded_mib"] is None else f" (after model load: {ours['loaded_mib']:.0f} / {theirs['loaded_mib']:.0f} MiB)"
+    extra = (
+        ""
+        if ours["loaded_mib"] is None
+        else f" (after model load: {ours['loaded_mib']:.0f} / {theirs['loaded_mib']:.0f} MiB)"
+    )
     print(f"{unit}: ours {ours['peak_mib']:.0f} MiB   lm-eval {theirs['peak_mib']:.0f} MiB{extra}")
 
 
