@@ -56,7 +56,9 @@ def main() -> None:
     model, tok, preset = lm.model, lm.tokenizer, lm.preset
     hook = preset.hook_point
     sae, sae_name = get_sae(preset, hook_width(model, hook))
-    stream = token_chunks(iter_texts("offline:retain"), tok, max_length=args.seq, max_tokens=args.batch * args.seq * 8)
+    stream = token_chunks(
+        iter_texts("offline:retain"), tok, max_length=args.seq, max_tokens=args.batch * args.seq * 8
+    )
     chunks = [c for c in stream if len(c) == args.seq]
     ids = torch.tensor(chunks[: args.batch])
     mask = torch.ones_like(ids)
@@ -87,10 +89,12 @@ def main() -> None:
         for _ in range(args.repeats):
             for name, fn in jobs.items():
                 times[name].append(timed(fn))
-        with clamp(model, sae, features, "clamp", -20.0, hook_name=hook):
-            fired = (sae.encode_subset(forward_to(model, [hook], input_ids=ids)[hook], features) > 0).float().mean()
+        x = forward_to(model, [hook], input_ids=ids)[hook]  # unhooked: how often the 20 features fire
+        fired = (sae.encode_subset(x, features) > 0).float().mean()
     med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"model: {lm.name} ({model.dtype}), {torch.get_num_threads()} threads; SAE: {sae_name}; hook {hook}")
+    print(
+        f"model: {lm.name} ({model.dtype}), {torch.get_num_threads()} threads; SAE: {sae_name}; hook {hook}"
+    )
     print(f"batch {args.batch}x{args.seq} = {n_tok} tokens, {args.repeats} repeats, medians:")
     for k, v in med.items():
         print(f"  {k:<18} {v * 1000:8.1f} ms  {n_tok / v:8.0f} tok/s")
