@@ -114,6 +114,9 @@ class SAETrainConfig:
     target_l0: float | None = None
     """If set (jumprelu), the penalty is λ·(L0/target − 1)² instead of λ·L0: steers to a chosen L0
     (SAEBench / dictionary_learning variant), handy for short runs."""
+    preact_coeff: float = 0.0
+    """jumprelu: weight of the pre-activation loss Σ relu(θ − pre)·‖W_dec‖ (Conerly et al. 2025, Anthropic
+    circuits update, Jan 2025), which gives latents below threshold a gradient and so revives dead ones."""
     k: int = 32
     """Active latents per token (topk)."""
     aux_k: int | None = None
@@ -315,6 +318,9 @@ def train_sae(acts_ND: Tensor, cfg: SAETrainConfig, *, progress: bool = True) ->
                 lam = cfg.l0_coeff * min(1.0, (step + 1) / l0_warm)
                 l0 = l0_N.mean()
                 loss = mse + lam * ((l0 / cfg.target_l0 - 1) ** 2 if cfg.target_l0 else l0)
+                if cfg.preact_coeff:  # decoder rows have unit norm, so ‖W_dec‖ drops out
+                    theta_F = sae.log_threshold.exp()
+                    loss = loss + cfg.preact_coeff * (theta_F - pre_NF).relu().sum(-1).mean()
             else:
                 aux = sae.aux_loss(x_ND, x_hat_ND, pre_NF, dead_F) if seen else aux
                 loss = mse + cfg.aux_coeff * aux
@@ -782,6 +788,9 @@ def train_sae_command(
     target_l0: Annotated[
         float | None, typer.Option(help="jumprelu: penalise (L0/target − 1)² instead.")
     ] = None,
+    preact_coeff: Annotated[
+        float, typer.Option(help="jumprelu: pre-activation loss weight (revives dead latents).")
+    ] = 0.0,
     k: Annotated[int, typer.Option(help="topk: active latents per token.")] = 32,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 2e-3,
     tokens: Annotated[int, typer.Option(help="Activation tokens to collect.")] = 300_000,
@@ -806,6 +815,7 @@ def train_sae_command(
         width=width,
         l0_coeff=l0_coeff,
         target_l0=target_l0,
+        preact_coeff=preact_coeff,
         k=k,
         lr=lr,
         batch_size=batch_size,
