@@ -165,3 +165,14 @@ def test_run_eval_writes_run_folder(tiny_folder, qfiles, tmp_path):
     with pytest.raises(UnlearnError):
         run_eval(EvalRunConfig(model=str(tiny_folder("gemma2")), tasks=[forget], protocol="cloze", device="cpu",
                                rmu=str(tmp_path / "no-such-run")))  # fmt: skip
+
+
+def test_weight_fingerprint_indexes_large_tensors_in_range():
+    """A float32 linspace would round the last index of a 167,772,160-element tensor past its end."""
+    from torch import nn
+
+    from unlearn.evaluate import weight_fingerprint
+
+    big = nn.Module()
+    big.register_parameter("w", nn.Parameter(torch.zeros(262_144, 640), requires_grad=False))
+    assert len(weight_fingerprint(big)) == 16

@@ -263,7 +263,9 @@ def weight_fingerprint(model: nn.Module, n_values: int = 8) -> str:
     digest = hashlib.sha256()
     for name, param in model.named_parameters():
         flat = param.detach().reshape(-1)
-        idx = torch.linspace(0, flat.numel() - 1, min(n_values, flat.numel())).long().to(flat.device)
+        k = min(n_values, flat.numel())
+        # integer spacing: a float32 linspace rounds past the end of large tensors (262k x 640 embeddings)
+        idx = (torch.arange(k, device=flat.device) * (flat.numel() - 1)) // max(k - 1, 1)
         digest.update(name.encode() + str(tuple(param.shape)).encode())
         digest.update(flat[idx].double().cpu().numpy().tobytes())
     return digest.hexdigest()[:16]
