@@ -8,6 +8,7 @@ norm placement are the real architectures, only small.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub; fail fast instead of retrying
 
@@ -43,6 +44,16 @@ TOKENIZER_TEXT = [
     "History geography computer science human aging photosynthesis enzymes proteins genes virus",
     "the of and a to in is was that for on with as by at from this it an be are or which",
 ] * 20
+
+
+@dataclass
+class Q:
+    """A question in the scorers' duck-typed schema (what `unlearn.data.Question` carries), for tests."""
+
+    question: str
+    choices: list[str]
+    answer: int
+    subject: str | None = "biology"
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:

@@ -2,24 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 import torch
+from conftest import Q
 
 from unlearn.errors import UnlearnError
 from unlearn.lmeval import include_dir, lm_eval_task_name, lmeval_predictions, run_tasks
 from unlearn.scoring import make_letter_scorer, score_cloze, score_letter
-
-
-@dataclass
-class Q:
-    question: str
-    choices: list[str]
-    answer: int
-    subject: str | None = "biology"
-
 
 QUESTIONS = [
     Q(f"Question {i}: which organ or cell part {'pumps blood' if i % 2 else 'holds DNA'}?",

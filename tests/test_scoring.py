@@ -3,23 +3,13 @@ permutation/known logic with fake scorers, and the exact prompt text."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pytest
 import torch
+from conftest import Q
 
 from unlearn.prompts import encode_pair, encode_prompt, letter_prompt
 from unlearn.scoring import ALL_ORDERS, letter_token_ids, make_letter_scorer, score_cloze, score_letter
-
-
-@dataclass
-class Q:
-    question: str
-    choices: list[str]
-    answer: int
-    subject: str | None = "biology"
-
 
 QUESTIONS = [
     Q("Which organ pumps blood through the body?", ["heart", "liver", "kidney", "lung"], 0),
