@@ -1,0 +1,27 @@
+"""End to end on the real embedded model: the README's main job, shrunk (`unlearn demo --quick`)."""
+
+from __future__ import annotations
+
+import pytest
+
+from unlearn.results import EvalBlock, read_json
+
+
+@pytest.mark.slow
+def test_demo_quick_runs_offline_to_a_report(tmp_path, monkeypatch):
+    from unlearn.demo import DemoConfig, run_demo
+
+    monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path))
+    report_dir = run_demo(DemoConfig(quick=True, scales=[-20.0]))
+
+    for name in ("report.md", "report.html", "combined.csv"):
+        assert (report_dir / name).stat().st_size > 0
+    assert list(report_dir.glob("*.png"))
+    (sweep,) = (tmp_path / "intervene").iterdir()
+    points = {p.stem: read_json(p) for p in (sweep / "points").glob("*.json")}
+    assert set(points) == {"zero_n20", "clamp_n20_s-20"}
+    base = EvalBlock.from_dict(read_json(sweep / "baseline.json"))
+    assert base.forget_acc == 1.0 and base.retain_acc == 1.0  # known subsets, unhooked
+    (rmu,) = (tmp_path / "rmu-baseline").iterdir()
+    assert {"before", "after"} <= set(read_json(rmu / "metrics.json"))
+    assert (rmu / "weights.safetensors").exists()
