@@ -792,6 +792,10 @@ def train_sae_command(
         float, typer.Option(help="jumprelu: pre-activation loss weight (revives dead latents).")
     ] = 0.0,
     k: Annotated[int, typer.Option(help="topk: active latents per token.")] = 32,
+    l0_warmup: Annotated[
+        float, typer.Option(help="jumprelu: fraction of steps the L0 penalty ramps up.")
+    ] = 0.1,
+    threshold_lr_mult: Annotated[float, typer.Option(help="jumprelu: threshold lr / base lr.")] = 10.0,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 2e-3,
     tokens: Annotated[int, typer.Option(help="Activation tokens to collect.")] = 300_000,
     epochs: Annotated[float, typer.Option(help="Passes over the collected activations.")] = 2.0,
@@ -817,6 +821,8 @@ def train_sae_command(
         target_l0=target_l0,
         preact_coeff=preact_coeff,
         k=k,
+        l0_warmup=l0_warmup,
+        threshold_lr_mult=threshold_lr_mult,
         lr=lr,
         batch_size=batch_size,
         epochs=epochs,
