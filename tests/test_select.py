@@ -199,3 +199,17 @@ def test_select_features_command(tiny, tiny_folder, tmp_path, monkeypatch):
     assert "bio: " in result.output and "cyber: " in result.output
     bad = CliRunner().invoke(app, [*args[:-2], "--run-id", "x", "--rank-by", "magic"])
     assert isinstance(bad.exception, UnlearnError)
+
+
+def test_resolve_sae_casts_a_float16_file_to_the_models_dtype(tiny, tmp_path):
+    """A float16 SAE on a float32 CPU model would run every encode in slow, inexact float16."""
+    import torch
+
+    from unlearn.saes import SAE
+    from unlearn.select import resolve_sae
+
+    SAE(64, 32, hook_name="blocks.1.hook_resid_post", dtype=torch.float16).save(tmp_path / "sae16")
+    lm = tiny("gemma2")
+    sae, _, hook = resolve_sae(str(tmp_path / "sae16"), None, None, lm.model)
+    assert sae.W_enc.dtype == torch.float32 == lm.model.dtype
+    assert hook == "blocks.1.hook_resid_post"

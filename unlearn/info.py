@@ -52,7 +52,7 @@ def run_info(cfg: InfoConfig) -> dict[str, object]:
     if sae_spec and sae_spec != "none":
         from unlearn.saes import check_compatible, load_sae
 
-        sae = load_sae(sae_spec, device=model.device)
+        sae = load_sae(sae_spec, device=model.device, dtype=model.dtype)
         hook = hook or sae.hook_name
     if hook:
         facts["hook point"] = hook

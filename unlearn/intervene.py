@@ -290,11 +290,10 @@ def run_intervene(
     if not ranked:
         raise UnlearnError("The selection is empty (no feature passed the retain threshold); "
                            "rerun select-features with a higher --retain-threshold or pass --feature-ids.")  # fmt: skip
-    device = next(lm.model.parameters()).device
     if sae is None:
         spec = cfg.sae or (selection.sae if selection else None)
         hook = cfg.hook or (selection.hook if selection and not cfg.sae else None)
-        sae, sae_spec, hook = resolve_sae(spec, hook, preset, device)
+        sae, sae_spec, hook = resolve_sae(spec, hook, preset, lm.model)
     else:
         sae_spec, hook = cfg.sae or "<in-memory>", cfg.hook or sae.hook_name
     sizes = cfg.n_features or ([len(ranked)] if cfg.feature_ids else [20])

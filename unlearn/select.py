@@ -306,8 +306,13 @@ class SelectConfig:
     """Name of the run folder (default: a timestamp)."""
 
 
-def resolve_sae(spec: str | None, hook: str | None, preset: Preset | None, device) -> tuple[SAE, str, str]:
-    """(SAE, spec as recorded, hook point): `spec` or the preset's, preset paths (`data/...`) resolved."""
+def resolve_sae(
+    spec: str | None, hook: str | None, preset: Preset | None, model: nn.Module
+) -> tuple[SAE, str, str]:
+    """(SAE, spec as recorded, hook point): `spec` or the preset's, preset paths (`data/...`) resolved.
+
+    The SAE is cast to the model's device and dtype: a float16 file on a CPU would otherwise run every
+    encode in float16, which CPUs compute an order of magnitude slower (and less exactly) than float32."""
     spec = spec or (preset.sae if preset else None)
     if not spec:
         raise UnlearnError("No SAE: pass --sae (a SAELens folder, params.npz or registry id).")
@@ -320,7 +325,8 @@ def resolve_sae(spec: str | None, hook: str | None, preset: Preset | None, devic
         )
     else:
         spec_used = spec
-    sae = load_sae(spec_used, device=device)
+    param = next(model.parameters())
+    sae = load_sae(spec_used, device=param.device, dtype=param.dtype)
     hook = hook or sae.hook_name or (preset.hook_point if preset else None)
     if not hook:
         raise UnlearnError(
@@ -368,9 +374,8 @@ def run_select(cfg: SelectConfig, *, lm: LoadedModel | None = None, sae: SAE | N
     lm = lm or load_model(cfg.model or cfg.preset, device=cfg.device, dtype=cfg.dtype)
     preset = lm.preset  # None when --model names a non-preset model
     forget_sources, retain_source = _sources(cfg, preset)
-    device = next(lm.model.parameters()).device
     if sae is None:
-        sae, sae_spec, hook = resolve_sae(cfg.sae, cfg.hook, preset, device)
+        sae, sae_spec, hook = resolve_sae(cfg.sae, cfg.hook, preset, lm.model)
     else:
         sae_spec, hook = cfg.sae or "<in-memory>", cfg.hook or sae.hook_name
     check_compatible(sae, hook_width(lm.model, hook), hook, lm.name)
