@@ -283,3 +283,11 @@ def test_intervene_command_with_the_real_evaluator(tiny_folder, tmp_path, monkey
     assert "intervene sweep" in result.output and "clamp_n4_s-50" in result.output
     bad = CliRunner().invoke(app, [*args[:-2], "--run-id", "x", "--scale", "a,b"])
     assert isinstance(bad.exception, UnlearnError)
+
+
+def test_a_mistyped_preset_is_an_error_not_a_hub_lookup():
+    from unlearn.errors import UnlearnError
+    from unlearn.intervene import InterveneConfig, run_intervene
+
+    with pytest.raises(UnlearnError, match="Unknown preset 'gemma-3-207m'"):
+        run_intervene(InterveneConfig(preset="gemma-3-207m", feature_ids=[1]))

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from unlearn.errors import UnlearnError
 from unlearn.hooks import edit, hook_width
-from unlearn.models import LoadedModel, load_model
+from unlearn.models import LoadedModel, load_model, model_spec
 from unlearn.presets import DEFAULT_PRESET
 from unlearn.results import EvalBlock, new_run_dir, read_json, results_dir, write_json, write_table
 
@@ -283,7 +283,7 @@ def run_intervene(
     from unlearn.select import read_selection, resolve_sae
 
     console = console or Console()
-    lm = lm or load_model(cfg.model or cfg.preset, device=cfg.device, dtype=cfg.dtype)
+    lm = lm or load_model(model_spec(cfg.preset, cfg.model), device=cfg.device, dtype=cfg.dtype)
     preset = lm.preset  # None when --model names a non-preset model
     selection = None if cfg.feature_ids else read_selection(cfg.features, cfg.topic)
     ranked = list(cfg.feature_ids) if cfg.feature_ids else selection.features

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from unlearn.errors import UnlearnError
 from unlearn.hooks import decoder_layers
-from unlearn.models import LoadedModel, load_model
+from unlearn.models import LoadedModel, load_model, model_spec
 from unlearn.paths import results_dir
 from unlearn.presets import DEFAULT_PRESET, get_preset
 from unlearn.results import new_run_dir, read_json, write_bytes, write_json, write_table
@@ -257,7 +257,7 @@ def run_rmu(cfg: RMUConfig, *, progress: bool = True) -> Path:
     import pandas as pd
 
     cfg = resolve_config(cfg)
-    lm = load_model(cfg.model or cfg.preset, device=cfg.device, dtype=cfg.dtype)
+    lm = load_model(model_spec(cfg.preset, cfg.model), device=cfg.device, dtype=cfg.dtype)
     forget, retain, steps = load_batches(cfg)  # fail on missing corpora before any slow work
     run_dir = new_run_dir("rmu-baseline", cfg.run_id)
     (run_dir / "FAILED").unlink(missing_ok=True)

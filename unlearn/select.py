@@ -35,7 +35,7 @@ from torch import Tensor, nn
 from unlearn.data import iter_texts
 from unlearn.errors import UnlearnError
 from unlearn.hooks import forward_to, hook_width
-from unlearn.models import LoadedModel, load_model
+from unlearn.models import LoadedModel, load_model, model_spec
 from unlearn.paths import resolve_data_path
 from unlearn.presets import DEFAULT_PRESET, Preset
 from unlearn.results import latest_run_dir, new_run_dir, read_json, write_json, write_table
@@ -371,7 +371,7 @@ def run_select(cfg: SelectConfig, *, lm: LoadedModel | None = None, sae: SAE | N
     `results/select-features/<run-id>/` and returns it."""
     if cfg.rank_by not in ("freq", "ratio"):
         raise UnlearnError(f"--rank-by must be freq or ratio, not {cfg.rank_by!r}.")
-    lm = lm or load_model(cfg.model or cfg.preset, device=cfg.device, dtype=cfg.dtype)
+    lm = lm or load_model(model_spec(cfg.preset, cfg.model), device=cfg.device, dtype=cfg.dtype)
     preset = lm.preset  # None when --model names a non-preset model
     forget_sources, retain_source = _sources(cfg, preset)
     if sae is None:
