@@ -290,8 +290,8 @@ class SelectConfig:
     """How many ranked features to keep per topic (intervene takes the top n of them)."""
     rank_by: RankBy = "freq"
     """Rank surviving features by forget frequency (`freq`, the paper) or forget/retain `ratio`."""
-    max_tokens: int = 150_000
-    """Tokens (BOS excluded) read from each source."""
+    max_tokens: int = 60_000
+    """Tokens (BOS excluded) read from each source; sized so the default run takes a few CPU minutes."""
     max_length: int = 128
     """Tokens per sequence (texts are cut into windows of this length, each starting with BOS)."""
     batch_tokens: int = 2048
@@ -510,7 +510,7 @@ def select_features_command(
     retain_threshold: Annotated[float, typer.Option(help="Max retain firing frequency.")] = 0.01,
     n_features: Annotated[int, typer.Option(help="Features kept per topic.")] = 50,
     rank_by: Annotated[str, typer.Option(help="freq (paper) or ratio.")] = "freq",
-    max_tokens: Annotated[int, typer.Option(help="Tokens read per source.")] = 150_000,
+    max_tokens: Annotated[int, typer.Option(help="Tokens read per source.")] = 60_000,
     max_length: Annotated[int, typer.Option(help="Tokens per sequence.")] = 128,
     batch_tokens: Annotated[int, typer.Option(help="Token slots per forward.")] = 2048,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
