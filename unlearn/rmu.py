@@ -248,8 +248,9 @@ def loss_plot(losses) -> bytes:
 def _eval_suite(lm: LoadedModel, cfg: RMUConfig):
     from unlearn.evaluate import eval_config_from_preset, prepare_eval
 
-    overrides = {"limit": cfg.eval_limit} if cfg.eval_limit is not None else {}
-    return prepare_eval(lm, eval_config_from_preset(get_preset(cfg.preset), **overrides, **cfg.extra))
+    # Known subset by default, as `intervene` scores, so the report can set RMU beside the SAE points.
+    overrides = {"known_only": True, "limit": cfg.eval_limit, **cfg.extra}
+    return prepare_eval(lm, eval_config_from_preset(get_preset(cfg.preset), **overrides))
 
 
 def run_rmu(cfg: RMUConfig, *, progress: bool = True) -> Path:
