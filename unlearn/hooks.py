@@ -49,12 +49,16 @@ def parse_hook_name(name: str) -> HookPoint:
     return HookPoint(name=name, layer=int(match.group(1)), module=kind["module"], side=kind["side"])
 
 
+def text_config(model: nn.Module):
+    """The language model's config, also inside multimodal wrappers (transformers' `get_text_config`)."""
+    config = model.config
+    return config.get_text_config() if hasattr(config, "get_text_config") else config
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder's layer list, found without per-model branches: the first ModuleList whose length
     is the config's layer count (works for `model.model.layers` and multimodal wrappers alike)."""
-    config = getattr(model, "config", None)
-    config = getattr(config, "text_config", None) or config
-    n_layers = getattr(config, "num_hidden_layers", None)
+    n_layers = getattr(text_config(model), "num_hidden_layers", None)
     for _, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) == n_layers:
             return module
@@ -79,8 +83,7 @@ def hook_width(model: nn.Module, name: str) -> int:
     point, module = resolve(model, name)
     if isinstance(module, nn.Linear):
         return module.in_features if point.side == "input" else module.out_features
-    config = getattr(model.config, "text_config", None) or model.config
-    return config.hidden_size
+    return text_config(model).hidden_size
 
 
 def _install(module: nn.Module, side: str, fn: Callable[[Tensor], Tensor | None]):

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from unlearn.errors import UnlearnError
-from unlearn.hooks import decoder_layers, forward_to, hook_width
+from unlearn.hooks import decoder_layers, forward_to, hook_width, text_config
 from unlearn.models import load_model, model_spec
 
 SAMPLE_TEXT = "The mitochondria produce ATP for the cell, while ribosomes build proteins from amino acids."
@@ -34,14 +34,14 @@ def run_info(cfg: InfoConfig) -> dict[str, object]:
     """Load the model (and SAE), run one sentence, and return the facts shown by `unlearn info`."""
     lm = load_model(model_spec(cfg.preset, cfg.model), device=cfg.device, dtype=cfg.dtype)
     preset = lm.preset if lm.preset else None
-    model, config = lm.model, lm.model.config
-    text_config = getattr(config, "text_config", None) or config
+    model = lm.model
+    text_cfg = text_config(model)
     facts: dict[str, object] = {
         "model": lm.source if not preset else f"{preset.name} ({preset.model})",
         "class": type(model).__name__,
         "layers": len(decoder_layers(model)),
-        "d_model": text_config.hidden_size,
-        "vocab": text_config.vocab_size,
+        "d_model": text_cfg.hidden_size,
+        "vocab": text_cfg.vocab_size,
         "dtype": str(model.dtype).removeprefix("torch."),
         "device": str(model.device),
         "chat template": "yes" if lm.tokenizer.chat_template else "no",

@@ -33,7 +33,7 @@ from rich.table import Table
 from torch import Tensor, nn
 
 from unlearn.errors import UnlearnError
-from unlearn.hooks import edit, hook_width
+from unlearn.hooks import edit, hook_width, text_config
 from unlearn.models import LoadedModel, load_model, model_spec
 from unlearn.presets import DEFAULT_PRESET
 from unlearn.results import EvalBlock, new_run_dir, read_json, results_dir, write_json, write_table
@@ -88,9 +88,7 @@ def clamped(
 
 
 def _bos_id(model: nn.Module) -> int | None:
-    config = getattr(model, "config", None)
-    config = getattr(config, "text_config", None) or config
-    return getattr(config, "bos_token_id", None)
+    return getattr(text_config(model), "bos_token_id", None)
 
 
 @contextmanager

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from unlearn.errors import UnlearnError
-from unlearn.hooks import decoder_layers
+from unlearn.hooks import decoder_layers, text_config
 from unlearn.models import LoadedModel, load_model, model_spec
 from unlearn.paths import results_dir
 from unlearn.presets import DEFAULT_PRESET, get_preset
@@ -163,7 +163,7 @@ def train_rmu(
         raise UnlearnError(
             f"--layer {cfg.layer} is out of range: the model has {n_layers} layers (0..{n_layers - 1})."
         )
-    d_model = (getattr(model.config, "text_config", None) or model.config).hidden_size
+    d_model = text_config(model).hidden_size
     trainer = RMUTrainer(
         model, layer=cfg.layer, update_layers=cfg.update_layers, param_pattern=cfg.param_pattern,
         control_vecs=steering_vectors(d_model, cfg.steering_coeff, len(forget), cfg.seed),

@@ -20,6 +20,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
+from unlearn.hooks import text_config
 from unlearn.prompts import (
     LETTERS,
     QuestionLike,
@@ -45,8 +46,7 @@ class Head:
         head = model.get_output_embeddings()
         self.weight_VD: Tensor = head.weight
         self.bias_V: Tensor | None = getattr(head, "bias", None)
-        config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
-        self.softcap: float | None = getattr(config, "final_logit_softcapping", None)
+        self.softcap: float | None = getattr(text_config(model), "final_logit_softcapping", None)
         self.pad_id = 0
 
     def logits(self, hidden_ND: Tensor, rows: Tensor | None = None) -> Tensor:
