@@ -159,6 +159,20 @@ def test_bos_is_never_edited(tiny):
     assert not torch.equal(hit[nxt][:, 0], x[:, 0])
 
 
+def test_bos_is_kept_when_only_the_decoder_body_runs(tiny):
+    """The scorers call `model.get_decoder()` directly (no output head); BOS must be protected there too."""
+    lm = tiny("gemma3")
+    hook = "blocks.1.hook_resid_post"
+    sae, _ = _fires_on_token(lm, hook, "<bos>")
+    inputs = _inputs(lm)
+    with torch.no_grad():
+        with clamp(lm.model, sae, [5], "clamp", -20.0):
+            body = lm.model.get_decoder()(**inputs).last_hidden_state
+        with clamp(lm.model, sae, [5], "clamp", -20.0):
+            whole = lm.model(**inputs, output_hidden_states=True).hidden_states[-1]
+    torch.testing.assert_close(body, whole, rtol=0, atol=0)
+
+
 def test_clamp_user_errors(tiny):
     lm = tiny("gemma3")
     with pytest.raises(UnlearnError, match="d_in 48 != width 64"):

@@ -138,7 +138,9 @@ def clamp(
             protect_BT = (ids_BT == bos).to(x_BTD.device)
         return clamped(sae, x_BTD, idx_K, mode, scale, protect_BT)
 
-    pre = model.register_forward_pre_hook(remember_ids, with_kwargs=True)
+    # On the decoder body, which every forward runs, also the scorers' head-less ones.
+    body = model.get_decoder() if hasattr(model, "get_decoder") else model
+    pre = body.register_forward_pre_hook(remember_ids, with_kwargs=True)
     try:
         with edit(model, hook, fn):
             yield
