@@ -9,7 +9,16 @@ import torch
 from conftest import Q
 
 from unlearn.prompts import encode_pair, encode_prompt, letter_prompt
-from unlearn.scoring import ALL_ORDERS, letter_token_ids, make_letter_scorer, score_cloze, score_letter
+from unlearn.scoring import (
+    ALL_ORDERS,
+    letter_token_ids,
+    make_letter_scorer,
+    _segment_mask,
+    _segment_positions,
+    pack_choices,
+    score_cloze,
+    score_letter,
+)
 
 QUESTIONS = [
     Q("Which organ pumps blood through the body?", ["heart", "liver", "kidney", "lung"], 0),
@@ -48,19 +57,57 @@ def test_letter_scores_equal_full_model_and_padding_is_invisible(tiny, family):
         torch.testing.assert_close(row.double(), expected, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["gemma", "gemma2"])
+LONG = Q(" ".join(["Which of these words names a part of the heart or the blood"] * 3) + "?",
+         ["atrium", "the left ventricle of it", "aorta", "a valve"], 1)  # longer than the window
+
+
+@pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])
 def test_cloze_loglik_equals_float64_reference(tiny, family):
+    """Packed answers (and, past the tiny models' 32-token sliding window, one sequence per answer)
+    give each answer's log-likelihood under the whole model run on context + answer alone."""
     lm = tiny(family)
-    out = score_cloze(QUESTIONS, lm.model, lm.tokenizer, batch_size=3)
-    for qi, q in enumerate(QUESTIONS):
+    questions = [*QUESTIONS, LONG]
+    packed_len = [len(pack_choices(*_pairs(q, lm.tokenizer))[0]) for q in questions]
+    if family != "gemma":  # Gemma 1 has no sliding window: everything is packed
+        assert min(packed_len) <= 32 < max(packed_len)  # both paths run
+    out = score_cloze(questions, lm.model, lm.tokenizer, batch_size=3)
+    for qi, q in enumerate(questions):
         for ci, choice in enumerate(q.choices):
             ctx, cont = encode_pair(f"Question: {q.question}\nAnswer:", f" {choice}", lm.tokenizer)
             logp = torch.log_softmax(full_logits(lm.model, ctx + cont), dim=-1)
             ref = sum(logp[len(ctx) - 1 + k, t].item() for k, t in enumerate(cont))
             assert out["ll"][qi, ci] == pytest.approx(ref, abs=1e-4)
-    lengths = np.array([[len(c) for c in q.choices] for q in QUESTIONS])
+    lengths = np.array([[len(c) for c in q.choices] for q in questions])
     assert (out["pred"] == out["ll"].argmax(1)).all()
     assert (out["pred_norm"] == (out["ll"] / lengths).argmax(1)).all()
+
+
+def _pairs(q, tokenizer):
+    pairs = [encode_pair(f"Question: {q.question}\nAnswer:", f" {c}", tokenizer) for c in q.choices]
+    return pairs[0][0], [cont for _, cont in pairs]
+
+
+def test_pack_choices_layout_positions_and_mask():
+    ids, segments, reads = pack_choices([1, 2, 3], [[7], [8, 9], [10, 11, 12], [13]])
+    assert ids == [1, 2, 3, 8, 10, 11]
+    assert segments == [0, 0, 0, 2, 3, 3]
+    assert reads == [[2], [2, 3], [2, 4, 5], [2]]
+    seg_BT = torch.tensor([segments + [-1]])
+    assert _segment_positions(seg_BT).tolist() == [[0, 1, 2, 3, 3, 4, 0]]
+    sees = _segment_mask(seg_BT, torch.float32)[0, 0] == 0
+    expected = torch.tensor(
+        [  # keys: ctx ctx ctx s2 s3 s3 pad
+            [1, 0, 0, 0, 0, 0, 0],
+            [1, 1, 0, 0, 0, 0, 0],
+            [1, 1, 1, 0, 0, 0, 0],
+            [1, 1, 1, 1, 0, 0, 0],
+            [1, 1, 1, 0, 1, 0, 0],
+            [1, 1, 1, 0, 1, 1, 0],
+            [0, 0, 0, 0, 0, 0, 1],  # padding sees only itself
+        ],
+        dtype=torch.bool,
+    )
+    assert torch.equal(sees, expected)
 
 
 def test_letter_token_ids_take_bare_and_spaced_letters(tokenizer):
