@@ -11,10 +11,10 @@ from conftest import Q
 from unlearn.prompts import encode_pair, encode_prompt, letter_prompt
 from unlearn.scoring import (
     ALL_ORDERS,
-    letter_token_ids,
-    make_letter_scorer,
     _segment_mask,
     _segment_positions,
+    letter_token_ids,
+    make_letter_scorer,
     pack_choices,
     score_cloze,
     score_letter,
@@ -57,8 +57,11 @@ def test_letter_scores_equal_full_model_and_padding_is_invisible(tiny, family):
         torch.testing.assert_close(row.double(), expected, atol=1e-4, rtol=1e-4)
 
 
-LONG = Q(" ".join(["Which of these words names a part of the heart or the blood"] * 3) + "?",
-         ["atrium", "the left ventricle of it", "aorta", "a valve"], 1)  # longer than the window
+LONG = Q(
+    " ".join(["Which of these words names a part of the heart or the blood"] * 3) + "?",
+    ["atrium", "the left ventricle of it", "aorta", "a valve"],
+    1,
+)  # longer than the window
 
 
 @pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])

@@ -1,4 +1,4 @@
-"""`unlearn.train_sae`: straight-through estimators, recovery of planted directions, the LM pipeline."""
+"""`unlearn train-sae` (sae_training, activations, sae_quality): straight-through estimators, recovery of planted directions, the LM pipeline."""
 
 from __future__ import annotations
 
@@ -9,20 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from unlearn.activations import collect_activations, token_windows
 from unlearn.errors import UnlearnError
+from unlearn.sae_quality import evaluate_sae
+from unlearn.sae_training import JumpReLUFn, SAETrainConfig, StepFn, TrainableSAE, train_sae
 from unlearn.saes import SAE, load_sae
-from unlearn.train_sae import (
-    JumpReLUFn,
-    SAETrainConfig,
-    StepFn,
-    TrainableSAE,
-    TrainSAEConfig,
-    collect_activations,
-    evaluate_sae,
-    run_train_sae,
-    token_windows,
-    train_sae,
-)
+from unlearn.train_sae import TrainSAEConfig, run_train_sae
 
 
 @pytest.fixture(autouse=True)

@@ -125,9 +125,7 @@ def _segment_positions(seg_BT: Tensor) -> Tensor:
     return pos_BT
 
 
-def pack_choices(
-    ctx: list[int], conts: Sequence[list[int]]
-) -> tuple[list[int], list[int], list[list[int]]]:
+def pack_choices(ctx: list[int], conts: Sequence[list[int]]) -> tuple[list[int], list[int], list[list[int]]]:
     """The context once, then each continuation but its last token, as one sequence.
 
     Scoring continuation i needs the logits at the last context token and at its own tokens but the
@@ -254,7 +252,9 @@ def score_cloze(
         ctx, conts = pairs[0][0], [cont for _, cont in pairs]  # encode_pair: ctx is the same for all
         ids, segments, reads = pack_choices(ctx, conts)
         if len(ids) <= window:
-            rows.append((ids, segments, [(qi, ci, r, t) for ci, (r, t) in enumerate(zip(reads, conts))]))
+            rows.append(
+                (ids, segments, [(qi, ci, r, t) for ci, (r, t) in enumerate(zip(reads, conts, strict=True))])
+            )
         else:  # one sequence per choice
             for ci, (c, cont) in enumerate(pairs):
                 seq = (c + cont)[:-1]
