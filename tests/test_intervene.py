@@ -299,6 +299,26 @@ def test_intervene_command_with_the_real_evaluator(tiny_folder, tmp_path, monkey
     assert isinstance(bad.exception, UnlearnError)
 
 
+def test_intervene_command_scores_the_known_subset_by_default(monkeypatch):
+    import typer
+    from typer.testing import CliRunner
+
+    import unlearn.intervene as iv
+
+    seen = []
+
+    def fake_run(cfg, **_):
+        seen.append(cfg)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(iv, "run_intervene", fake_run)
+    app = typer.Typer()
+    app.command()(iv.intervene_command)
+    CliRunner().invoke(app, ["--scale", "-20"])
+    CliRunner().invoke(app, ["--scale", "-20", "--all-questions"])
+    assert [c.known_only for c in seen] == [True, False]
+
+
 def test_a_mistyped_preset_is_an_error_not_a_hub_lookup():
     from unlearn.errors import UnlearnError
     from unlearn.intervene import InterveneConfig, run_intervene

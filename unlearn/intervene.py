@@ -375,8 +375,8 @@ def intervene_command(
     forget_tasks: Annotated[str | None, typer.Option(help="Forget question sources (comma list).")] = None,
     retain_tasks: Annotated[str | None, typer.Option(help="Retain question sources (comma list).")] = None,
     known_only: Annotated[
-        bool | None, typer.Option("--known-only/--all-questions", help="Known subset only.")
-    ] = None,
+        bool, typer.Option("--known-only/--all-questions", help="Score only questions the model knows.")
+    ] = True,
     permutations: Annotated[bool | None, typer.Option(help="Letter protocol: all 24 orders.")] = None,
     limit: Annotated[int | None, typer.Option(help="Questions per source.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Evaluation batch size.")] = None,
