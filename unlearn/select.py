@@ -298,7 +298,7 @@ class SelectConfig:
     """Token slots per forward pass."""
     n_contexts: int = 8
     """Top-activating contexts recorded per selected feature."""
-    context_tokens: int | None = 50_000
+    context_tokens: int | None = 20_000
     """Forget tokens scanned for top contexts (None = all of them)."""
     device: str | None = None
     dtype: str | None = None
