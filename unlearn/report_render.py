@@ -53,10 +53,12 @@ def _g(x: Any) -> str:
 def params_text(row: pd.Series) -> str:
     """A compact description of the point: clamp settings for SAE points, layer/c/alpha for RMU."""
     if str(row["method"]).startswith("sae-"):
-        parts = [f"scale={_g(row['scale'])}", f"n={_g(row['n_features'])}"]
-        if _g(row.get("retain_threshold")):
-            parts.append(f"thr={_g(row['retain_threshold'])}")
-        return " ".join(parts)
+        values = (
+            ("scale", row.get("scale")),
+            ("n", row.get("n_features")),
+            ("thr", row.get("retain_threshold")),
+        )
+        return " ".join(f"{k}={_g(v)}" for k, v in values if _g(v))  # zero ablation has no scale
     if row["method"] == "rmu":
         keys = (("layer", "L"), ("steering_coeff", "c="), ("alpha", "α="))
         return " ".join(f"{p}{_g(row[k])}" for k, p in keys if _g(row.get(k)))
