@@ -18,12 +18,12 @@ import time
 import torch
 
 from unlearn.data import iter_texts
+from unlearn.feature_stats import FeatureStats, token_chunks
 from unlearn.hooks import forward_to, hook_width
 from unlearn.intervene import clamp
 from unlearn.models import load_model
 from unlearn.paths import resolve_data_path
 from unlearn.saes import SAE, load_sae
-from unlearn.select import FeatureStats, token_chunks
 
 
 def get_sae(preset, d_model: int) -> tuple[SAE, str]:

@@ -8,19 +8,11 @@ import pytest
 import torch
 
 from unlearn.errors import UnlearnError
+from unlearn.feature_stats import FeatureStats, accumulate, token_chunks
 from unlearn.hooks import forward_to
 from unlearn.results import read_json
 from unlearn.saes import SAE
-from unlearn.select import (
-    FeatureStats,
-    SelectConfig,
-    _parse_sources,
-    accumulate,
-    read_selection,
-    run_select,
-    select_features,
-    token_chunks,
-)
+from unlearn.select import SelectConfig, _parse_sources, read_selection, run_select, select_features
 
 FORGET = [
     "The heart pumps blood. A cell of the heart has a nucleus, and the cell beats.",

@@ -1,11 +1,6 @@
-"""Feature statistics on forget vs retain text, the selection rule of the paper and SAEBench, and the
-`unlearn select-features` command.
+"""The selection rule of the paper and SAEBench, and the `unlearn select-features` command.
 
-Text is streamed through the model only up to the SAE's hook point (`hooks.forward_to`), encoded, and
-reduced at once into float64 per-feature counters (`FeatureStats`), so no activation is stored. BOS and
-padding positions are excluded: BOS residuals are outliers that many features fire on, and padding is
-not text.
-
+Statistics come from `feature_stats` (forget and retain text streamed to the SAE's hook point only).
 Selection (Farrell et al. 2024, arXiv 2410.19278 §4; SAEBench `get_top_features`): drop features whose
 retain firing frequency exceeds `retain_threshold` (SAEBench sweeps 0.001 and 0.01), rank the rest by
 forget frequency (or by forget/retain ratio), keep the first `n_features` that fire on forget text at
@@ -15,10 +10,7 @@ so a person can judge whether it is really about the topic (the paper inspects f
 
 from __future__ import annotations
 
-import heapq
 import logging
-from collections import Counter
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
@@ -27,14 +19,13 @@ import pandas as pd
 import torch
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
 from rich.table import Table
-from rich.text import Text
 from torch import Tensor, nn
 
 from unlearn.data import iter_texts
 from unlearn.errors import UnlearnError
-from unlearn.hooks import forward_to, hook_width
+from unlearn.feature_stats import FeatureStats, accumulate, progress_bar, token_chunks, top_contexts
+from unlearn.hooks import hook_width
 from unlearn.models import LoadedModel, load_model, model_spec
 from unlearn.paths import resolve_data_path
 from unlearn.presets import DEFAULT_PRESET, Preset
@@ -44,38 +35,6 @@ from unlearn.saes import SAE, check_compatible, load_sae
 log = logging.getLogger(__name__)
 
 RankBy = Literal["freq", "ratio"]
-
-
-@dataclass
-class FeatureStats:
-    """Per-feature counters over the counted tokens of one text source (float64, on the model device)."""
-
-    n_tokens: int
-    """Tokens counted (BOS and padding excluded)."""
-    fire_count_F: Tensor
-    """How many counted tokens each feature fired on (f > 0)."""
-    act_sum_F: Tensor
-    """Sum of each feature's activation over counted tokens."""
-
-    @classmethod
-    def empty(cls, d_sae: int, device: torch.device | str | None = None) -> FeatureStats:
-        zeros = torch.zeros(d_sae, dtype=torch.float64, device=device)
-        return cls(0, zeros, zeros.clone())
-
-    def update(self, f_NF: Tensor) -> None:
-        """Add the activations of N counted tokens."""
-        self.n_tokens += f_NF.shape[0]
-        self.fire_count_F += (f_NF > 0).sum(0, dtype=torch.float64)
-        self.act_sum_F += f_NF.sum(0, dtype=torch.float64)
-
-    @property
-    def freq_F(self) -> Tensor:
-        return self.fire_count_F / max(self.n_tokens, 1)
-
-    @property
-    def mean_act_F(self) -> Tensor:
-        """Mean activation over the tokens where the feature fires (0 where it never does)."""
-        return self.act_sum_F / self.fire_count_F.clamp(min=1)
 
 
 def ratio_F(forget: FeatureStats, retain: FeatureStats) -> Tensor:
@@ -102,167 +61,6 @@ def select_features(
     ids = torch.nonzero(ok).flatten().tolist()
     ids.sort(key=lambda i: (-float(score[i]), -float(forget_freq[i]), i))
     return ids[:n_features]
-
-
-# --- token streams -----------------------------------------------------------------------------------
-
-
-def token_chunks(
-    texts: Iterable[str], tokenizer, *, max_length: int = 128, max_tokens: int | None = None
-) -> Iterator[list[int]]:
-    """Token id chunks of at most `max_length`, each starting with BOS (when the tokenizer has one), cut
-    from consecutive windows of every text; stops after `max_tokens` counted (non-BOS) tokens."""
-    bos = tokenizer.bos_token_id
-    body = max_length - (bos is not None)
-    left = max_tokens if max_tokens is not None else float("inf")
-    group: list[str] = []
-
-    def flush() -> Iterator[list[int]]:
-        nonlocal left
-        for ids in tokenizer(group, add_special_tokens=False)["input_ids"]:
-            for start in range(0, len(ids), body):
-                piece = ids[start : start + body][: int(min(body, left))]
-                if not piece:
-                    return
-                left -= len(piece)
-                yield ([bos] if bos is not None else []) + piece
-                if left <= 0:
-                    return
-
-    for text in texts:
-        if text and text.strip():
-            group.append(text)
-        if len(group) == 64:
-            yield from flush()
-            group = []
-            if left <= 0:
-                return
-    if group and left > 0:
-        yield from flush()
-
-
-def batches(
-    chunks: list[list[int]], pad_id: int, batch_tokens: int
-) -> Iterator[tuple[list[int], Tensor, Tensor]]:
-    """(chunk indices, input_ids, attention_mask), right-padded, about `batch_tokens` slots each; chunks
-    go longest first so that padding stays small."""
-    order = sorted(range(len(chunks)), key=lambda i: -len(chunks[i]))
-    start = 0
-    while start < len(order):
-        width = len(chunks[order[start]])
-        size = max(1, batch_tokens // max(width, 1))
-        idx = order[start : start + size]
-        start += size
-        ids_BT = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask_BT = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids_BT[row, : len(chunks[i])] = torch.tensor(chunks[i])
-            mask_BT[row, : len(chunks[i])] = 1
-        yield idx, ids_BT, mask_BT
-
-
-class _TokensPerSecond(ProgressColumn):
-    def render(self, task) -> Text:
-        return Text(f"{task.speed:,.0f} tok/s" if task.speed else "… tok/s", style="progress.data.speed")
-
-
-def progress_bar(**kwargs) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _TokensPerSecond(),
-                    **kwargs)  # fmt: skip
-
-
-def _counted_acts(
-    model: nn.Module, hook: str, ids_BT: Tensor, mask_BT: Tensor, bos: int | None
-) -> tuple[Tensor, Tensor]:
-    """Hook activations of counted tokens (N, d_in) and the mask (B, T) that picked them."""
-    device = next(model.parameters()).device
-    ids_BT, mask_BT = ids_BT.to(device), mask_BT.to(device)
-    x_BTD = forward_to(model, [hook], input_ids=ids_BT, attention_mask=mask_BT)[hook]
-    keep_BT = mask_BT.bool() if bos is None else mask_BT.bool() & (ids_BT != bos)
-    return x_BTD[keep_BT], keep_BT
-
-
-@torch.inference_mode()
-def accumulate(
-    model: nn.Module,
-    sae: nn.Module,
-    hook: str,
-    chunks: list[list[int]],
-    *,
-    pad_id: int,
-    bos_id: int | None,
-    batch_tokens: int = 2048,
-    progress: Progress | None = None,
-    desc: str = "stats",
-) -> FeatureStats:
-    """FeatureStats of `chunks` at `hook`: forward to the hook only, encode, reduce; nothing stored."""
-    stats = FeatureStats.empty(sae.d_sae, sae.W_enc.device)
-    task = progress.add_task(desc, total=sum(len(c) for c in chunks)) if progress else None
-    for _, ids_BT, mask_BT in batches(chunks, pad_id, batch_tokens):
-        x_ND, _ = _counted_acts(model, hook, ids_BT, mask_BT, bos_id)
-        stats.update(sae.encode(x_ND))
-        if progress is not None:
-            progress.advance(task, int(mask_BT.sum()))
-    return stats
-
-
-@torch.inference_mode()
-def top_contexts(
-    model: nn.Module,
-    sae: nn.Module,
-    hook: str,
-    chunks: list[list[int]],
-    features: list[int],
-    tokenizer,
-    *,
-    k: int = 8,
-    window: tuple[int, int] = (12, 4),
-    batch_tokens: int = 2048,
-    progress: Progress | None = None,
-) -> dict[int, dict[str, list]]:
-    """For each feature: `contexts` (its k highest activations as text windows with the token marked
-    «like this», with activation and chunk/position) and `top_tokens` (the tokens it fires on most)."""
-    bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
-    heaps: list[list[tuple[float, int, int]]] = [[] for _ in features]  # min-heaps of (act, chunk, pos)
-    counts: list[Counter] = [Counter() for _ in features]
-    task = progress.add_task("contexts", total=sum(len(c) for c in chunks)) if progress else None
-    for idx, ids_BT, mask_BT in batches(chunks, pad if pad is not None else 0, batch_tokens):
-        x_ND, keep_BT = _counted_acts(model, hook, ids_BT, mask_BT, bos)
-        f_NK = sae.encode_subset(x_ND, features).float().cpu()
-        where_N2 = keep_BT.nonzero().cpu()  # (row, pos) of each counted token
-        tok_N = ids_BT[where_N2[:, 0], where_N2[:, 1]]
-        for j in range(len(features)):
-            fired = torch.nonzero(f_NK[:, j] > 0).flatten()
-            if not len(fired):
-                continue
-            counts[j].update(tok_N[fired].tolist())
-            best = fired[f_NK[fired, j].topk(min(k, len(fired))).indices]
-            for n in best.tolist():
-                item = (float(f_NK[n, j]), idx[int(where_N2[n, 0])], int(where_N2[n, 1]))
-                (heapq.heappush if len(heaps[j]) < k else heapq.heappushpop)(heaps[j], item)
-        if progress is not None:
-            progress.advance(task, int(mask_BT.sum()))
-    out = {}
-    for j, feat in enumerate(features):
-        contexts = [
-            {
-                "act": round(act, 4),
-                "chunk": c,
-                "pos": p,
-                "text": _context_text(tokenizer, chunks[c], p, window),
-            }
-            for act, c, p in sorted(heaps[j], reverse=True)
-        ]
-        top = [tokenizer.decode([t]) for t, _ in counts[j].most_common(5)]
-        out[feat] = {"top_tokens": top, "contexts": contexts}
-    return out
-
-
-def _context_text(tokenizer, ids: list[int], pos: int, window: tuple[int, int]) -> str:
-    before = tokenizer.decode(ids[max(0, pos - window[0]) : pos], skip_special_tokens=True)
-    token = tokenizer.decode([ids[pos]])
-    after = tokenizer.decode(ids[pos + 1 : pos + 1 + window[1]], skip_special_tokens=True)
-    return f"{before}«{token}»{after}".replace("\n", "⏎")
 
 
 # --- the command ---------------------------------------------------------------------------------------
