@@ -255,13 +255,13 @@ def test_sweep_reads_a_selection_and_its_sae(tiny, tmp_path, monkeypatch):
     lm = tiny("gemma3")
     sae, _ = _fires_on_token(lm, HOOK, " heart")
     sel = tmp_path / "select-features" / "s1"
-    features = {"sae": str(sae.save(tmp_path / "sae")), "hook": HOOK, "rule": {"retain_threshold": 0.01},
+    features = {"sae": str(sae.save(tmp_path / "sae")), "hook": HOOK, "rule": {"retain_threshold": 0.01, "rank_by": "ratio"},
                 "topics": {"bio": {"features": [5, 7, 9, 11]}}}  # fmt: skip
     write_json(sel / "features.json", features)
     write_json(sel / "config.json", {"command": "select-features"})
     run_dir = run_intervene(InterveneConfig(n_features=[2], scales=[-20.0]), lm=lm, suite=FakeSuite(lm))
     p = read_json(run_dir / "points" / "clamp_n2_s-20.json")
-    assert p["features"] == [5, 7] and p["retain_threshold"] == 0.01
+    assert p["features"] == [5, 7] and p["retain_threshold"] == 0.01 and p["rank_by"] == "ratio"
     cfg = read_json(run_dir / "config.json")
     assert cfg["features"] == str(sel / "features.json") and cfg["hook"] == HOOK and cfg["layer"] == 1
     assert p["metrics"]["forget_acc"] < 1.0

@@ -307,9 +307,17 @@ def test_typer_command(tree: Path, tmp_path: Path):
 def test_point_labels_name_only_the_settings_a_point_has():
     from unlearn.report_render import params_text
 
-    clamp = pd.Series({"method": "sae-clamp", "scale": -20.0, "n_features": 20, "retain_threshold": 0.01})
+    clamp = pd.Series(
+        {
+            "method": "sae-clamp",
+            "scale": -20.0,
+            "n_features": 20,
+            "retain_threshold": 0.01,
+            "rank_by": "ratio",
+        }
+    )
     zero = pd.Series({"method": "sae-zero", "scale": np.nan, "n_features": 20, "retain_threshold": 0.01})
     rmu = pd.Series({"method": "rmu", "layer": 2, "steering_coeff": 2000.0, "alpha": 100.0})
-    assert params_text(clamp) == "scale=-20 n=20 thr=0.01"
+    assert params_text(clamp) == "scale=-20 n=20 thr=0.01 rank=ratio"
     assert params_text(zero) == "n=20 thr=0.01"
     assert params_text(rmu) == "L2 c=2000 α=100"

@@ -328,6 +328,7 @@ def run_intervene(
         write_json(run_dir / "baseline.json", base)
     console.print(point_table("unhooked", base, None))
     thr = selection.retain_threshold if selection else None
+    rank_by = selection.rank_by if selection else None
     for pid, mode, n, scale in points:
         path = run_dir / "points" / f"{pid}.json"
         if path.exists():
@@ -336,7 +337,8 @@ def run_intervene(
         with torch.inference_mode(), clamp(lm.model, sae, ranked[:n], mode, scale, hook_name=hook):
             outcome = suite.run(lm.model, desc=pid)
         write_json(path, {"mode": mode, "scale": None if mode == "zero" else scale, "n_features": n,
-                          "features": ranked[:n], "retain_threshold": thr, "metrics": outcome.block})  # fmt: skip
+                          "features": ranked[:n], "retain_threshold": thr, "rank_by": rank_by,
+                          "metrics": outcome.block})  # fmt: skip
         if getattr(outcome, "questions", None) is not None and len(outcome.questions):
             write_table(run_dir / "questions" / f"{pid}.csv", outcome.questions)
         write_table(run_dir / "summary.csv", summary_frame(run_dir))

@@ -27,7 +27,7 @@ METHODS = ("base", "sae-clamp", "sae-zero", "sae-scale", "rmu", "eval")
 BASELINE_METHODS = ("base", "eval")
 
 PARAM_COLUMNS = (
-    "mode", "scale", "n_features", "retain_threshold", "hook", "sae",
+    "mode", "scale", "n_features", "retain_threshold", "rank_by", "hook", "sae",
     "layer", "steering_coeff", "alpha", "lr", "n_batches", "source",
 )  # fmt: skip
 META_COLUMNS = (
@@ -183,6 +183,7 @@ def _read_intervene(run_dir: Path, run: str, notes: list[str]) -> list[dict]:
                 scale=p.get("scale"),
                 n_features=p.get("n_features"),
                 retain_threshold=p.get("retain_threshold"),
+                rank_by=p.get("rank_by"),
                 layer=cfg.get("layer"),
                 source=cfg.get("features"),
                 ref=base_id,

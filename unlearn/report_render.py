@@ -57,8 +57,10 @@ def params_text(row: pd.Series) -> str:
             ("scale", row.get("scale")),
             ("n", row.get("n_features")),
             ("thr", row.get("retain_threshold")),
+            ("rank", row.get("rank_by")),
         )
-        return " ".join(f"{k}={_g(v)}" for k, v in values if _g(v))  # zero ablation has no scale
+        shown = [(k, v if isinstance(v, str) else _g(v)) for k, v in values]
+        return " ".join(f"{k}={v}" for k, v in shown if v)  # zero ablation has no scale
     if row["method"] == "rmu":
         keys = (("layer", "L"), ("steering_coeff", "c="), ("alpha", "α="))
         return " ".join(f"{p}{_g(row[k])}" for k, p in keys if _g(row.get(k)))

@@ -254,6 +254,8 @@ class Selection:
     hook: str | None
     topic: str | None
     retain_threshold: float | None
+    rank_by: str | None
+    """How the selection ranked features (freq or ratio), from its rule."""
     source: str | None
     """The features.json it came from."""
 
@@ -280,7 +282,8 @@ def read_selection(path: str | Path | None = None, topic: str | None = None) -> 
         raise UnlearnError(f"{file} has no topic {topic!r}; it has: {', '.join(topics) or 'none'}.")
     return Selection(features=[int(i) for i in topics[topic]["features"]], sae=data.get("sae"),
                      hook=data.get("hook"), topic=topic,
-                     retain_threshold=data.get("rule", {}).get("retain_threshold"), source=str(file))  # fmt: skip
+                     retain_threshold=data.get("rule", {}).get("retain_threshold"),
+                     rank_by=data.get("rule", {}).get("rank_by"), source=str(file))  # fmt: skip
 
 
 def _parse_sources(pairs: list[str]) -> dict[str, str]:
