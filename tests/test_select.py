@@ -146,6 +146,38 @@ def test_planted_feature_is_selected_first(tiny, tmp_path, monkeypatch):
     assert read_json(run_dir / "config.json")["sources"]["retain"] == str(tmp_path / "retain.txt")
 
 
+def test_counters_from_an_earlier_run_rerank_without_counting_again(tiny, tmp_path, monkeypatch):
+    import unlearn.select as sel_mod
+
+    monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path / "results"))
+    lm = tiny("gemma3")
+    hook = "blocks.1.hook_resid_post"
+    sae_dir = random_sae(hook=hook).save(tmp_path / "sae")
+    (tmp_path / "forget.txt").write_text("\n\n".join(FORGET))
+    (tmp_path / "retain.txt").write_text("\n\n".join(RETAIN))
+    base = dict(sae=str(sae_dir), hook=hook, retain_source=str(tmp_path / "retain.txt"),
+                forget_sources={"bio": str(tmp_path / "forget.txt")}, n_features=10, max_length=16,
+                batch_tokens=64, retain_threshold=0.5)  # fmt: skip
+    first = run_select(SelectConfig(**base, rank_by="freq", run_id="freq"), lm=lm)
+    fresh = run_select(SelectConfig(**base, rank_by="ratio", run_id="ratio"), lm=lm)
+
+    def no_counting(*_, **__):
+        raise AssertionError("counted again")
+
+    monkeypatch.setattr(sel_mod, "accumulate", no_counting)
+    reused = run_select(SelectConfig(**base, rank_by="ratio", run_id="re", counters_from="freq"), lm=lm)
+    want, got = read_json(fresh / "features.json"), read_json(reused / "features.json")
+    assert got["topics"]["bio"]["features"] == want["topics"]["bio"]["features"]
+    assert got["topics"]["bio"]["stats"] == want["topics"]["bio"]["stats"]
+    assert (
+        want["topics"]["bio"]["features"] != read_json(first / "features.json")["topics"]["bio"]["features"]
+    )
+    with pytest.raises(UnlearnError, match="different max_tokens"):
+        run_select(SelectConfig(**base, max_tokens=100, counters_from=str(first)), lm=lm)
+    with pytest.raises(UnlearnError, match="no counters.safetensors"):
+        run_select(SelectConfig(**base, counters_from="nope"), lm=lm)
+
+
 def test_user_errors(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path / "results"))
     with pytest.raises(UnlearnError, match="TOPIC=SOURCE"):

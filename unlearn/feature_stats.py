@@ -13,13 +13,17 @@ import heapq
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
 from rich.text import Text
+from safetensors import safe_open
+from safetensors.torch import save
 from torch import Tensor, nn
 
 from unlearn.hooks import forward_to
+from unlearn.results import write_bytes
 
 
 @dataclass
@@ -52,6 +56,28 @@ class FeatureStats:
     def mean_act_F(self) -> Tensor:
         """Mean activation over the tokens where the feature fires (0 where it never does)."""
         return self.act_sum_F / self.fire_count_F.clamp(min=1)
+
+
+def save_counters(path: Path, counters: dict[str, FeatureStats]) -> None:
+    """Counters by name (retain, or a topic) as safetensors: float64 tensors, token counts in the metadata."""
+    tensors = {}
+    for name, s in counters.items():
+        tensors[f"{name}/fire_count"] = s.fire_count_F.detach().cpu().contiguous()
+        tensors[f"{name}/act_sum"] = s.act_sum_F.detach().cpu().contiguous()
+    write_bytes(path, save(tensors, metadata={name: str(s.n_tokens) for name, s in counters.items()}))
+
+
+def load_counters(path: Path, device: torch.device | str | None = None) -> dict[str, FeatureStats]:
+    with safe_open(str(path), "pt", device="cpu") as f:
+        meta = f.metadata() or {}
+        return {
+            name: FeatureStats(
+                int(n),
+                f.get_tensor(f"{name}/fire_count").to(device),
+                f.get_tensor(f"{name}/act_sum").to(device),
+            )
+            for name, n in meta.items()
+        }
 
 
 # --- token streams -----------------------------------------------------------------------------------

@@ -24,10 +24,18 @@ from torch import Tensor, nn
 
 from unlearn.data import iter_texts
 from unlearn.errors import UnlearnError
-from unlearn.feature_stats import FeatureStats, accumulate, progress_bar, token_chunks, top_contexts
+from unlearn.feature_stats import (
+    FeatureStats,
+    accumulate,
+    load_counters,
+    progress_bar,
+    save_counters,
+    token_chunks,
+    top_contexts,
+)
 from unlearn.hooks import hook_width
 from unlearn.models import LoadedModel, load_model, model_spec
-from unlearn.paths import resolve_data_path
+from unlearn.paths import resolve_data_path, results_dir
 from unlearn.presets import DEFAULT_PRESET, Preset
 from unlearn.results import latest_run_dir, new_run_dir, read_json, write_json, write_table
 from unlearn.saes import SAE, check_compatible, load_sae
@@ -98,6 +106,9 @@ class SelectConfig:
     """Top-activating contexts recorded per selected feature."""
     context_tokens: int | None = 20_000
     """Forget tokens scanned for top contexts (None = all of them)."""
+    counters_from: str | None = None
+    """An earlier select-features run whose feature counters to reuse (same model, SAE, hook, sources and
+    token budget): only the ranking and the context pass run, e.g. to compare `--rank-by` rules."""
     device: str | None = None
     dtype: str | None = None
     run_id: str | None = None
@@ -188,23 +199,31 @@ def run_select(cfg: SelectConfig, *, lm: LoadedModel | None = None, sae: SAE | N
             raise UnlearnError(f"Text source {source!r} yielded no text.")
         return out
 
-    run_dir = new_run_dir("select-features", cfg.run_id)
-    write_json(run_dir / "config.json", {
+    config = {
         "command": "select-features", "preset": preset.name if preset else None, "model": lm.name,
         "sae": sae_spec, "hook": hook, "topics": cfg.topics, "sources": {**forget_sources, "retain": retain_source},
         "retain_threshold": cfg.retain_threshold, "n_features": cfg.n_features, "rank_by": cfg.rank_by,
-        "max_tokens": cfg.max_tokens, "max_length": cfg.max_length,
-    })  # fmt: skip
+        "max_tokens": cfg.max_tokens, "max_length": cfg.max_length, "counters_from": cfg.counters_from,
+    }  # fmt: skip
+    reused = _reusable_counters(cfg.counters_from, config, sae.W_enc.device) if cfg.counters_from else {}
+    run_dir = new_run_dir("select-features", cfg.run_id)
+    write_json(run_dir / "config.json", config)
     kw = dict(pad_id=pad, bos_id=tok.bos_token_id, batch_tokens=cfg.batch_tokens)
     topics: dict[str, dict] = {}
     table = pd.DataFrame({"feature": range(sae.d_sae)})
     with progress_bar() as bar:
-        retain = accumulate(lm.model, sae, hook, chunks_of(retain_source), progress=bar, desc="retain", **kw)
+        retain = reused.get("retain") or accumulate(
+            lm.model, sae, hook, chunks_of(retain_source), progress=bar, desc="retain", **kw
+        )
+        counters = {"retain": retain}
         table["retain_freq"] = retain.freq_F.cpu().numpy()
         table["retain_mean_act"] = retain.mean_act_F.cpu().numpy()
         for topic, source in forget_sources.items():
             chunks = chunks_of(source)
-            forget = accumulate(lm.model, sae, hook, chunks, progress=bar, desc=topic, **kw)
+            forget = reused.get(topic) or accumulate(
+                lm.model, sae, hook, chunks, progress=bar, desc=topic, **kw
+            )
+            counters[topic] = forget
             ids = select_features(forget, retain, retain_threshold=cfg.retain_threshold,
                                   n_features=cfg.n_features, rank_by=cfg.rank_by)  # fmt: skip
             ratio = ratio_F(forget, retain).cpu()
@@ -227,7 +246,34 @@ def run_select(cfg: SelectConfig, *, lm: LoadedModel | None = None, sae: SAE | N
             "drop": "retain_freq > retain_threshold or forget_freq == 0"}  # fmt: skip
     write_json(run_dir / "features.json", {"sae": sae_spec, "hook": hook, "topics": topics, "rule": rule})
     write_table(run_dir / "stats.csv", table)
+    save_counters(run_dir / COUNTERS_FILE, counters)
     return run_dir
+
+
+COUNTERS_FILE = "counters.safetensors"
+_SAME_COUNTERS = ("model", "sae", "hook", "max_tokens", "max_length")
+
+
+def _reusable_counters(run: str, config: dict, device) -> dict[str, FeatureStats]:
+    """The counters of run `run`, after checking they were counted on the same data as `config` asks."""
+    run_dir = Path(run)
+    if not (run_dir / COUNTERS_FILE).is_file():
+        run_dir = results_dir() / "select-features" / run
+    if not (run_dir / COUNTERS_FILE).is_file():
+        raise UnlearnError(
+            f"--counters-from {run!r}: no {COUNTERS_FILE} there; pass a select-features run folder "
+            "(results/select-features/<run-id>) made by this version."
+        )
+    old = read_json(run_dir / "config.json")
+    differ = [k for k in _SAME_COUNTERS if old.get(k) != config[k]]
+    differ += [
+        f"sources.{name}" for name, src in config["sources"].items() if old["sources"].get(name) != src
+    ]
+    if differ:
+        raise UnlearnError(
+            f"--counters-from {run_dir}: counted with different {', '.join(differ)}; its counters do not apply."
+        )
+    return load_counters(run_dir / COUNTERS_FILE, device)
 
 
 def features_table(features: dict, topic: str, limit: int = 20) -> Table:
@@ -317,6 +363,9 @@ def select_features_command(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32, bfloat16, ...")] = None,
     run_id: Annotated[str | None, typer.Option(help="Run folder name.")] = None,
+    counters_from: Annotated[
+        str | None, typer.Option(help="Reuse the feature counters of this earlier run (only re-rank).")
+    ] = None,
 ) -> None:
     """Select SAE features that fire on forget text and (almost) never on retain text."""
     cfg = SelectConfig(
@@ -324,7 +373,7 @@ def select_features_command(
         forget_sources=_parse_sources(forget_source or []), retain_source=retain_source,
         retain_threshold=retain_threshold, n_features=n_features, rank_by=rank_by,  # type: ignore[arg-type]
         max_tokens=max_tokens, max_length=max_length, batch_tokens=batch_tokens, device=device, dtype=dtype,
-        run_id=run_id,
+        run_id=run_id, counters_from=counters_from,
     )  # fmt: skip
     run_dir = run_select(cfg)
     features = read_json(run_dir / "features.json")
