@@ -11,15 +11,8 @@ import torch
 
 from unlearn import hooks
 from unlearn.errors import UnlearnError
-from unlearn.evaluate import (
-    EvalConfig,
-    EvalRunConfig,
-    eval_config_from_preset,
-    known_mask,
-    load_tasks,
-    prepare_eval,
-    run_eval,
-)
+from unlearn.eval_run import EvalRunConfig, run_eval
+from unlearn.evaluate import EvalConfig, eval_config_from_preset, known_mask, load_tasks, prepare_eval
 from unlearn.presets import get_preset
 from unlearn.results import EvalBlock, read_json
 

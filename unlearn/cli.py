@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from unlearn import demo, evaluate, info, intervene, report, rmu, select, train_sae
+from unlearn import demo, eval_run, info, intervene, report, rmu, select, train_sae
 from unlearn.errors import UnlearnError
 
 app = typer.Typer(
@@ -27,7 +27,7 @@ def _root() -> None:
 # In pipeline order, as `unlearn --help` lists them.
 app.command("info")(info.info_command)
 app.command("list-saes")(info.list_saes_command)
-app.command("eval")(evaluate.eval_command)
+app.command("eval")(eval_run.eval_command)
 app.command("select-features")(select.select_features_command)
 app.command("intervene")(intervene.intervene_command)
 app.command("rmu-baseline")(rmu.rmu_baseline_command)

@@ -1,0 +1,156 @@
+"""`unlearn eval`: the shared evaluator run on a model as it is (or with an RMU run's weights loaded),
+written to `results/eval/<run-id>/` and shown as a table."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from unlearn.errors import UnlearnError
+from unlearn.evaluate import Protocol, _protocol_name, eval_config_from_preset, prepare_eval
+from unlearn.presets import Preset
+from unlearn.results import EvalBlock, read_json, write_json
+
+
+@dataclass
+class EvalRunConfig:
+    preset: str | None = None
+    """Model preset (default `gemma-3-270m`); supplies the model, tasks, protocol and chat template."""
+    model: str | None = None
+    """Hub id, local folder or .gguf file instead of the preset's model."""
+    tasks: list[str] | None = None
+    """Question sources (default: the preset's forget + retain lists). Roles: the preset's lists, else
+    `forget` for wmdp-* and offline:bio, `other` for anything else."""
+    protocol: Protocol | None = None
+    permutations: bool = False
+    known_only: bool = False
+    chat_template: bool | None = None
+    batch_size: int = 16
+    limit: int | None = None
+    rmu: str | None = None
+    """An `rmu-baseline` run folder whose trained weights are loaded into the model after the known
+    subsets are computed (so they describe the base model)."""
+    device: str | None = None
+    dtype: str | None = None
+    run_id: str | None = None
+
+
+def _roles(tasks: list[str], preset: Preset | None) -> dict[str, list[str]]:
+    ev = preset.eval if preset else {}
+    roles: dict[str, list[str]] = {"forget": [], "retain": [], "other": []}
+    for task in tasks:
+        if task in ev.get("forget", []) or task.startswith("wmdp-") or task == "offline:bio":
+            roles["forget"].append(task)
+        elif task in ev.get("retain", []) or task.startswith("offline:retain"):
+            roles["retain"].append(task)
+        else:
+            roles["other"].append(task)
+    return roles
+
+
+def run_eval(cfg: EvalRunConfig) -> Path:
+    """Evaluate one model state and write `results/eval/<run-id>/` (config, metrics, questions.csv)."""
+    from unlearn.models import load_model
+    from unlearn.presets import DEFAULT_PRESET, get_preset
+    from unlearn.results import new_run_dir, write_table
+
+    preset = get_preset(cfg.preset or DEFAULT_PRESET) if (cfg.preset or not cfg.model) else None
+    lm = load_model(cfg.model or preset.name, device=cfg.device, dtype=cfg.dtype)
+    overrides = dict(
+        protocol=cfg.protocol,
+        permutations=cfg.permutations,
+        known_only=cfg.known_only,
+        chat_template=cfg.chat_template,
+        batch_size=cfg.batch_size,
+        limit=cfg.limit,
+    )
+    if cfg.tasks:
+        overrides |= _roles(cfg.tasks, preset)
+    eval_cfg = eval_config_from_preset(preset, **overrides)
+    suite = prepare_eval(lm, eval_cfg)  # known subsets from the unmodified model
+    if cfg.rmu:
+        try:
+            from unlearn.rmu import load_rmu_weights
+        except ImportError:
+            raise UnlearnError("--rmu needs unlearn.rmu, which is not installed in this version.") from None
+        load_rmu_weights(lm.model, cfg.rmu)
+    outcome = suite.run(lm.model, desc=f"eval {lm.name}")
+    run_dir = new_run_dir("eval", cfg.run_id)
+    write_json(
+        run_dir / "config.json",
+        {
+            "command": "eval",
+            "preset": preset.name if preset else None,
+            "model": lm.source,
+            "protocol": _protocol_name(eval_cfg),
+            "tasks": [t.name for t in suite.tasks],
+            "rmu": cfg.rmu,
+            "eval": eval_cfg,
+            "chat_template": suite.chat_template,
+        },
+    )
+    write_json(run_dir / "metrics.json", outcome.block)
+    write_table(run_dir / "questions.csv", outcome.questions)
+    return run_dir
+
+
+def scores_table(block: EvalBlock, title: str = "Evaluation"):
+    from rich.table import Table
+
+    table = Table(title=f"{title} ({block.protocol}, {block.subset} questions)")
+    for col in ("task", "role", "n", "acc", "acc_norm"):
+        table.add_column(col, justify="left" if col in ("task", "role") else "right")
+    fmt = lambda v: "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.3f}"  # noqa: E731
+    for s in block.scores:
+        table.add_row(s.task, s.role, str(s.n), fmt(s.acc), fmt(s.acc_norm))
+    for role in ("forget", "retain"):
+        table.add_row(f"pooled {role}", role, "", fmt(getattr(block, f"{role}_acc")), "", style="bold")
+    return table
+
+
+def eval_command(
+    preset: Annotated[str | None, typer.Option(help="Model preset (default gemma-3-270m).")] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Hub id, local folder or .gguf instead of the preset's model.")
+    ] = None,
+    tasks: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated sources: wmdp-bio,mmlu:college_biology,offline:bio,file.jsonl."),
+    ] = None,
+    protocol: Annotated[
+        str | None, typer.Option(help="letter | cloze | lm-eval (default: the preset's).")
+    ] = None,
+    permutations: Annotated[bool, typer.Option(help="Letter protocol: score all 24 choice orders.")] = False,
+    known_only: Annotated[
+        bool, typer.Option(help="Only questions the base model knows (cached per model).")
+    ] = False,
+    chat_template: Annotated[
+        bool | None, typer.Option("--chat-template/--no-chat-template", help="Default: the preset's.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 16,
+    limit: Annotated[int | None, typer.Option(help="At most N questions per source.")] = None,
+    rmu: Annotated[
+        str | None, typer.Option(help="results/rmu-baseline/<id>: evaluate the RMU-trained weights.")
+    ] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 ...")] = None,
+    run_id: Annotated[str | None, typer.Option(help="Run folder name (default: timestamp).")] = None,
+) -> None:
+    """Score a model on forget/retain question sets; writes results/eval/<run-id>/."""
+    if protocol is not None and protocol not in ("letter", "cloze", "lm-eval"):
+        raise UnlearnError(f"Unknown protocol {protocol!r}; use letter, cloze or lm-eval.")
+    task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
+    cfg = EvalRunConfig(
+        preset=preset, model=model, tasks=task_list, protocol=protocol, permutations=permutations,
+        known_only=known_only, chat_template=chat_template, batch_size=batch_size, limit=limit, rmu=rmu,
+        device=device, dtype=dtype, run_id=run_id,
+    )  # fmt: skip
+    run_dir = run_eval(cfg)
+    console = Console()
+    console.print(scores_table(EvalBlock.from_dict(read_json(run_dir / "metrics.json"))))
+    console.print(f"Results: {run_dir}")
