@@ -7,7 +7,6 @@ layer, and stored as float16 — in memory, or in a memory-mapped cache that an 
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import time
 from collections.abc import Iterable, Iterator, Sequence
@@ -19,7 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor, nn
 
 from unlearn.hooks import forward_to, hook_width
-from unlearn.results import write_json
+from unlearn.results import read_json, write_json
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +103,7 @@ def collect_activations(
     meta_path = cache.with_suffix(".json") if cache else None
     meta = {"key": cache_key or {}, "d": d, "capacity": n_tokens, "filled": 0, "windows": 0}
     if cache and meta_path.exists():
-        old = json.loads(meta_path.read_text())
+        old = read_json(meta_path)
         if old["key"] == meta["key"] and old["d"] == d and old["capacity"] >= n_tokens and cache.exists():
             meta = old
     if cache:
@@ -143,15 +142,11 @@ def collect_activations(
             bar.update(task, completed=filled, rate=f"{rate:.0f} tok/s")
             if cache and (i % 20 == 19 or filled >= n_tokens):
                 mm.flush()
-                _write_meta(meta_path, {**meta, "filled": filled, "windows": done})
+                write_json(meta_path, {**meta, "filled": filled, "windows": done})
             if filled >= n_tokens:
                 break
     if cache:
-        _write_meta(meta_path, {**meta, "filled": filled, "windows": done})
+        write_json(meta_path, {**meta, "filled": filled, "windows": done})
     if filled < n_tokens:
         log.warning("the corpus ran out after %d of %d tokens", filled, n_tokens)
     return buf[:filled]
-
-
-def _write_meta(path: Path, meta: dict) -> None:
-    write_json(path, meta)

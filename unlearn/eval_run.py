@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from unlearn.errors import UnlearnError
-from unlearn.evaluate import Protocol, _protocol_name, eval_config_from_preset, prepare_eval
+from unlearn.evaluate import Protocol, eval_config_from_preset, prepare_eval, protocol_name
 from unlearn.presets import Preset
 from unlearn.results import EvalBlock, read_json, write_json
 
@@ -87,7 +87,7 @@ def run_eval(cfg: EvalRunConfig) -> Path:
             "command": "eval",
             "preset": preset.name if preset else None,
             "model": lm.source,
-            "protocol": _protocol_name(eval_cfg),
+            "protocol": protocol_name(eval_cfg),
             "tasks": [t.name for t in suite.tasks],
             "rmu": cfg.rmu,
             "eval": eval_cfg,

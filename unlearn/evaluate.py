@@ -104,7 +104,7 @@ class EvalOutcome:
     """One row per scored question: task, role, index, subject, answer, pred, correct (+ protocol columns)."""
 
 
-def _protocol_name(cfg: EvalConfig) -> str:
+def protocol_name(cfg: EvalConfig) -> str:
     if cfg.protocol == "letter" and cfg.permutations:
         return "letter-perm24"
     return cfg.protocol
@@ -118,7 +118,7 @@ class EvalSuite:
 
     def run(self, model: nn.Module | LoadedModel, *, desc: str | None = None) -> EvalOutcome:
         model = model.model if isinstance(model, LoadedModel) else model
-        cfg, protocol = self.cfg, _protocol_name(self.cfg)
+        cfg, protocol = self.cfg, protocol_name(self.cfg)
         per_q = 24 if protocol == "letter-perm24" else 4 if cfg.protocol == "cloze" else 1
         total = sum(len(t.scored) for t in self.tasks) * per_q
         scores, frames = [], []

@@ -111,18 +111,13 @@ def _segment_mask(seg_BT: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 def _segment_positions(seg_BT: Tensor) -> Tensor:
-    """Position ids of packed sequences: context tokens 0..n-1, every segment's tokens n, n+1, ..."""
-    ctx_len_B1 = (seg_BT == 0).sum(1, keepdim=True)
-    pos_BT = torch.zeros_like(seg_BT)
-    for b, row in enumerate(seg_BT.tolist()):
-        counts: dict[int, int] = {}
-        for t, s in enumerate(row):
-            if s > 0:
-                pos_BT[b, t] = ctx_len_B1[b, 0] + counts.get(s, 0)
-                counts[s] = counts.get(s, 0) + 1
-            else:
-                pos_BT[b, t] = t if s == 0 else 0
-    return pos_BT
+    """Position ids of packed sequences: context tokens 0..n-1, every segment's tokens n, n+1, ...
+    (a token's rank among the earlier tokens of its own segment, offset by the context length)."""
+    T = seg_BT.shape[1]
+    earlier = torch.ones(T, T, dtype=torch.bool).tril()
+    rank_BT = ((seg_BT[:, :, None] == seg_BT[:, None, :]) & earlier).sum(-1) - 1
+    pos_BT = rank_BT + (seg_BT > 0) * (seg_BT == 0).sum(1, keepdim=True)
+    return pos_BT.masked_fill(seg_BT < 0, 0)
 
 
 def pack_choices(ctx: list[int], conts: Sequence[list[int]]) -> tuple[list[int], list[int], list[list[int]]]:

@@ -50,7 +50,7 @@ class TrainSAEConfig:
     tokens: int = 300_000
     """Activation tokens to collect (BOS and padding excluded); training makes `epochs` passes over them."""
     max_length: int = 128
-    """Tokens per window (documents are cut into windows that each start with BOS)."""
+    """Tokens per window (documents are joined, then cut into windows that each start with BOS)."""
     forward_batch: int = 16
     """Windows per model forward."""
     eval_tokens: int | None = 100_000
