@@ -174,6 +174,9 @@ def test_counters_from_an_earlier_run_rerank_without_counting_again(tiny, tmp_pa
     )
     with pytest.raises(UnlearnError, match="different max_tokens"):
         run_select(SelectConfig(**base, max_tokens=100, counters_from=str(first)), lm=lm)
+    random_sae(hook=hook, seed=5).save(sae_dir)  # retrained in place: same path, other weights
+    with pytest.raises(UnlearnError, match="different weights"):
+        run_select(SelectConfig(**base, counters_from="freq"), lm=lm)
     with pytest.raises(UnlearnError, match="no counters.safetensors"):
         run_select(SelectConfig(**base, counters_from="nope"), lm=lm)
 

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from unlearn.data import iter_texts
 from unlearn.errors import UnlearnError
+from unlearn.evaluate import weight_fingerprint
 from unlearn.feature_stats import (
     FeatureStats,
     accumulate,
@@ -204,6 +205,7 @@ def run_select(cfg: SelectConfig, *, lm: LoadedModel | None = None, sae: SAE | N
         "sae": sae_spec, "hook": hook, "topics": cfg.topics, "sources": {**forget_sources, "retain": retain_source},
         "retain_threshold": cfg.retain_threshold, "n_features": cfg.n_features, "rank_by": cfg.rank_by,
         "max_tokens": cfg.max_tokens, "max_length": cfg.max_length, "counters_from": cfg.counters_from,
+        "weights": {"model": weight_fingerprint(lm.model), "sae": weight_fingerprint(sae)},
     }  # fmt: skip
     reused = _reusable_counters(cfg.counters_from, config, sae.W_enc.device) if cfg.counters_from else {}
     run_dir = new_run_dir("select-features", cfg.run_id)
@@ -251,7 +253,8 @@ def run_select(cfg: SelectConfig, *, lm: LoadedModel | None = None, sae: SAE | N
 
 
 COUNTERS_FILE = "counters.safetensors"
-_SAME_COUNTERS = ("model", "sae", "hook", "max_tokens", "max_length")
+_SAME_COUNTERS = ("model", "sae", "weights", "hook", "max_tokens", "max_length")
+"""What counters depend on; `weights` catches a retrained SAE (or model) saved under the same path."""
 
 
 def _reusable_counters(run: str, config: dict, device) -> dict[str, FeatureStats]:
