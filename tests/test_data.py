@@ -264,3 +264,30 @@ def test_data_relative_paths_resolve_from_any_cwd(tmp_path, monkeypatch):
     assert next(iter_texts("data/corpora/retain-heldout.jsonl.gz")) == next(
         iter_texts("offline:retain-heldout")
     )
+
+
+def test_dev_test_split_is_stratified_disjoint_and_order_free():
+    from unlearn.data import load_questions, split_dev_test
+
+    questions = load_questions("offline:retain")
+    parts = split_dev_test(questions)
+    dev, test = ({(q.subject, q.question) for q in parts[p]} for p in ("dev", "test"))
+    assert not dev & test and len(dev | test) == len(questions)
+    for subject in {q.subject for q in questions}:
+        n_dev = sum(q.subject == subject for q in parts["dev"])
+        n_test = sum(q.subject == subject for q in parts["test"])
+        assert n_dev - n_test in (0, 1)
+    # independent of file order: the same split from the reversed list
+    again = split_dev_test(list(reversed(questions)))
+    assert [q.index for q in again["dev"]] == [q.index for q in parts["dev"]]
+    assert [q.index for q in load_questions("offline:retain@test")] == [q.index for q in parts["test"]]
+
+
+def test_unknown_split_suffix_is_an_error():
+    import pytest
+
+    from unlearn.data import load_questions
+    from unlearn.errors import UnlearnError
+
+    with pytest.raises(UnlearnError, match="@dev or @test"):
+        load_questions("offline:bio@train")

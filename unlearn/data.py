@@ -8,6 +8,10 @@ questions (`load_questions`)                 texts (`iter_texts`)
   offline:bio | offline:retain                 wikitext | wmdp-corpora:<config> | wmdp-bio-forget
   offline:retain/<subject>                     questions:<question source>
   <path>.jsonl | .json | .parquet              <path>.jsonl | .jsonl.gz | .txt
+  any of these + `@dev` / `@test`              questions:<question source>@dev
+
+A question source ending in `@dev` or `@test` keeps one half of a deterministic, subject-stratified
+split (`split_dev_test`): features, clamp values and RMU are tuned on dev, results reported on test.
 
 Hub ids, configs and splits follow the WMDP paper's RMU code and Farrell et al. 2024 (reference §3):
 `cais/wmdp` (split test), `cais/mmlu` (split test), `cais/wmdp-corpora` (split train, field text),
@@ -18,6 +22,7 @@ machines; see `data/questions/README.md` and `data/corpora/README.md`.
 from __future__ import annotations
 
 import gzip
+import hashlib
 import json
 import logging
 import numbers
@@ -32,6 +37,8 @@ from unlearn.paths import data_dir, resolve_data_path
 log = logging.getLogger(__name__)
 
 WMDP_CONFIGS = ("wmdp-bio", "wmdp-chem", "wmdp-cyber")
+PARTS = ("dev", "test")
+"""The halves of `split_dev_test`, named by a `@dev` / `@test` suffix on a question source."""
 OFFLINE_QUESTIONS = {"bio": "questions/bio.jsonl", "retain": "questions/retain.jsonl"}
 OFFLINE_CORPORA = {
     name: f"corpora/{name}.jsonl.gz"
@@ -70,7 +77,13 @@ class Question:
 
 
 def load_questions(source: str, *, split: str | None = None, limit: int | None = None) -> list[Question]:
-    """Load and validate a question set; `split` applies to hub sets only (default `test`)."""
+    """Load and validate a question set; `split` applies to hub sets only (default `test`).
+
+    `source@dev` / `source@test` keep one half of `split_dev_test` (applied before `limit`)."""
+    base, part = split_part(source)
+    if part is not None:
+        questions = split_dev_test(load_questions(base, split=split))[part]
+        return questions[:limit] if limit is not None else questions
     if source in WMDP_CONFIGS:
         rows = _hub_rows("cais/wmdp", source, split or "test")
     elif source.startswith("mmlu:") and source.removeprefix("mmlu:"):
@@ -85,6 +98,32 @@ def load_questions(source: str, *, split: str | None = None, limit: int | None =
         raise UnlearnError(f"Unknown question source {source!r}. Valid forms: {QUESTION_SOURCES_HELP}.")
     questions = [_to_question(row, source, index) for index, row in rows]
     return questions[:limit] if limit is not None else questions
+
+
+def split_part(source: str) -> tuple[str, str | None]:
+    """`"offline:bio@dev"` -> `("offline:bio", "dev")`; a source without a part suffix -> `(source, None)`."""
+    base, sep, part = source.rpartition("@")
+    if sep and part in PARTS and base:
+        return base, part
+    if sep and base and "/" not in part and "." not in part:
+        raise UnlearnError(f"Unknown split {part!r} in {source!r}; use @dev or @test (or no suffix for all).")
+    return source, None
+
+
+def split_dev_test(questions: Iterable[Question]) -> dict[str, list[Question]]:
+    """A deterministic dev/test split, stratified by subject: within each subject, questions sorted by the
+    SHA-256 of their text go alternately to dev and test (dev gets the extra one of an odd count).
+
+    Depends only on the questions' texts and subjects, not on file order or row numbers, so it is the same
+    on every machine; each half keeps the source's order."""
+    out: dict[str, list[Question]] = {part: [] for part in PARTS}
+    for group in split_by_subject(questions).values():
+        keyed = sorted(group, key=lambda q: hashlib.sha256(q.question.strip().encode()).hexdigest())
+        for i, q in enumerate(keyed):
+            out[PARTS[i % 2]].append(q)
+    for part in PARTS:
+        out[part].sort(key=lambda q: q.index)
+    return out
 
 
 def split_by_subject(questions: Iterable[Question]) -> dict[str, list[Question]]:
