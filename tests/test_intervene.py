@@ -237,19 +237,26 @@ def test_sweep_writes_points_and_resumes(tiny, tmp_path, monkeypatch):
     assert read_json(run_dir / "baseline.json")["forget_acc"] == 1.0
 
     # resume: nothing left to do; a lost point is redone alone; --resume finds the run by its settings
-    run_intervene(cfg, lm=lm, sae=sae, suite=suite)
+    with pytest.raises(UnlearnError, match="already exists.*--resume.*--overwrite"):
+        run_intervene(cfg, lm=lm, sae=sae, suite=suite)  # re-using a run id needs --resume or --overwrite
+    run_intervene(InterveneConfig(**{**cfg.__dict__, "resume": True}), lm=lm, sae=sae, suite=suite)
     assert len(suite.calls) == 7
     (run_dir / "points" / "zero_n3.json").unlink()
     again = InterveneConfig(**{**cfg.__dict__, "run_id": None, "resume": True})
     assert run_intervene(again, lm=lm, sae=sae, suite=suite) == run_dir
     assert suite.calls[7:] == ["zero_n3"]
     with pytest.raises(UnlearnError, match="ranked_features"):
-        run_intervene(InterveneConfig(**{**cfg.__dict__, "feature_ids": [1]}), lm=lm, sae=sae, suite=suite)
+        run_intervene(
+            InterveneConfig(**{**cfg.__dict__, "feature_ids": [1], "resume": True}),
+            lm=lm,
+            sae=sae,
+            suite=suite,
+        )
 
 
 def test_sweep_reads_a_selection_and_its_sae(tiny, tmp_path, monkeypatch):
     from unlearn.intervene import InterveneConfig, run_intervene
-    from unlearn.results import read_json, write_json
+    from unlearn.results import mark_complete, read_json, write_json
 
     monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path))
     lm = tiny("gemma3")
@@ -259,6 +266,7 @@ def test_sweep_reads_a_selection_and_its_sae(tiny, tmp_path, monkeypatch):
                 "topics": {"bio": {"features": [5, 7, 9, 11]}}}  # fmt: skip
     write_json(sel / "features.json", features)
     write_json(sel / "config.json", {"command": "select-features"})
+    mark_complete(sel)  # only completed selections are read
     run_dir = run_intervene(InterveneConfig(n_features=[2], scales=[-20.0]), lm=lm, suite=FakeSuite(lm))
     p = read_json(run_dir / "points" / "clamp_n2_s-20.json")
     assert p["features"] == [5, 7] and p["retain_threshold"] == 0.01 and p["rank_by"] == "ratio"

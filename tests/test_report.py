@@ -21,7 +21,7 @@ from rich.console import Console
 
 from unlearn.errors import UnlearnError
 from unlearn.report import ReportConfig, collect, collect_runs, pareto_mask, run_report, saebench_scores
-from unlearn.results import EvalBlock, TaskScore, new_run_dir, write_bytes, write_json
+from unlearn.results import EvalBlock, TaskScore, mark_complete, new_run_dir, write_bytes, write_json
 
 PRESET, MODEL = "gemma-2-2b-it", "google/gemma-2-2b-it"
 GEO, AGING = "mmlu:high_school_geography", "mmlu:human_aging"
@@ -109,6 +109,9 @@ def build_tree(root: Path) -> Path:
     write_bytes(failed / "FAILED", b"RuntimeError: CUDA out of memory\n")
     no_eval = new_run_dir("rmu-baseline", "20260110-noeval", root)
     write_json(no_eval / "config.json", cfg("rmu-baseline"))
+    for run_dir in root.glob("*/*"):  # finished runs carry a completion record; the failed one does not
+        if not (run_dir / "FAILED").exists():
+            mark_complete(run_dir)
     return root
 
 
@@ -245,6 +248,7 @@ def test_empty_or_missing_results_say_what_is_missing(tmp_path: Path):
     run = new_run_dir("intervene", "a", tmp_path / "partial")
     write_json(run / "config.json", cfg("intervene"))
     write_json(run / "baseline.json", block(1.0, 1.0, 1.0))
+    mark_complete(run)
     c = collect(tmp_path / "partial")
     assert len(c.points) == 1 and any("no rmu-baseline runs" in n for n in c.notes)
     assert any("partial run" in n for n in c.notes)

@@ -11,10 +11,11 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
+from unlearn.checks import check_model_path, positive_int
 from unlearn.errors import UnlearnError
 from unlearn.evaluate import Protocol, eval_config_from_preset, prepare_eval, protocol_name
 from unlearn.presets import Preset
-from unlearn.results import EvalBlock, read_json, write_json
+from unlearn.results import EvalBlock, check_new_run, open_run, read_json
 
 
 @dataclass
@@ -38,6 +39,22 @@ class EvalRunConfig:
     device: str | None = None
     dtype: str | None = None
     run_id: str | None = None
+    overwrite: bool = False
+    """Replace an existing run of the same `run_id` (cleared first)."""
+
+
+def check_eval_flags(cfg: EvalRunConfig) -> Path | None:
+    """Everything checkable without the model: counts, run id, the --rmu run; returns its weights file."""
+    positive_int(cfg.batch_size, "--batch-size")
+    positive_int(cfg.limit, "--limit")
+    check_new_run("eval", cfg.run_id, overwrite=cfg.overwrite)
+    if cfg.model and not cfg.preset:
+        check_model_path(cfg.model)
+    if cfg.rmu:
+        from unlearn.rmu import completed_rmu_weights
+
+        return completed_rmu_weights(cfg.rmu)
+    return None
 
 
 def _roles(tasks: list[str], preset: Preset | None) -> dict[str, list[str]]:
@@ -57,8 +74,8 @@ def run_eval(cfg: EvalRunConfig) -> Path:
     """Evaluate one model state and write `results/eval/<run-id>/` (config, metrics, questions.csv)."""
     from unlearn.models import load_model
     from unlearn.presets import DEFAULT_PRESET, get_preset
-    from unlearn.results import new_run_dir, write_table
 
+    rmu_weights = check_eval_flags(cfg)
     preset = get_preset(cfg.preset or DEFAULT_PRESET) if (cfg.preset or not cfg.model) else None
     lm = load_model(cfg.model or preset.name, device=cfg.device, dtype=cfg.dtype)
     overrides = dict(
@@ -73,30 +90,25 @@ def run_eval(cfg: EvalRunConfig) -> Path:
         overrides |= _roles(cfg.tasks, preset)
     eval_cfg = eval_config_from_preset(preset, **overrides)
     suite = prepare_eval(lm, eval_cfg)  # known subsets from the unmodified model
-    if cfg.rmu:
-        try:
-            from unlearn.rmu import load_rmu_weights
-        except ImportError:
-            raise UnlearnError("--rmu needs unlearn.rmu, which is not installed in this version.") from None
-        load_rmu_weights(lm.model, cfg.rmu)
-    outcome = suite.run(lm.model, desc=f"eval {lm.name}")
-    run_dir = new_run_dir("eval", cfg.run_id)
-    write_json(
-        run_dir / "config.json",
-        {
-            "command": "eval",
-            "preset": preset.name if preset else None,
-            "model": lm.source,
-            "protocol": protocol_name(eval_cfg),
-            "tasks": [t.name for t in suite.tasks],
-            "rmu": cfg.rmu,
-            "eval": eval_cfg,
-            "chat_template": suite.chat_template,
-        },
-    )
-    write_json(run_dir / "metrics.json", outcome.block)
-    write_table(run_dir / "questions.csv", outcome.questions)
-    return run_dir
+    if rmu_weights is not None:
+        from unlearn.rmu import load_rmu_weights
+
+        load_rmu_weights(lm.model, rmu_weights)
+    identity = {
+        "command": "eval",
+        "preset": preset.name if preset else None,
+        "model": lm.source,
+        "protocol": protocol_name(eval_cfg),
+        "tasks": [t.name for t in suite.tasks],
+        "rmu": cfg.rmu,
+        "eval": eval_cfg,
+        "chat_template": suite.chat_template,
+    }
+    with open_run("eval", identity, run_id=cfg.run_id, overwrite=cfg.overwrite) as run:
+        outcome = suite.run(lm.model, desc=f"eval {lm.name}")
+        run.write_table("questions.csv", outcome.questions)
+        run.write_json("metrics.json", outcome.block)  # the result itself: last before the completion record
+    return run.path
 
 
 def scores_table(block: EvalBlock, title: str = "Evaluation"):
@@ -140,6 +152,7 @@ def eval_command(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 ...")] = None,
     run_id: Annotated[str | None, typer.Option(help="Run folder name (default: timestamp).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run of this --run-id.")] = False,
 ) -> None:
     """Score a model on forget/retain question sets; writes results/eval/<run-id>/."""
     if protocol is not None and protocol not in ("letter", "cloze", "lm-eval"):
@@ -148,7 +161,7 @@ def eval_command(
     cfg = EvalRunConfig(
         preset=preset, model=model, tasks=task_list, protocol=protocol, permutations=permutations,
         known_only=known_only, chat_template=chat_template, batch_size=batch_size, limit=limit, rmu=rmu,
-        device=device, dtype=dtype, run_id=run_id,
+        device=device, dtype=dtype, run_id=run_id, overwrite=overwrite,
     )  # fmt: skip
     run_dir = run_eval(cfg)
     console = Console()

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from typing import Literal
@@ -134,7 +133,7 @@ class EvalSuite:
                 questions = task.scored
                 if not questions:
                     log.warning("task %s has no questions to score (empty known subset?)", task.name)
-                    scores.append(TaskScore(task.name, task.role, protocol, self._subset, 0, math.nan))
+                    scores.append(TaskScore(task.name, task.role, protocol, self._subset, 0, None))
                     continue
                 frame = score_questions(
                     model,

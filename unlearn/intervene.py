@@ -32,11 +32,22 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
 
+from unlearn import checks
+from unlearn.checks import check_model_path, finite_floats, positive_int, positive_ints
 from unlearn.errors import UnlearnError
 from unlearn.hooks import edit, hook_width, text_config
 from unlearn.models import LoadedModel, load_model, model_spec
 from unlearn.presets import DEFAULT_PRESET
-from unlearn.results import EvalBlock, new_run_dir, read_json, results_dir, write_json, write_table
+from unlearn.results import (
+    EvalBlock,
+    check_new_run,
+    find_resumable,
+    open_run,
+    read_json,
+    results_dir,
+    write_json,
+    write_table,
+)
 
 log = logging.getLogger(__name__)
 
@@ -188,9 +199,12 @@ class InterveneConfig:
     batch_size: int | None = None
     """Evaluation sequences per forward."""
     run_id: str | None = None
-    """Run folder to write into; an existing one is resumed (completed points are skipped)."""
+    """Run folder name (default: timestamp + random suffix); re-using one needs `resume` or `overwrite`."""
     resume: bool = False
-    """Resume the latest run made with the same settings (grid aside)."""
+    """Continue `run_id`, or the newest run made with the same settings (grid aside); finished points
+    are skipped."""
+    overwrite: bool = False
+    """Replace the existing run `run_id` (cleared first)."""
     device: str | None = None
     dtype: str | None = None
 
@@ -208,24 +222,42 @@ def grid(
     return list(points.values())
 
 
-def _run_dir(cfg: InterveneConfig, identity: dict) -> Path:
-    """The run folder: `--run-id` (checked to match), the latest matching one with `--resume`, or new."""
-    base = results_dir() / "intervene"
-    if cfg.run_id and (base / cfg.run_id / "config.json").exists():
-        old = read_json(base / cfg.run_id / "config.json")
-        diff = sorted(k for k in identity if old.get(k) != identity[k])
-        if diff:
-            raise UnlearnError(
-                f"Run {cfg.run_id} was made with other settings ({', '.join(diff)} differ); pass a new --run-id."
-            )
-        return base / cfg.run_id
-    if cfg.resume and not cfg.run_id and base.exists():
-        for run in sorted(base.glob("*/config.json"), reverse=True):
-            old = read_json(run)
-            if all(old.get(k) == v for k, v in identity.items()):
-                log.info("resuming %s", run.parent)
-                return run.parent
-    return new_run_dir("intervene", cfg.run_id)
+def check_intervene_flags(cfg: InterveneConfig) -> None:
+    """Everything checkable before the model loads: modes, counts ≥ 1, finite scales, feature ids,
+    the run id (re-use needs --resume or --overwrite) and a local --model path."""
+    for m in cfg.modes:
+        check_mode(m)
+    if not cfg.modes:
+        raise UnlearnError("--mode is empty: pass clamp, zero or scale")
+    positive_ints(cfg.n_features, "--n-features")
+    if cfg.n_features is not None and not cfg.n_features:
+        raise UnlearnError("--n-features is empty: pass counts such as 10,20,50")
+    finite_floats(cfg.scales, "--scale")
+    if not cfg.scales:
+        raise UnlearnError("--scale is empty: pass values such as -20 or -5,-20,-50")
+    positive_int(cfg.limit, "--limit")
+    positive_int(cfg.batch_size, "--batch-size")
+    checks.feature_ids(cfg.feature_ids)
+    check_new_run("intervene", cfg.run_id, resume=cfg.resume, overwrite=cfg.overwrite)
+    check_model_path(cfg.model)
+
+
+def _open_run(cfg: InterveneConfig, identity: dict, config: dict):
+    """`--run-id` (resumed with --resume if the settings match), the newest matching run with a bare
+    `--resume`, else a fresh one; see `unlearn.results.open_run`."""
+    run_id, resume = cfg.run_id, cfg.resume
+    if resume and not run_id:
+        run_id = find_resumable("intervene", identity)
+        if run_id:
+            log.info("resuming %s", run_id)
+        else:
+            log.info("no earlier run with these settings; starting a new one")
+            resume = False
+    if run_id and resume and not (results_dir() / "intervene" / run_id).exists():
+        resume = False  # --run-id NEW --resume: nothing to resume yet
+    return open_run(
+        "intervene", identity, config=config, run_id=run_id, resume=resume, overwrite=cfg.overwrite
+    )
 
 
 def summary_frame(run_dir: Path) -> pd.DataFrame:
@@ -280,12 +312,14 @@ def run_intervene(
 ) -> Path:
     """Evaluate the unhooked model once, then every grid point with its clamp installed; each point's
     metrics are written as soon as it completes, and points already in the run folder are skipped."""
+    from unlearn.evaluate import weight_fingerprint
     from unlearn.select import read_selection, resolve_sae
 
     console = console or Console()
+    check_intervene_flags(cfg)
+    selection = None if cfg.feature_ids else read_selection(cfg.features, cfg.topic)  # before the model
     lm = lm or load_model(model_spec(cfg.preset, cfg.model), device=cfg.device, dtype=cfg.dtype)
     preset = lm.preset  # None when --model names a non-preset model
-    selection = None if cfg.feature_ids else read_selection(cfg.features, cfg.topic)
     ranked = list(cfg.feature_ids) if cfg.feature_ids else selection.features
     if not ranked:
         raise UnlearnError("The selection is empty (no feature passed the retain threshold); "
@@ -296,6 +330,14 @@ def run_intervene(
         sae, sae_spec, hook = resolve_sae(spec, hook, preset, lm.model)
     else:
         sae_spec, hook = cfg.sae or "<in-memory>", cfg.hook or sae.hook_name
+    d_sae = getattr(sae, "d_sae", None)
+    if (
+        d_sae is not None and max(ranked) >= d_sae
+    ):  # before the baseline evaluation and before any run folder exists
+        raise UnlearnError(
+            f"feature ids must lie in 0..{d_sae - 1} for SAE {sae_spec}; "
+            f"got {[i for i in ranked if i >= d_sae][:5]}: pass ids this SAE has"
+        )
     sizes = cfg.n_features or ([len(ranked)] if cfg.feature_ids else [20])
     if max(sizes) > len(ranked):
         log.warning("only %d ranked features; larger n use all of them", len(ranked))
@@ -315,11 +357,17 @@ def run_intervene(
     )
     identity = {"command": "intervene", "preset": preset.name if preset else None, "model": lm.name,
                 "sae": sae_spec, "hook": hook, "features": selection.source if selection else None,
-                "topic": selection.topic if selection else None, "ranked_features": ranked, "eval": eval_cfg}  # fmt: skip
-    run_dir = _run_dir(cfg, identity)
+                "topic": selection.topic if selection else None, "ranked_features": ranked, "eval": eval_cfg,
+                "sae_weights": weight_fingerprint(sae)}  # fmt: skip
     layer = int(hook.split(".")[1]) if hook.startswith("blocks.") else None
-    write_json(run_dir / "config.json", {**identity, "layer": layer, "grid": {
-        "modes": cfg.modes, "n_features": sizes, "scales": cfg.scales}})  # fmt: skip
+    config = {"layer": layer, "grid": {"modes": cfg.modes, "n_features": sizes, "scales": cfg.scales}}
+    with _open_run(cfg, identity, config) as run:
+        _sweep(run.path, lm, sae, suite, points, ranked, hook, selection, console)
+    return run.path
+
+
+def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, console) -> None:
+    """Baseline, then each grid point not yet in the folder; a point's JSON is its last file."""
     if (run_dir / "baseline.json").exists():
         base = EvalBlock.from_dict(read_json(run_dir / "baseline.json"))
     else:
@@ -336,15 +384,14 @@ def run_intervene(
             continue
         with torch.inference_mode(), clamp(lm.model, sae, ranked[:n], mode, scale, hook_name=hook):
             outcome = suite.run(lm.model, desc=pid)
+        if getattr(outcome, "questions", None) is not None and len(outcome.questions):
+            write_table(run_dir / "questions" / f"{pid}.csv", outcome.questions)
         write_json(path, {"mode": mode, "scale": None if mode == "zero" else scale, "n_features": n,
                           "features": ranked[:n], "retain_threshold": thr, "rank_by": rank_by,
                           "metrics": outcome.block})  # fmt: skip
-        if getattr(outcome, "questions", None) is not None and len(outcome.questions):
-            write_table(run_dir / "questions" / f"{pid}.csv", outcome.questions)
         write_table(run_dir / "summary.csv", summary_frame(run_dir))
         console.print(point_table(f"{pid} ({len(ranked[:n])} features at {hook})", outcome.block, base))
     write_table(run_dir / "summary.csv", summary_frame(run_dir))
-    return run_dir
 
 
 def _split(text: str | None, kind=str) -> list | None:
@@ -382,8 +429,13 @@ def intervene_command(
     permutations: Annotated[bool | None, typer.Option(help="Letter protocol: all 24 orders.")] = None,
     limit: Annotated[int | None, typer.Option(help="Questions per source.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Evaluation batch size.")] = None,
-    run_id: Annotated[str | None, typer.Option(help="Run folder (an existing one is resumed).")] = None,
-    resume: Annotated[bool, typer.Option(help="Resume the latest run with the same settings.")] = False,
+    run_id: Annotated[
+        str | None, typer.Option(help="Run folder name (re-use needs --resume/--overwrite).")
+    ] = None,
+    resume: Annotated[
+        bool, typer.Option(help="Continue --run-id, or the newest run with the same settings.")
+    ] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace the existing run --run-id.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32, bfloat16, ...")] = None,
 ) -> None:
@@ -393,7 +445,7 @@ def intervene_command(
         sae=sae, hook=hook, modes=_split(mode), n_features=_split(n_features, int), scales=_split(scale, float),
         protocol=protocol, forget_tasks=_split(forget_tasks), retain_tasks=_split(retain_tasks),
         known_only=known_only, permutations=permutations, limit=limit, batch_size=batch_size, run_id=run_id,
-        resume=resume, device=device, dtype=dtype,
+        resume=resume, overwrite=overwrite, device=device, dtype=dtype,
     )  # fmt: skip
     console = Console()
     run_dir = run_intervene(cfg, console=console)

@@ -24,6 +24,7 @@ from typing import Literal
 import numpy as np
 from torch import nn
 
+from unlearn.checks import require_finite
 from unlearn.errors import UnlearnError
 from unlearn.paths import REPO_DIR, data_dir
 from unlearn.prompts import QuestionLike, question_subject, subject_phrase
@@ -116,6 +117,7 @@ def predictions_from_samples(samples: list[dict], style: Style) -> dict[str, np.
     lls = np.array([[float(r[0]) for r in s["filtered_resps"]] for s in samples])  # (n, n_choices)
     if style == "letter":
         lls = lls.reshape(len(samples), 4, 2).max(axis=2)  # "A" / " A" pooled, as utils.process_letter
+    require_finite(lls, "lm-eval log-likelihoods", "lm-evaluation-harness samples")
     out = {"ll": lls, "pred": lls.argmax(axis=1)}
     if style == "cloze":
         lengths = np.array([[len(c) for c in s["doc"]["choices"]] for s in samples], dtype=float)

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from unlearn.errors import UnlearnError
-from unlearn.results import EvalBlock, TaskScore, read_json
+from unlearn.results import COMPLETE_FILE, EvalBlock, TaskScore, is_complete, read_json
 
 log = logging.getLogger(__name__)
 
@@ -76,13 +76,23 @@ def _read(path: Path) -> Any:
         raise CorruptRun(f"{path.name} is not valid JSON ({e})") from e
 
 
+def _accuracy(value: Any, where: str) -> float:
+    """An accuracy is a finite number in [0, 1]; anything else is a damaged file, not a result."""
+    acc = float(value)
+    if not (math.isfinite(acc) and 0.0 <= acc <= 1.0):
+        raise CorruptRun(f"{where}: accuracy {value!r} is outside [0, 1]")
+    return acc
+
+
 def parse_block(d: Any, where: str) -> EvalBlock:
     """An EvalBlock from JSON: strict on the keys the report needs, tolerant of extra or optional ones."""
     scores = []
     for i, s in enumerate(_require(d, "scores", where)):
         w = f"{where} scores[{i}]"
+        if isinstance(s, dict) and s.get("acc") is None and s.get("n") == 0:
+            continue  # an empty known subset: nothing was scored
         try:
-            acc = float(_require(s, "acc", w))
+            acc = _accuracy(_require(s, "acc", w), w)
             n = int(_require(s, "n", w))
         except (TypeError, ValueError) as e:
             raise CorruptRun(f"{w}: acc/n must be numbers") from e
@@ -102,8 +112,12 @@ def parse_block(d: Any, where: str) -> EvalBlock:
         protocol=str(_require(d, "protocol", where)),
         subset=str(_require(d, "subset", where)),
         scores=scores,
-        forget_acc=float(forget) if forget is not None else EvalBlock.pooled(scores, "forget"),
-        retain_acc=float(retain) if retain is not None else EvalBlock.pooled(scores, "retain"),
+        forget_acc=_accuracy(forget, f"{where} forget_acc")
+        if forget is not None
+        else EvalBlock.pooled(scores, "forget"),
+        retain_acc=_accuracy(retain, f"{where} retain_acc")
+        if retain is not None
+        else EvalBlock.pooled(scores, "retain"),
     )
 
 
@@ -284,6 +298,11 @@ def collect(results_dir: Path) -> Collection:
                 reason = (run_dir / "FAILED").read_text(errors="replace").strip()[:200]
                 notes.append(f"skipped failed run {run_dir}: {reason}")
                 log.warning("skipped failed run %s: %s", run_dir, reason)
+                continue
+            if not is_complete(run_dir):  # killed, or still running: never read as a result
+                notes.append(
+                    f"skipped unfinished run {run_dir} (no {COMPLETE_FILE}: killed or still running)"
+                )
                 continue
             if command == "rmu-baseline" and not (run_dir / "metrics.json").exists():
                 notes.append(f"{run}: no metrics.json (trained with --no-eval, or still running); "

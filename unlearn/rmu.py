@@ -26,12 +26,22 @@ from rich.table import Table
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
+from unlearn.checks import check_model_path, finite_float, positive_int, require_finite_tensors
 from unlearn.errors import UnlearnError
 from unlearn.hooks import decoder_layers, text_config
 from unlearn.models import LoadedModel, load_model, model_spec
 from unlearn.paths import results_dir
 from unlearn.presets import DEFAULT_PRESET, get_preset
-from unlearn.results import new_run_dir, read_json, write_bytes, write_json, write_table
+from unlearn.results import (
+    FAILED_FILE,
+    check_new_run,
+    is_complete,
+    open_run,
+    read_json,
+    write_bytes,
+    write_json,
+    write_table,
+)
 from unlearn.rmu_train import (
     DEFAULT_PARAM_PATTERN,
     RMUTrainer,
@@ -87,7 +97,9 @@ class RMUConfig:
     device: str | None = None
     dtype: str | None = None
     run_id: str | None = None
-    """Run folder name under results/rmu-baseline/ (default: a timestamp)."""
+    """Run folder name under results/rmu-baseline/ (default: a timestamp + random suffix)."""
+    overwrite: bool = False
+    """Replace an existing run of the same --run-id (it is cleared first)."""
     extra: dict = field(default_factory=dict)
     """Overrides passed to `eval_config_from_preset` (e.g. protocol, known_only)."""
 
@@ -184,7 +196,35 @@ def train_rmu(
 
 
 def save_rmu_weights(path: Path, weights: dict[str, Tensor], metadata: dict[str, str]) -> None:
+    require_finite_tensors(weights, f"RMU weights to be saved at {path}", "not saved; lower --lr")
     write_bytes(path, save(weights, metadata=metadata))
+
+
+def check_rmu_flags(cfg: RMUConfig) -> None:
+    """Counts ≥ 1 and finite coefficients, before any model loads."""
+    for name in ("n_batches", "batch_size", "max_length", "eval_limit"):
+        positive_int(getattr(cfg, name), f"--{name.replace('_', '-')}")
+    for name in ("steering_coeff", "alpha", "lr"):
+        if getattr(cfg, name) is not None:
+            finite_float(getattr(cfg, name), f"--{name.replace('_', '-')}")
+    if cfg.lr is not None and cfg.lr <= 0:
+        raise UnlearnError(f"--lr must be > 0, got {cfg.lr}")
+
+
+def completed_rmu_weights(run: str | Path) -> Path:
+    """The weights of a *completed* rmu-baseline run (`eval --rmu`): a killed or failed run is refused."""
+    path = _weights_path(run)
+    run_dir = path.parent
+    if (run_dir / "config.json").exists() and not is_complete(run_dir):
+        why = (
+            (run_dir / FAILED_FILE).read_text(errors="replace").strip()[:200]
+            if (run_dir / FAILED_FILE).exists()
+            else "it has no completion record (killed, or still running)"
+        )
+        raise UnlearnError(
+            f"--rmu {run}: run {run_dir} did not complete ({why}); pass a finished rmu-baseline run"
+        )
+    return path
 
 
 def _weights_path(run: str | Path) -> Path:
@@ -216,6 +256,7 @@ def load_rmu_weights(model: nn.Module, run: str | Path) -> list[str]:
             f"RMU weights {path} do not fit this model (unknown names {missing[:3]}, shape mismatches {wrong[:3]}"
             f"{', empty file' if not weights else ''}); load the same base model the run used (see its config.json)."
         )
+    require_finite_tensors(weights, str(path), "the RMU run diverged; retrain it with a lower --lr")
     with torch.no_grad():
         for n, w in weights.items():
             params[n].copy_(w.to(device=params[n].device, dtype=params[n].dtype))
@@ -258,14 +299,15 @@ def run_rmu(cfg: RMUConfig, *, progress: bool = True) -> Path:
     import pandas as pd
 
     cfg = resolve_config(cfg)
+    check_rmu_flags(cfg)
+    check_new_run("rmu-baseline", cfg.run_id, overwrite=cfg.overwrite)
+    check_model_path(cfg.model)
     lm = load_model(model_spec(cfg.preset, cfg.model), device=cfg.device, dtype=cfg.dtype)
     forget, retain, steps = load_batches(cfg)  # fail on missing corpora before any slow work
-    run_dir = new_run_dir("rmu-baseline", cfg.run_id)
-    (run_dir / "FAILED").unlink(missing_ok=True)
-    write_json(run_dir / "config.json", {"command": "rmu-baseline", **dataclasses.asdict(cfg),
-                                         "model": lm.source if cfg.model else get_preset(cfg.preset).model,
-                                         "steps": steps})  # fmt: skip
-    try:
+    identity = {"command": "rmu-baseline", **dataclasses.asdict(cfg),
+                "model": lm.source if cfg.model else get_preset(cfg.preset).model, "steps": steps}  # fmt: skip
+    with open_run("rmu-baseline", identity, run_id=cfg.run_id, overwrite=cfg.overwrite) as run:
+        run_dir = run.path
         suite = _eval_suite(lm, cfg) if cfg.eval else None  # known subset from the unhooked model
         before = suite.run(lm.model, desc="before RMU") if suite else None
         with _progress(progress, steps) as on_step:
@@ -283,11 +325,6 @@ def run_rmu(cfg: RMUConfig, *, progress: bool = True) -> Path:
             write_table(run_dir / "questions_before.csv", before.questions)
             write_table(run_dir / "questions_after.csv", after.questions)
             write_json(run_dir / "metrics.json", {"before": before.block, "after": after.block})
-    except BaseException as exc:
-        for name in (WEIGHTS_FILE, "metrics.json", "losses.csv", "loss.png"):
-            (run_dir / name).unlink(missing_ok=True)
-        write_bytes(run_dir / "FAILED", f"{type(exc).__name__}: {exc}\n".encode())
-        raise
     log.info("RMU run written to %s", run_dir)
     return run_dir
 
@@ -360,6 +397,7 @@ def rmu_baseline_command(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 ...")] = None,
     run_id: Annotated[str | None, typer.Option(help="Run folder name (default: timestamp).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run of this --run-id.")] = False,
 ) -> None:
     """RMU baseline (Li et al. 2024; Farrell et al.'s variant with --mask-padding), evaluated before/after."""
     layers = [int(x) for x in update_layers.split(",")] if update_layers else None
@@ -368,7 +406,7 @@ def rmu_baseline_command(
         steering_coeff=steering_coeff, alpha=alpha, lr=lr, n_batches=n_batches, batch_size=batch_size,
         max_length=max_length, mask_padding=mask_padding, forget_source=forget_source or None,
         retain_source=retain_source or None, seed=seed, eval=eval, eval_limit=eval_limit, device=device,
-        dtype=dtype, run_id=run_id,
+        dtype=dtype, run_id=run_id, overwrite=overwrite,
     )  # fmt: skip
     run_dir = run_rmu(cfg)
     console = Console()

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from unlearn.checks import require_finite_tensors
 from unlearn.errors import UnlearnError
 from unlearn.hooks import decoder_layers, forward_to
 
@@ -185,6 +186,10 @@ class RMUTrainer:
         (forget_loss + retain_loss).backward()
         self.optimizer.step()
         self.steps += 1
+        # the loss above is the one before this update; an overflowing step shows only in the weights
+        require_finite_tensors(
+            self.params, f"the RMU weights after step {self.steps - 1}", "lower --lr or --steering-coeff"
+        )
         return StepLosses(f, r)
 
     def changed_weights(self) -> dict[str, Tensor]:

@@ -29,6 +29,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from unlearn.checks import require_finite_tensors
 from unlearn.errors import UnlearnError
 from unlearn.paths import resolve_data_path
 from unlearn.saes import ARCHITECTURES, SAE, SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
@@ -81,6 +82,9 @@ def _from_tensors(
                 f"{source}: {key} has shape {tuple(t[key].shape)} but W_enc {(d_in, d_sae)} "
                 f"implies {expected[key]}; the file is inconsistent or not an SAE"
             )
+    require_finite_tensors(
+        {k: t[k] for k in needed}, str(source), "the SAE file is damaged; retrain or re-download it"
+    )
     dtype = dtype or t["W_enc"].dtype
     sae = SAE(
         d_in,
@@ -175,7 +179,7 @@ def _load_saelens_files(
     if dtype is None and cfg.get("dtype") in _DTYPES:
         dtype = _DTYPES[cfg["dtype"]]
     hook = hook_name or meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
-    return _from_tensors(
+    sae = _from_tensors(
         tensors,
         weights_path,
         architecture=arch,
@@ -185,6 +189,14 @@ def _load_saelens_files(
         dtype=dtype,
         device=device,
     )
+    for key, have in (("d_in", sae.d_in), ("d_sae", sae.d_sae)):
+        said = cfg.get(key)
+        if said is not None and said != have:
+            raise UnlearnError(
+                f"{cfg_path}: {key}={said} contradicts the weights in {weights_path} ({key} {have}); "
+                "the folder mixes two SAEs: re-download or re-save it"
+            )
+    return sae
 
 
 def load_saelens_folder(

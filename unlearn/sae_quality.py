@@ -130,6 +130,6 @@ def evaluate_sae(
             "ce_sae": spliced,
             "ce_zero": zeroed,
             "delta_ce": spliced - clean,
-            "ce_loss_recovered": (zeroed - spliced) / (zeroed - clean) if zeroed != clean else float("nan"),
+            "ce_loss_recovered": (zeroed - spliced) / (zeroed - clean) if zeroed != clean else None,
         }
     return out

@@ -16,13 +16,12 @@ Files and the pretrained registry live in `unlearn.sae_loaders`; `load_sae` here
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Literal, get_args
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save
 from torch import Tensor, nn
 
 from unlearn.errors import UnlearnError
@@ -175,15 +174,22 @@ class SAE(nn.Module):
 
     def save(self, folder: str | Path) -> Path:
         """Write a SAELens 6.x folder: `cfg.json` + `sae_weights.safetensors`. Returns the folder."""
+        from unlearn.checks import require_finite_tensors
+        from unlearn.results import write_bytes, write_json
+
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
         tensors = {"W_enc": self.W_enc, "W_dec": self.W_dec, "b_enc": self.b_enc, "b_dec": self.b_dec}
         if self.threshold is not None:
             tensors["threshold"] = self.threshold
-        save_file(
-            {n: t.detach().cpu().contiguous() for n, t in tensors.items()}, folder / SAE_WEIGHTS_FILENAME
+        require_finite_tensors(
+            tensors, f"the SAE to be saved at {folder}", "not saved; lower the learning rate"
         )
-        (folder / SAE_CFG_FILENAME).write_text(json.dumps(self.cfg_dict(), indent=2) + "\n")
+        # atomically (temp file + rename), weights before cfg.json, so a crash never leaves a folder that loads
+        write_bytes(
+            folder / SAE_WEIGHTS_FILENAME,
+            save({n: t.detach().cpu().contiguous() for n, t in tensors.items()}),
+        )
+        write_json(folder / SAE_CFG_FILENAME, self.cfg_dict())
         return folder
 
     @classmethod

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
+from unlearn.checks import require_finite
 from unlearn.hooks import text_config
 from unlearn.prompts import (
     LETTERS,
@@ -212,6 +213,7 @@ def score_letter(
         for order in orders
     ]
     scores = scorer(prompts).reshape(len(questions), len(orders), 4)
+    require_finite(scores, "letter logits", "the letter scorer's output")  # NaN would argmax to "A"
     picked = scores.argmax(dim=-1).numpy()  # (n, n_orders) position in the permuted list
     orders_arr = np.asarray(orders)
     original = orders_arr[np.arange(len(orders))[None, :], picked]  # (n, n_orders) original choice index
@@ -276,5 +278,6 @@ def score_cloze(
                 start += len(targets)
             if progress:
                 progress(len(reads))
+    require_finite(ll_N4, "answer log-likelihoods", "the cloze scorer's output")  # NaN would argmax to 0
     lengths_N4 = np.array([[len(c) for c in q.choices] for q in questions], dtype=float)
     return {"ll": ll_N4, "pred": ll_N4.argmax(axis=1), "pred_norm": (ll_N4 / lengths_N4).argmax(axis=1)}

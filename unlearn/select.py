@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
 
+from unlearn.checks import check_model_path, finite_float, positive_int
 from unlearn.data import iter_texts
 from unlearn.errors import UnlearnError
 from unlearn.evaluate import weight_fingerprint
@@ -38,7 +39,15 @@ from unlearn.hooks import hook_width
 from unlearn.models import LoadedModel, load_model, model_spec
 from unlearn.paths import resolve_data_path, results_dir
 from unlearn.presets import DEFAULT_PRESET, Preset
-from unlearn.results import latest_run_dir, new_run_dir, read_json, write_json, write_table
+from unlearn.results import (
+    check_new_run,
+    is_complete,
+    latest_run_dir,
+    open_run,
+    read_json,
+    write_json,
+    write_table,
+)
 from unlearn.saes import SAE, check_compatible, load_sae
 
 log = logging.getLogger(__name__)
@@ -113,7 +122,9 @@ class SelectConfig:
     device: str | None = None
     dtype: str | None = None
     run_id: str | None = None
-    """Name of the run folder (default: a timestamp)."""
+    """Name of the run folder (default: a timestamp + random suffix)."""
+    overwrite: bool = False
+    """Replace an existing run of the same `run_id` (cleared first)."""
 
 
 def resolve_sae(
@@ -176,11 +187,24 @@ def _sources(cfg: SelectConfig, preset: Preset | None) -> tuple[dict[str, str], 
     return {t: known[t] for t in cfg.topics}, retain
 
 
+def check_select_flags(cfg: SelectConfig) -> None:
+    """Counts ≥ 1, a threshold in [0, 1], a plain new run id: before any model loads."""
+    for name in ("n_features", "max_tokens", "max_length", "batch_tokens", "n_contexts", "context_tokens"):
+        positive_int(getattr(cfg, name), f"--{name.replace('_', '-')}")
+    if not 0 <= finite_float(cfg.retain_threshold, "--retain-threshold") <= 1:
+        raise UnlearnError(
+            f"--retain-threshold is a fraction of tokens in [0, 1], got {cfg.retain_threshold}"
+        )
+    check_new_run("select-features", cfg.run_id, overwrite=cfg.overwrite)
+    check_model_path(cfg.model)
+
+
 def run_select(cfg: SelectConfig, *, lm: LoadedModel | None = None, sae: SAE | None = None) -> Path:
     """Stats pass on each topic's forget text and on the retain text, selection, context pass; writes
     `results/select-features/<run-id>/` and returns it."""
     if cfg.rank_by not in ("freq", "ratio"):
         raise UnlearnError(f"--rank-by must be freq or ratio, not {cfg.rank_by!r}.")
+    check_select_flags(cfg)
     lm = lm or load_model(model_spec(cfg.preset, cfg.model), device=cfg.device, dtype=cfg.dtype)
     preset = lm.preset  # None when --model names a non-preset model
     forget_sources, retain_source = _sources(cfg, preset)
@@ -208,47 +232,48 @@ def run_select(cfg: SelectConfig, *, lm: LoadedModel | None = None, sae: SAE | N
         "weights": {"model": weight_fingerprint(lm.model), "sae": weight_fingerprint(sae)},
     }  # fmt: skip
     reused = _reusable_counters(cfg.counters_from, config, sae.W_enc.device) if cfg.counters_from else {}
-    run_dir = new_run_dir("select-features", cfg.run_id)
-    write_json(run_dir / "config.json", config)
-    kw = dict(pad_id=pad, bos_id=tok.bos_token_id, batch_tokens=cfg.batch_tokens)
-    topics: dict[str, dict] = {}
-    table = pd.DataFrame({"feature": range(sae.d_sae)})
-    with progress_bar() as bar:
-        retain = reused.get("retain") or accumulate(
-            lm.model, sae, hook, chunks_of(retain_source), progress=bar, desc="retain", **kw
-        )
-        counters = {"retain": retain}
-        table["retain_freq"] = retain.freq_F.cpu().numpy()
-        table["retain_mean_act"] = retain.mean_act_F.cpu().numpy()
-        for topic, source in forget_sources.items():
-            chunks = chunks_of(source)
-            forget = reused.get(topic) or accumulate(
-                lm.model, sae, hook, chunks, progress=bar, desc=topic, **kw
+    with open_run("select-features", config, run_id=cfg.run_id, overwrite=cfg.overwrite) as run:
+        run_dir = run.path
+        kw = dict(pad_id=pad, bos_id=tok.bos_token_id, batch_tokens=cfg.batch_tokens)
+        topics: dict[str, dict] = {}
+        table = pd.DataFrame({"feature": range(sae.d_sae)})
+        with progress_bar() as bar:
+            retain = reused.get("retain") or accumulate(
+                lm.model, sae, hook, chunks_of(retain_source), progress=bar, desc="retain", **kw
             )
-            counters[topic] = forget
-            ids = select_features(forget, retain, retain_threshold=cfg.retain_threshold,
-                                  n_features=cfg.n_features, rank_by=cfg.rank_by)  # fmt: skip
-            ratio = ratio_F(forget, retain).cpu()
-            table[f"{topic}_freq"] = forget.freq_F.cpu().numpy()
-            table[f"{topic}_mean_act"] = forget.mean_act_F.cpu().numpy()
-            table[f"{topic}_ratio"] = ratio.numpy()
-            table[f"{topic}_rank"] = pd.array([pd.NA] * sae.d_sae, dtype="Int64")
-            table.loc[ids, f"{topic}_rank"] = range(1, len(ids) + 1)
-            few = _first_tokens(chunks, cfg.context_tokens)
-            ctx = top_contexts(lm.model, sae, hook, few, ids, tok, k=cfg.n_contexts,
-                               batch_tokens=cfg.batch_tokens, progress=bar)  # fmt: skip
-            stats = [
-                {"feature": i, "forget_freq": float(forget.freq_F[i]), "retain_freq": float(retain.freq_F[i]),
-                 "ratio": float(ratio[i]), "mean_act": float(forget.mean_act_F[i]), **ctx[i]}
-                for i in ids
-            ]  # fmt: skip
-            topics[topic] = {"features": ids, "source": source, "tokens": forget.n_tokens, "stats": stats}
-    rule = {"retain_threshold": cfg.retain_threshold, "rank_by": cfg.rank_by, "n_features": cfg.n_features,
-            "retain_source": retain_source, "retain_tokens": retain.n_tokens,
-            "drop": "retain_freq > retain_threshold or forget_freq == 0"}  # fmt: skip
-    write_json(run_dir / "features.json", {"sae": sae_spec, "hook": hook, "topics": topics, "rule": rule})
-    write_table(run_dir / "stats.csv", table)
-    save_counters(run_dir / COUNTERS_FILE, counters)
+            counters = {"retain": retain}
+            table["retain_freq"] = retain.freq_F.cpu().numpy()
+            table["retain_mean_act"] = retain.mean_act_F.cpu().numpy()
+            for topic, source in forget_sources.items():
+                chunks = chunks_of(source)
+                forget = reused.get(topic) or accumulate(
+                    lm.model, sae, hook, chunks, progress=bar, desc=topic, **kw
+                )
+                counters[topic] = forget
+                ids = select_features(forget, retain, retain_threshold=cfg.retain_threshold,
+                                      n_features=cfg.n_features, rank_by=cfg.rank_by)  # fmt: skip
+                ratio = ratio_F(forget, retain).cpu()
+                table[f"{topic}_freq"] = forget.freq_F.cpu().numpy()
+                table[f"{topic}_mean_act"] = forget.mean_act_F.cpu().numpy()
+                table[f"{topic}_ratio"] = ratio.numpy()
+                table[f"{topic}_rank"] = pd.array([pd.NA] * sae.d_sae, dtype="Int64")
+                table.loc[ids, f"{topic}_rank"] = range(1, len(ids) + 1)
+                few = _first_tokens(chunks, cfg.context_tokens)
+                ctx = top_contexts(lm.model, sae, hook, few, ids, tok, k=cfg.n_contexts,
+                                   batch_tokens=cfg.batch_tokens, progress=bar)  # fmt: skip
+                stats = [
+                    {"feature": i, "forget_freq": float(forget.freq_F[i]), "retain_freq": float(retain.freq_F[i]),
+                     "ratio": float(ratio[i]), "mean_act": float(forget.mean_act_F[i]), **ctx[i]}
+                    for i in ids
+                ]  # fmt: skip
+                topics[topic] = {"features": ids, "source": source, "tokens": forget.n_tokens, "stats": stats}
+        rule = {"retain_threshold": cfg.retain_threshold, "rank_by": cfg.rank_by, "n_features": cfg.n_features,
+                "retain_source": retain_source, "retain_tokens": retain.n_tokens,
+                "drop": "retain_freq > retain_threshold or forget_freq == 0"}  # fmt: skip
+        features = {"sae": sae_spec, "hook": hook, "topics": topics, "rule": rule}
+        write_table(run_dir / "stats.csv", table)
+        save_counters(run_dir / COUNTERS_FILE, counters)
+        write_json(run_dir / "features.json", features)  # the result: last before the completion record
     return run_dir
 
 
@@ -324,6 +349,11 @@ def read_selection(path: str | Path | None = None, topic: str | None = None) -> 
     file = path / "features.json" if path.is_dir() else path
     if not file.is_file():
         raise UnlearnError(f"{file} not found: pass a select-features run folder or its features.json.")
+    if (file.parent / "config.json").exists() and not is_complete(file.parent):
+        raise UnlearnError(
+            f"{file.parent} is not a completed select-features run (failed, killed or still running); "
+            "rerun select-features or pass another --features"
+        )
     data = read_json(file)
     topics = data.get("topics", {})
     topic = topic or next(iter(topics), None)
@@ -366,6 +396,7 @@ def select_features_command(
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32, bfloat16, ...")] = None,
     run_id: Annotated[str | None, typer.Option(help="Run folder name.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run of this --run-id.")] = False,
     counters_from: Annotated[
         str | None, typer.Option(help="Reuse the feature counters of this earlier run (only re-rank).")
     ] = None,
@@ -376,7 +407,7 @@ def select_features_command(
         forget_sources=_parse_sources(forget_source or []), retain_source=retain_source,
         retain_threshold=retain_threshold, n_features=n_features, rank_by=rank_by,  # type: ignore[arg-type]
         max_tokens=max_tokens, max_length=max_length, batch_tokens=batch_tokens, device=device, dtype=dtype,
-        run_id=run_id, counters_from=counters_from,
+        run_id=run_id, overwrite=overwrite, counters_from=counters_from,
     )  # fmt: skip
     run_dir = run_select(cfg)
     features = read_json(run_dir / "features.json")

@@ -18,11 +18,12 @@ from rich.console import Console
 from rich.table import Table
 
 from unlearn.activations import collect_activations, mixed_texts
+from unlearn.checks import check_model_path, finite_float, positive_int, writable_dir
 from unlearn.errors import UnlearnError
 from unlearn.hooks import hook_width
 from unlearn.models import load_model
 from unlearn.presets import DEFAULT_PRESET
-from unlearn.results import new_run_dir, read_json, write_json, write_table
+from unlearn.results import check_new_run, open_run, read_json, write_json, write_table
 from unlearn.sae_quality import evaluate_sae
 from unlearn.sae_training import SAETrainConfig, check_train_config, train_sae
 from unlearn.saes import load_sae
@@ -70,10 +71,32 @@ class TrainSAEConfig:
     device: str | None = None
     """cpu, cuda, ... (default: cuda if available)."""
     run_id: str | None = None
-    """Run folder name under results/train-sae/ (default: a timestamp)."""
+    """Run folder name under results/train-sae/ (default: a timestamp + random suffix)."""
+    overwrite: bool = False
+    """Replace an existing run of the same `run_id` (cleared first)."""
 
 
 _SAVE_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def check_train_sae_flags(cfg: TrainSAEConfig) -> None:
+    """Counts ≥ 1, a finite positive learning rate, a plain new run id, a writable --out: before the
+    model loads (a huge --lr still diverges; the SAE's weights are checked before it is saved)."""
+    for name in ("tokens", "max_length", "forward_batch", "eval_tokens", "ce_tokens"):
+        positive_int(getattr(cfg, name), f"--{name.replace('_', '-')}")
+    for name in ("width", "batch_size", "k"):
+        positive_int(getattr(cfg.train, name, None), f"--{name.replace('_', '-')}")
+    for name in ("lr", "l0_coeff", "target_l0", "preact_coeff", "threshold_lr_mult"):
+        if getattr(cfg.train, name, None) is not None:
+            finite_float(getattr(cfg.train, name), f"--{name.replace('_', '-')}")
+    for name in ("lr", "epochs"):
+        if finite_float(getattr(cfg.train, name), f"--{name}") <= 0:
+            raise UnlearnError(f"--{name} must be > 0, got {getattr(cfg.train, name)}")
+    check_new_run("train-sae", cfg.run_id, overwrite=cfg.overwrite)
+    if cfg.out is not None:
+        writable_dir(cfg.out, "--out")
+    if cfg.model.startswith(("/", ".", "~")) or cfg.model.endswith(".gguf"):
+        check_model_path(cfg.model)
 
 
 def run_train_sae(cfg: TrainSAEConfig, *, progress: bool = True) -> Path:
@@ -82,6 +105,7 @@ def run_train_sae(cfg: TrainSAEConfig, *, progress: bool = True) -> Path:
         raise UnlearnError("pass at least one training corpus with --source")
     if cfg.save_dtype not in _SAVE_DTYPES:
         raise UnlearnError(f"--save-dtype must be one of {', '.join(_SAVE_DTYPES)}, got {cfg.save_dtype!r}")
+    check_train_sae_flags(cfg)
     if cfg.tokens < cfg.train.batch_size:
         raise UnlearnError(f"--tokens ({cfg.tokens}) must be at least --batch-size ({cfg.train.batch_size})")
     lm = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
@@ -92,7 +116,6 @@ def run_train_sae(cfg: TrainSAEConfig, *, progress: bool = True) -> Path:
         )
     d_in = hook_width(lm.model, hook)
     check_train_config(cfg.train, d_in)
-    run_dir = new_run_dir("train-sae", cfg.run_id)
     model_dtype = str(next(lm.model.parameters()).dtype).removeprefix("torch.")
     config = {
         "command": "train-sae",
@@ -102,70 +125,71 @@ def run_train_sae(cfg: TrainSAEConfig, *, progress: bool = True) -> Path:
         "d_in": d_in,
         **dataclasses.asdict(cfg),
     }
-    write_json(run_dir / "config.json", config)
+    with open_run("train-sae", config, run_id=cfg.run_id, overwrite=cfg.overwrite) as run:
+        run_dir = run.path
 
-    t0 = time.perf_counter()
-    key = {
-        "model": lm.source,
-        "hook": hook,
-        "sources": cfg.sources,
-        "max_length": cfg.max_length,
-        "dtype": model_dtype,
-        "windows": "joined",  # token_windows' layout; older caches cut documents one by one
-    }
-    acts_ND = collect_activations(
-        lm.model,
-        lm.tokenizer,
-        hook,
-        mixed_texts(cfg.sources),
-        n_tokens=cfg.tokens,
-        max_length=cfg.max_length,
-        batch_size=cfg.forward_batch,
-        cache=cfg.activations,
-        cache_key=key,
-        progress=progress,
-    )
-    t1 = time.perf_counter()
-    result = train_sae(acts_ND, cfg.train, progress=progress)
-    t2 = time.perf_counter()
-    sae_dir = result.sae.to_sae(result.scale, hook_name=hook, dtype=_SAVE_DTYPES[cfg.save_dtype]).save(
-        run_dir / "sae"
-    )
-    write_table(run_dir / "losses.csv", pd.DataFrame(result.history))
+        t0 = time.perf_counter()
+        key = {
+            "model": lm.source,
+            "hook": hook,
+            "sources": cfg.sources,
+            "max_length": cfg.max_length,
+            "dtype": model_dtype,
+            "windows": "joined",  # token_windows' layout; older caches cut documents one by one
+        }
+        acts_ND = collect_activations(
+            lm.model,
+            lm.tokenizer,
+            hook,
+            mixed_texts(cfg.sources),
+            n_tokens=cfg.tokens,
+            max_length=cfg.max_length,
+            batch_size=cfg.forward_batch,
+            cache=cfg.activations,
+            cache_key=key,
+            progress=progress,
+        )
+        t1 = time.perf_counter()
+        result = train_sae(acts_ND, cfg.train, progress=progress)
+        t2 = time.perf_counter()
+        sae_dir = result.sae.to_sae(result.scale, hook_name=hook, dtype=_SAVE_DTYPES[cfg.save_dtype]).save(
+            run_dir / "sae"
+        )
+        write_table(run_dir / "losses.csv", pd.DataFrame(result.history))
 
-    saved = load_sae(sae_dir, dtype=torch.float32, device=lm.model.device)
-    held_out = evaluate_sae(
-        lm.model,
-        lm.tokenizer,
-        saved,
-        hook,
-        mixed_texts(cfg.eval_sources),
-        max_length=cfg.max_length,
-        ce_tokens=cfg.ce_tokens,
-        max_tokens=cfg.eval_tokens,
-        progress=progress,
-    )
-    metrics = {
-        **held_out,
-        "eval_sources": cfg.eval_sources,
-        "dead_frac_train": result.dead_frac,
-        "train_last": result.history[-1],
-    }
-    training = {
-        **config,
-        "activation_tokens": len(acts_ND),
-        "train_tokens": result.tokens,
-        "steps": result.steps,
-        "input_scale": result.scale,
-        "model_dtype": model_dtype,
-        "seconds": {"activations": t1 - t0, "training": t2 - t1, "evaluation": time.perf_counter() - t2},
-    }
-    write_json(sae_dir / "training.json", training)
-    write_json(sae_dir / "metrics.json", metrics)
-    write_json(run_dir / "metrics.json", metrics)
-    if cfg.out:
-        shutil.copytree(sae_dir, cfg.out, dirs_exist_ok=True)
-        log.info("SAE copied to %s", cfg.out)
+        saved = load_sae(sae_dir, dtype=torch.float32, device=lm.model.device)
+        held_out = evaluate_sae(
+            lm.model,
+            lm.tokenizer,
+            saved,
+            hook,
+            mixed_texts(cfg.eval_sources),
+            max_length=cfg.max_length,
+            ce_tokens=cfg.ce_tokens,
+            max_tokens=cfg.eval_tokens,
+            progress=progress,
+        )
+        metrics = {
+            **held_out,
+            "eval_sources": cfg.eval_sources,
+            "dead_frac_train": result.dead_frac,
+            "train_last": result.history[-1],
+        }
+        training = {
+            **config,
+            "activation_tokens": len(acts_ND),
+            "train_tokens": result.tokens,
+            "steps": result.steps,
+            "input_scale": result.scale,
+            "model_dtype": model_dtype,
+            "seconds": {"activations": t1 - t0, "training": t2 - t1, "evaluation": time.perf_counter() - t2},
+        }
+        write_json(sae_dir / "training.json", training)
+        write_json(sae_dir / "metrics.json", metrics)
+        write_json(run_dir / "metrics.json", metrics)
+        if cfg.out:
+            shutil.copytree(sae_dir, cfg.out, dirs_exist_ok=True)
+            log.info("SAE copied to %s", cfg.out)
     return run_dir
 
 
@@ -224,6 +248,7 @@ def train_sae_command(
     dtype: Annotated[str | None, typer.Option(help="Model dtype.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda ...")] = None,
     run_id: Annotated[str | None, typer.Option(help="Run folder name (default: timestamp).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run of this --run-id.")] = False,
 ) -> None:
     """Train a JumpReLU (or TopK) SAE on activations at a hook point; report its held-out quality."""
     defaults = TrainSAEConfig()
@@ -256,6 +281,7 @@ def train_sae_command(
         dtype=dtype,
         device=device,
         run_id=run_id,
+        overwrite=overwrite,
     )
     run_dir = run_train_sae(cfg)
     console = Console()
