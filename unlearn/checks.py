@@ -147,3 +147,34 @@ def check_model_path(model: str | None) -> None:
             f"--model {model!r}: no such local file or folder; pass an existing folder / .gguf file, "
             "a hub id such as google/gemma-2-2b-it, or a --preset"
         )
+
+
+def model_context(model) -> int | None:
+    """The longest sequence the model was built for (`max_position_embeddings`), or None if unknown."""
+    from unlearn.hooks import text_config
+
+    n = getattr(text_config(model), "max_position_embeddings", None)
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
+def check_question_lengths(
+    questions, tokenizer, *, protocol: str, chat_template: bool, limit: int | None
+) -> None:
+    """A question whose prompt is longer than `limit` tokens is an error naming its file and row, raised
+    before scoring (otherwise the forward tries to allocate an attention matrix of many GB)."""
+    if not limit:
+        return
+    from unlearn.prompts import cloze_context, cloze_continuation, encode_pair, encode_prompt, letter_prompt
+
+    for q in questions:
+        if protocol == "cloze":
+            longest = max(q.choices, key=len)
+            ctx, cont = encode_pair(cloze_context(q.question), cloze_continuation(longest), tokenizer)
+            n = len(ctx) + len(cont)
+        else:
+            n = len(encode_prompt(letter_prompt(q, tokenizer, chat_template=chat_template), tokenizer))
+        if n > limit:
+            raise UnlearnError(
+                f"{getattr(q, 'source', '?')}: row {getattr(q, 'index', 0) + 1}: the question's prompt is {n} "
+                f"tokens, longer than the model's context of {limit}; shorten or drop that question"
+            )

@@ -44,3 +44,6 @@ def main() -> None:
     except UnlearnError as exc:
         Console(stderr=True).print(f"[bold red]error:[/] {exc}")
         sys.exit(2)
+    except KeyboardInterrupt:  # the run folder (if one was open) is already marked FAILED
+        Console(stderr=True).print("[bold red]interrupted[/]: the run was marked FAILED and is not a result")
+        sys.exit(130)

@@ -97,7 +97,47 @@ def load_questions(source: str, *, split: str | None = None, limit: int | None =
     else:
         raise UnlearnError(f"Unknown question source {source!r}. Valid forms: {QUESTION_SOURCES_HELP}.")
     questions = [_to_question(row, source, index) for index, row in rows]
+    if not questions:
+        raise UnlearnError(f"{source} holds no questions: pass a file with at least one row.")
+    local = not (source in WMDP_CONFIGS or source.startswith("mmlu:"))
+    questions = _checked_choices(questions, source, strict=local)
+    if local:
+        _no_duplicates(questions, source)
     return questions[:limit] if limit is not None else questions
+
+
+def _checked_choices(questions: list[Question], source: str, *, strict: bool) -> list[Question]:
+    """Empty or identical choices make the argmax a tie that picks the first: an error for our own files,
+    a warning (and the question dropped) for hub sets, whose rows we cannot fix."""
+    kept = []
+    for q in questions:
+        texts = [c.strip() for c in q.choices]
+        problem = (
+            "an empty choice" if not all(texts) else "identical choices" if len(set(texts)) < 4 else None
+        )
+        if problem is None:
+            kept.append(q)
+        elif strict:
+            raise UnlearnError(
+                f"{source}: row {q.index + 1} is invalid: it has {problem} ({q.choices!r}); "
+                "give four distinct, non-empty choices"
+            )
+        else:
+            log.warning("%s: dropped row %d (%s)", source, q.index + 1, problem)
+    return kept
+
+
+def _no_duplicates(questions: list[Question], source: str) -> None:
+    """The same question twice counts twice in accuracy (and lands in both dev and test)."""
+    seen: dict[tuple, int] = {}
+    for q in questions:
+        key = (" ".join(q.question.split()), tuple(c.strip() for c in q.choices))
+        if key in seen:
+            raise UnlearnError(
+                f"{source}: row {q.index + 1} repeats row {seen[key] + 1} (same question and choices); "
+                "remove one of them"
+            )
+        seen[key] = q.index
 
 
 def split_part(source: str) -> tuple[str, str | None]:
@@ -291,7 +331,12 @@ def _read_table(path: Path) -> list[Any]:
         import pandas as pd
 
         return pd.read_parquet(path).to_dict(orient="records")
-    text = path.read_text(encoding="utf-8")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # a UTF-8 BOM (Windows editors) is not part of row 1
+    except UnicodeDecodeError as exc:
+        raise UnlearnError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8.") from None
+    if not text.strip():
+        raise UnlearnError(f"{path} is empty: a question file needs at least one row.")
     if path.suffix == ".json":
         try:
             rows = json.loads(text)

@@ -26,6 +26,7 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
+from unlearn.checks import check_question_lengths, model_context
 from unlearn.errors import UnlearnError
 from unlearn.models import LoadedModel
 from unlearn.paths import cache_dir
@@ -214,6 +215,9 @@ def prepare_eval(lm: LoadedModel, cfg: EvalConfig) -> EvalSuite:
     which must be unhooked: call this before installing any intervention)."""
     chat = _resolve_chat_template(lm, cfg.chat_template)
     tasks = load_tasks(cfg)
+    for task in tasks:  # an over-long question is a clear error, not a many-GB attention allocation
+        check_question_lengths(task.questions, lm.tokenizer, protocol=cfg.protocol, chat_template=chat,
+                               limit=model_context(lm.model))  # fmt: skip
     if cfg.known_only:
         for task in tasks:
             task.known = known_mask(lm, task, cfg, chat_template=chat)

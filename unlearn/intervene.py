@@ -33,7 +33,7 @@ from rich.table import Table
 from torch import Tensor, nn
 
 from unlearn import checks
-from unlearn.checks import check_model_path, finite_floats, positive_int, positive_ints
+from unlearn.checks import check_model_path, finite_float, finite_floats, positive_int, positive_ints
 from unlearn.errors import UnlearnError
 from unlearn.hooks import edit, hook_width, text_config
 from unlearn.models import LoadedModel, load_model, model_spec
@@ -398,7 +398,8 @@ def _split(text: str | None, kind=str) -> list | None:
     if text is None:
         return None
     try:
-        return [kind(x.strip()) for x in text.split(",") if x.strip()]
+        values = [kind(x.strip()) for x in text.split(",") if x.strip()]
+        return [finite_float(v, f"each value of {text!r}") for v in values] if kind is float else values
     except ValueError:
         raise UnlearnError(
             f"Expected a comma-separated list of {kind.__name__} values, got {text!r}."

@@ -23,6 +23,7 @@ import pandas as pd
 import typer
 from rich.console import Console
 
+from unlearn.checks import writable_dir
 from unlearn.errors import UnlearnError
 from unlearn.paths import results_dir
 from unlearn.report_collect import BASELINE_METHODS, METHODS, Collection, collect, collect_runs, pareto_mask
@@ -152,6 +153,7 @@ def run_report(cfg: ReportConfig, console: Console | None = None) -> Path:
     console = console or Console()
     formats = parse_formats(cfg.formats)
     results = Path(cfg.results) if cfg.results else results_dir()
+    writable_dir(cfg.out or results / "report", "--out")  # found now, not after all the work
     c = collect(results)
     points = filter_points(c.points, cfg.preset, cfg.method)
     scores = saebench_scores(points)

@@ -148,6 +148,7 @@ def write_bytes(path: Path, data: bytes) -> None:
 # `RUNNING`. Readers (`report`, `eval --rmu`, `intervene --features`, "latest") take completed runs only.
 
 RUNNING_FILE, FAILED_FILE, COMPLETE_FILE = "RUNNING", "FAILED", "complete.json"
+RUN_FILE = "run.json"  # when (and by which process) the run last started; kept through failure
 _PLAIN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
 
 
@@ -227,12 +228,10 @@ def latest_run_dir(command: str, root: Path | None = None, require: str = "confi
 
 
 def _started(run_dir: Path) -> str:
-    for name in (COMPLETE_FILE, RUNNING_FILE, FAILED_FILE):
-        try:
-            return str(read_json(run_dir / name).get("started") or "")
-        except (OSError, ValueError, AttributeError):
-            continue
-    return ""
+    try:
+        return str(read_json(run_dir / RUN_FILE).get("started") or "")
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def _differ(old: dict, identity: dict) -> list[str]:
@@ -351,6 +350,7 @@ def open_run(
     (path / COMPLETE_FILE).unlink(missing_ok=True)
     (path / FAILED_FILE).unlink(missing_ok=True)
     write_json(path / RUNNING_FILE, {"started": run.started, "pid": os.getpid()})
+    write_json(path / RUN_FILE, {"command": command, "started": run.started, "pid": os.getpid()})
     try:
         write_json(path / "config.json", {**identity, **(config or {})})
         yield run

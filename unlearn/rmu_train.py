@@ -184,7 +184,12 @@ class RMUTrainer:
             )
         self.optimizer.zero_grad(set_to_none=True)
         (forget_loss + retain_loss).backward()
-        self.optimizer.step()
+        try:
+            self.optimizer.step()
+        except RuntimeError as e:  # AdamW's step size overflows the weights' dtype (a huge --lr)
+            if "overflow" not in str(e):
+                raise
+            raise UnlearnError(f"RMU update at step {self.steps} overflowed ({e}); lower --lr") from None
         self.steps += 1
         # the loss above is the one before this update; an overflowing step shows only in the weights
         require_finite_tensors(
