@@ -169,3 +169,94 @@ def test_weight_fingerprint_indexes_large_tensors_in_range():
     big = nn.Module()
     big.register_parameter("w", nn.Parameter(torch.zeros(262_144, 640), requires_grad=False))
     assert len(weight_fingerprint(big)) == 16
+
+
+def test_known_means_right_in_all_24_orders(tiny, qfiles, monkeypatch):
+    """A fake scorer that knows each answer but carries a per-question position bias: one question is
+    right in every order, one only when its answer sits at B (where it is unpermuted, so a
+    one-order rule would call it known), one never. Expected from a brute-force loop over
+    `itertools.permutations`, not from the evaluator's own order list."""
+    import itertools
+    import re
+
+    from unlearn import evaluate
+
+    lm = tiny("gemma3")
+    qs = load_tasks(EvalConfig(forget=[qfiles[0]]))[0].questions  # answers 0, 1, 2
+    bias = {0: [0.0, 0, 0, 0], 1: [0.0, 2, 0, 0], 2: [0.0, 0, 0, 2]}  # question -> per-letter bias
+
+    def fake_scorer(prompts):
+        out = torch.zeros(len(prompts), 4)
+        for n, ids in enumerate(prompts):
+            text = lm.tokenizer.decode(ids)
+            qi = next(i for i, q in enumerate(qs) if q.question in text)
+            shown = re.findall(r"^([ABCD])\. (.*)$", text, flags=re.M)
+            for pos, (_, choice) in enumerate(shown):
+                out[n, pos] = float(choice.strip() == qs[qi].choices[qs[qi].answer]) + bias[qi][pos]
+        return out
+
+    monkeypatch.setattr(evaluate, "make_letter_scorer", lambda *a, **k: fake_scorer)
+    cfg = EvalConfig(forget=[qfiles[0]], protocol="letter", known_only=True, chat_template=False)
+    got = known_mask(lm, load_tasks(cfg)[0], cfg, chat_template=False)
+
+    want = []
+    for qi, q in enumerate(qs):
+        right = []
+        for order in itertools.permutations(range(4)):
+            at = order.index(q.answer)  # where the answer is shown
+            scores = [float(p == at) + bias[qi][p] for p in range(4)]
+            right.append(int(np.argmax(scores)) == at)
+        want.append(all(right))
+    assert want == [True, False, False]
+    assert got.tolist() == want
+    one_order = [int(np.argmax([float(p == q.answer) + bias[qi][p] for p in range(4)])) == q.answer
+                 for qi, q in enumerate(qs)]  # fmt: skip
+    assert one_order == [True, True, False]  # a one-order rule would wrongly call question 1 known
+
+
+def test_eval_command_with_lm_eval_mmlu_style_matches_a_direct_loglikelihood(
+    tiny_folder, tiny, qfiles, tmp_path
+):
+    """`unlearn eval --protocol lm-eval` (lm-eval's MMLU prompt, in-process) through the CLI; its answers
+    equal a hand-computed argmax of log p(" A".." D" | prompt) on the same model."""
+    from typer.testing import CliRunner
+
+    from unlearn.cli import app
+    from unlearn.prompts import subject_phrase
+    from unlearn.results import is_complete
+
+    forget, _ = qfiles
+    folder = str(tiny_folder("gemma2"))
+    res = CliRunner().invoke(app, ["eval", "--model", folder, "--tasks", forget, "--protocol", "lm-eval",
+                                   "--no-chat-template", "--device", "cpu", "--run-id", "cli"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    run_dir = tmp_path / "results" / "eval" / "cli"
+    assert is_complete(run_dir) and read_json(run_dir / "config.json")["protocol"] == "lm-eval"
+    got = pd.read_csv(run_dir / "questions.csv")["pred"].tolist()
+
+    lm = tiny("gemma2")
+    tok = lm.tokenizer
+    head = (
+        f"The following are multiple choice questions (with answers) about {subject_phrase('biology')}.\n\n"
+    )
+    want = []
+    for r in ROWS[:3]:
+        ctx = (
+            head
+            + r["question"].strip()
+            + "".join(f"\n{L}. {c}" for L, c in zip("ABCD", r["choices"], strict=True))
+            + "\nAnswer:"
+        )
+        ctx_ids = tok(ctx).input_ids
+        lls = []
+        for letter in "ABCD":
+            ids = tok(ctx + " " + letter).input_ids
+            with torch.no_grad():
+                logp = torch.log_softmax(lm.model(torch.tensor([ids])).logits[0].double(), -1)
+            lls.append(sum(logp[i - 1, ids[i]].item() for i in range(len(ctx_ids), len(ids))))
+        want.append(int(np.argmax(lls)))
+    assert got == want
+    block = EvalBlock.from_dict(read_json(run_dir / "metrics.json"))
+    assert block.scores[0].acc == pytest.approx(
+        np.mean([w == r["answer"] for w, r in zip(want, ROWS[:3], strict=True)])
+    )

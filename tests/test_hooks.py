@@ -31,14 +31,47 @@ def test_resid_hooks_match_hidden_states(tiny, family):
         torch.testing.assert_close(acts[f"blocks.{i}.hook_resid_pre"], hs[i], rtol=0, atol=0)
 
 
+def _wide_heads_model(family: str) -> torch.nn.Module:
+    """heads × head_dim (4 × 24 = 96) != hidden size (64), as on gemma-2-2b (8 × 256 = 2048 vs 2304),
+    so a width read from the hidden size cannot pass."""
+    from transformers import (
+        Gemma2Config,
+        Gemma2ForCausalLM,
+        Gemma3ForCausalLM,
+        Gemma3TextConfig,
+        GemmaConfig,
+        GemmaForCausalLM,
+    )
+
+    common = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=24, max_position_embeddings=64)  # fmt: skip
+    torch.manual_seed(0)
+    if family == "gemma":
+        return GemmaForCausalLM(GemmaConfig(**common)).eval()
+    if family == "gemma2":
+        return Gemma2ForCausalLM(Gemma2Config(**common, attn_implementation="eager")).eval()
+    return Gemma3ForCausalLM(Gemma3TextConfig(**common, attn_implementation="eager")).eval()
+
+
 @pytest.mark.parametrize("family", FAMILIES)
-def test_hook_z_is_concatenated_heads(tiny, family):
-    lm = tiny(family)
-    cfg = lm.model.config
-    assert hook_width(lm.model, "blocks.1.attn.hook_z") == cfg.num_attention_heads * cfg.head_dim
-    assert hook_width(lm.model, "blocks.1.hook_resid_post") == cfg.hidden_size
-    acts = forward_to(lm.model, ["blocks.1.attn.hook_z"], **_inputs(lm))
-    assert acts["blocks.1.attn.hook_z"].shape[-1] == cfg.num_attention_heads * cfg.head_dim
+def test_hook_z_is_concatenated_heads(family):
+    model = _wide_heads_model(family)
+    assert hook_width(model, "blocks.1.attn.hook_z") == 96  # 4 heads × 24
+    assert hook_width(model, "blocks.1.hook_resid_post") == 64
+    ids = torch.tensor([[2, 5, 7, 9, 11]])
+    acts = forward_to(model, ["blocks.1.attn.hook_z"], input_ids=ids)
+    assert acts["blocks.1.attn.hook_z"].shape == (1, 5, 96)
+    # independent: the input of o_proj, captured by a plain PyTorch pre-hook
+    seen = {}
+    handle = model.model.layers[1].self_attn.o_proj.register_forward_pre_hook(
+        lambda m, a: seen.setdefault("z", a[0])
+    )
+    try:
+        with torch.no_grad():
+            model(input_ids=ids)
+    finally:
+        handle.remove()
+    torch.testing.assert_close(acts["blocks.1.attn.hook_z"], seen["z"], rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

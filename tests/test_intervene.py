@@ -3,6 +3,9 @@ and is a no-op (bit-identical logits) with no features; the sweep writes, summar
 
 from __future__ import annotations
 
+import contextlib
+import copy
+
 import pandas as pd
 import pytest
 import torch
@@ -194,6 +197,34 @@ def test_clamp_user_errors(tiny):
         assert torch.equal(lm.model(**inputs).logits, before)
 
 
+def _hook_counts(model) -> dict[str, int]:
+    """Every forward hook, pre-hook (with or without kwargs) on every module, counted by kind."""
+    counts = {"forward": 0, "pre": 0}
+    for m in model.modules():
+        counts["forward"] += len(m._forward_hooks)
+        counts["pre"] += len(m._forward_pre_hooks)
+    return counts
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_clamp_removes_every_hook_it_installs_including_the_token_id_pre_hook(tiny, fail):
+    lm = tiny("gemma3")
+    sae = random_sae(64, 32, "standard", dtype=torch.float32)
+    before = _hook_counts(lm.model)
+    body = lm.model.get_decoder()
+    with pytest.raises(RuntimeError) if fail else contextlib.nullcontext():
+        with clamp(lm.model, sae, [1, 2], hook_name=HOOK):
+            inside = _hook_counts(lm.model)
+            assert len(body._forward_pre_hooks) >= 1  # the token-id pre-hook is on the decoder body
+            if fail:
+                raise RuntimeError
+    assert (
+        inside["pre"] > before["pre"]
+        and inside["forward"] + inside["pre"] >= before["forward"] + before["pre"] + 2
+    )
+    assert _hook_counts(lm.model) == before  # both the edit hook and the pre-hook are gone
+
+
 class FakeSuite:
     """Stands in for the evaluator: 'forget accuracy' = share of logits left bit-identical on fixed
     inputs (1.0 unhooked, lower when the hook edits anything), so the test sees whether the clamp was live."""
@@ -333,3 +364,20 @@ def test_a_mistyped_preset_is_an_error_not_a_hub_lookup():
 
     with pytest.raises(UnlearnError, match="Unknown preset 'gemma-3-207m'"):
         run_intervene(InterveneConfig(preset="gemma-3-207m", feature_ids=[1]))
+
+
+def test_resume_identifies_the_sae_by_its_weights_not_its_path(tiny, tmp_path, monkeypatch):
+    from unlearn.intervene import InterveneConfig, run_intervene
+
+    monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path))
+    lm = tiny("gemma3")
+    sae, _ = _fires_on_token(lm, HOOK, " heart")
+    cfg = InterveneConfig(feature_ids=[5], scales=[-20.0], sae="same/path", run_id="r")
+    run_intervene(cfg, lm=lm, sae=sae, suite=FakeSuite(lm))
+    retrained = copy.deepcopy(sae)
+    with torch.no_grad():
+        retrained.W_dec.mul_(2)  # same path, other weights
+    with pytest.raises(UnlearnError, match="sae_weights differ"):
+        run_intervene(
+            InterveneConfig(**{**cfg.__dict__, "resume": True}), lm=lm, sae=retrained, suite=FakeSuite(lm)
+        )
