@@ -394,12 +394,12 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, conso
     write_table(run_dir / "summary.csv", summary_frame(run_dir))
 
 
-def _split(text: str | None, kind=str) -> list | None:
+def _split(text: str | None, kind=str, flag: str = "a list") -> list | None:
     if text is None:
         return None
     try:
         values = [kind(x.strip()) for x in text.split(",") if x.strip()]
-        return [finite_float(v, f"each value of {text!r}") for v in values] if kind is float else values
+        return [finite_float(v, f"{flag} {text!r}: every value") for v in values] if kind is float else values
     except ValueError:
         raise UnlearnError(
             f"Expected a comma-separated list of {kind.__name__} values, got {text!r}."
@@ -443,7 +443,7 @@ def intervene_command(
     """Clamp selected SAE features during evaluation, over a grid of feature counts and scales."""
     cfg = InterveneConfig(
         preset=preset, model=model, features=features, topic=topic, feature_ids=_split(feature_ids, int),
-        sae=sae, hook=hook, modes=_split(mode), n_features=_split(n_features, int), scales=_split(scale, float),
+        sae=sae, hook=hook, modes=_split(mode), n_features=_split(n_features, int), scales=_split(scale, float, "--scale"),
         protocol=protocol, forget_tasks=_split(forget_tasks), retain_tasks=_split(retain_tasks),
         known_only=known_only, permutations=permutations, limit=limit, batch_size=batch_size, run_id=run_id,
         resume=resume, overwrite=overwrite, device=device, dtype=dtype,

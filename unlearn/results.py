@@ -1,7 +1,8 @@
 """The results tree: `results/<command>/<run-id>/` with `config.json`, `metrics.json` and tables.
 
 Every file is written atomically (temp file + `os.replace`), so an interrupted run never leaves a
-half-written file that a resume or `unlearn report` would trust. `report` reads only this tree.
+half-written file that a resume or `unlearn report` would trust. `report` reads only this tree, and
+only runs that completed (`open_run` below: `RUNNING` first, `complete.json` last, `FAILED` on error).
 
 Layout (every `config.json` holds at least `command`, `preset` (or null) and `model`):
 - `eval/<id>/`: `metrics.json` = an evaluation block, `questions.csv` (one row per question).
