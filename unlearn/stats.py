@@ -120,9 +120,11 @@ def paired_deltas(point_frame, baseline_frame, *, roles=("forget", "retain")) ->
                                "questions table an evaluation wrote (questions.csv / questions/<point>.csv)")  # fmt: skip
     col_p, col_b = outcome_column(point_frame), outcome_column(baseline_frame)
     keep_b = ["task", "index", col_b] + (["known"] if "known" in baseline_frame.columns else [])
-    merged = point_frame[["task", "role", "index", col_p]].merge(
-        baseline_frame[keep_b], on=["task", "index"], suffixes=("_p", "_b"), validate="one_to_one"
-    )
+    merged = (
+        point_frame[["task", "role", "index", col_p]]
+        .merge(baseline_frame[keep_b], on=["task", "index"], suffixes=("_p", "_b"), validate="one_to_one")
+        .sort_values(["task", "index"], kind="stable", ignore_index=True)
+    )  # row order must not change the draw
     after = merged[col_p + "_p" if col_p == col_b else col_p].astype(float)
     before = merged[col_b + "_b" if col_p == col_b else col_b].astype(float)
     known = merged["known"] if "known" in merged.columns else None
