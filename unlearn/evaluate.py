@@ -76,7 +76,9 @@ class EvalConfig:
     suffix; `unlearn.data.split_dev_test`): tune on dev, report on test."""
     known_margin: float = KNOWN_MARGIN
     """Cloze known rule: nats by which the right answer's log-likelihood must beat the best distractor.
-    Embedded model, offline:bio@test / offline:retain@test: MEASURED_COUNTS."""
+    Embedded Gemma 3 270M (known of 127 bio@test / 138 retain@test questions): right alone 107 / 118;
+    also not the answer prior 71 / 77 (margin 0), 65 / 72 (0.5), 58 / 71 (1.0), 44 / 55 (2.0). The prior
+    alone picks the right answer on 38 / 44 of them, so the old rule's known set was one third prior."""
     chat_template: bool | None = None
     """Wrap letter prompts in the chat template; None = the preset's setting, else whether the tokenizer has one."""
     batch_size: int = 16
