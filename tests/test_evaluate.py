@@ -239,7 +239,8 @@ def test_cloze_known_excludes_each_failed_condition():
 
 def test_split_is_applied_to_every_source_and_recorded(tiny, qfiles):
     from unlearn.data import load_questions
-    from unlearn.evaluate import _known_key, with_split
+    from unlearn.evaluate import with_split
+    from unlearn.known import _known_key
 
     assert with_split("offline:bio", "test") == "offline:bio@test"
     assert with_split("offline:bio@dev", "test") == "offline:bio@dev"  # an explicit part wins

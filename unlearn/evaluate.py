@@ -19,8 +19,6 @@ the all-questions accuracy (`acc_all`, absolute), each with a 95% bootstrap inte
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -29,16 +27,21 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from unlearn.errors import UnlearnError
+from unlearn.known import (  # noqa: F401  (PROMPT_VERSION, cloze_known, weight_fingerprint: re-exported)
+    PROMPT_VERSION,
+    answer_margin,
+    cloze_known,
+    known_mask,
+    weight_fingerprint,
+)
 from unlearn.models import LoadedModel
-from unlearn.paths import cache_dir
 from unlearn.presets import Preset
 from unlearn.prompts import QuestionLike, answer_prior
-from unlearn.results import EvalBlock, TaskScore, read_json, write_json
+from unlearn.results import EvalBlock, TaskScore
 from unlearn.scoring import ALL_ORDERS, make_letter_scorer, score_cloze, score_letter
 from unlearn.stats import bootstrap_ci, outcome_column, stratified_bootstrap_ci
 
@@ -46,9 +49,6 @@ log = logging.getLogger(__name__)
 
 Protocol = Literal["letter", "cloze", "lm-eval"]
 Split = Literal["all", "dev", "test"]
-PROMPT_VERSION = 2
-"""Bump when prompt text or the known rule changes, so cached known subsets are recomputed
-(2: cloze known = right + margin + not the answer prior)."""
 KNOWN_MARGIN = 1.0
 """Default cloze margin in nats (right answer over the best distractor). On the embedded Gemma 3 270M,
 margin 0 keeps questions won by a hair (a log-likelihood ratio near 1, as likely flipped by any
@@ -292,23 +292,6 @@ def score_questions(
     return frame
 
 
-def answer_margin(ll_N4: np.ndarray, answers_N: np.ndarray) -> np.ndarray:
-    """Log-likelihood of the right answer minus the best distractor's (nats; > 0 iff strictly right)."""
-    rows = np.arange(len(answers_N))
-    others = ll_N4.astype(np.float64).copy()
-    others[rows, answers_N] = -np.inf
-    return ll_N4[rows, answers_N] - others.max(axis=1)
-
-
-def cloze_known(frame: pd.DataFrame, margin: float) -> np.ndarray:
-    """The cloze known rule on a `score_questions` frame: right, by `margin` nats, and not the prior."""
-    return (
-        frame["correct"].to_numpy(dtype=bool)
-        & (frame["margin"].to_numpy() >= margin)
-        & (frame["pred_prior"].to_numpy() != frame["answer"].to_numpy())
-    )
-
-
 def prepare_eval(lm: LoadedModel, cfg: EvalConfig) -> EvalSuite:
     """Load the questions and, with `known_only`, the known subsets (computed with the model as it is now,
     which must be unhooked: call this before installing any intervention)."""
@@ -367,60 +350,3 @@ def with_split(source: str, split: Split) -> str:
     if split == "all" or split_part(source)[1] is not None:
         return source
     return f"{source}@{split}"
-
-
-def weight_fingerprint(model: nn.Module, n_values: int = 8) -> str:
-    """Hash of a few evenly spaced values of every parameter: cheap, and any retraining (RMU changes
-    whole matrices) or a different checkpoint gives a different key."""
-    digest = hashlib.sha256()
-    for name, param in model.named_parameters():
-        flat = param.detach().reshape(-1)
-        k = min(n_values, flat.numel())
-        # integer spacing: a float32 linspace rounds past the end of large tensors (262k x 640 embeddings)
-        idx = (torch.arange(k, device=flat.device) * (flat.numel() - 1)) // max(k - 1, 1)
-        digest.update(name.encode() + str(tuple(param.shape)).encode())
-        digest.update(flat[idx].double().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
-def _known_key(lm: LoadedModel, task: EvalTask, cfg: EvalConfig, chat_template: bool) -> dict:
-    qtext = json.dumps([[q.question, list(q.choices), q.answer] for q in task.questions])
-    return {
-        "model": lm.source,
-        "weights": weight_fingerprint(lm.model),
-        "task": task.name,
-        "protocol": cfg.protocol,
-        "chat_template": chat_template if cfg.protocol != "cloze" else None,
-        "prompt_version": PROMPT_VERSION,
-        "split": task.split,
-        "known_margin": cfg.known_margin if cfg.protocol == "cloze" else None,
-        "questions": hashlib.sha256(qtext.encode()).hexdigest()[:16],
-    }
-
-
-def known_mask(lm: LoadedModel, task: EvalTask, cfg: EvalConfig, *, chat_template: bool) -> np.ndarray:
-    """Which questions the (unhooked) model knows; read from the cache when computed before."""
-    key = _known_key(lm, task, cfg, chat_template)
-    path = (
-        cache_dir()
-        / "known"
-        / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24] + ".json")
-    )
-    if path.exists():
-        cached = read_json(path)
-        if cached.get("key") == key:
-            return np.asarray(cached["known"], dtype=bool)
-    if cfg.protocol == "letter":
-        scorer = make_letter_scorer(lm.model, lm.tokenizer, batch_size=cfg.batch_size)
-        correct = score_letter(
-            task.questions, lm.tokenizer, scorer, chat_template=chat_template, orders=ALL_ORDERS
-        )
-        known = correct["correct"].all(axis=1)
-    elif cfg.protocol == "cloze":
-        frame = score_questions(lm.model, lm.tokenizer, task.questions, cfg, chat_template=chat_template)
-        known = cloze_known(frame, cfg.known_margin)
-    else:
-        frame = score_questions(lm.model, lm.tokenizer, task.questions, cfg, chat_template=chat_template)
-        known = frame["correct"].to_numpy(dtype=bool)
-    write_json(path, {"key": key, "known": known.tolist()})
-    return known
