@@ -260,3 +260,106 @@ def test_eval_command_with_lm_eval_mmlu_style_matches_a_direct_loglikelihood(
     assert block.scores[0].acc == pytest.approx(
         np.mean([w == r["answer"] for w, r in zip(want, ROWS[:3], strict=True)])
     )
+
+
+def _direct_ll(model, tokenizer, context: str, choices) -> np.ndarray:
+    """Summed log-probs of each choice after `context` from one unpacked full-model forward per choice."""
+    from unlearn.prompts import cloze_continuation, encode_pair
+
+    out = []
+    for c in choices:
+        ctx, cont = encode_pair(context, cloze_continuation(c), tokenizer)
+        ids = torch.tensor([ctx + cont])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids).logits[0].double(), -1)
+        out.append(sum(logp[len(ctx) - 1 + j, t].item() for j, t in enumerate(cont)))
+    return np.array(out)
+
+
+def test_cloze_known_rule_equals_direct_computation_of_its_three_conditions(tiny, qfiles):
+    from unlearn.prompts import cloze_context
+
+    lm = tiny("gemma3")
+    forget, retain = qfiles
+    questions = load_tasks(EvalConfig(forget=[forget], retain=[retain]))
+    qs = [q for t in questions for q in t.questions]
+    ll = np.stack([_direct_ll(lm.model, lm.tokenizer, cloze_context(q.question), q.choices) for q in qs])
+    prior = np.stack([_direct_ll(lm.model, lm.tokenizer, "Question: \nAnswer:", q.choices) for q in qs])
+    ans = np.array([q.answer for q in qs])
+    right = ll.argmax(1) == ans
+    margin = ll[np.arange(len(qs)), ans] - np.where(np.eye(4)[ans] > 0, -np.inf, ll).max(1)
+    not_prior = prior.argmax(1) != ans
+    margins = [0.0, float(np.median(margin[right])) if right.any() else 0.0]
+    for m in margins:
+        cfg = EvalConfig(forget=[forget], retain=[retain], protocol="cloze", known_only=True, known_margin=m)
+        suite = prepare_eval(lm, cfg)
+        got = np.concatenate([t.known for t in suite.tasks])
+        np.testing.assert_array_equal(got, right & (margin >= m) & not_prior)
+        out = suite.run(lm.model)
+        df = out.questions
+        np.testing.assert_allclose(df[[f"ll_{k}" for k in range(4)]].to_numpy(), ll, atol=2e-4)
+        np.testing.assert_allclose(df[[f"prior_ll_{k}" for k in range(4)]].to_numpy(), prior, atol=2e-4)
+        np.testing.assert_array_equal(df["pred_mi"], (ll - prior).argmax(1))
+        np.testing.assert_array_equal(df["known"].astype(bool), got)
+        for s in out.block.scores:
+            rows = df[df.task == s.task]
+            k = rows.known.astype(bool)
+            assert s.n == k.sum() and s.n_all == len(rows) and s.split == "all"
+            assert s.acc_all == pytest.approx(rows.correct.mean())
+            if k.any():
+                assert s.acc == pytest.approx(rows.correct[k].mean())
+                assert s.acc_mi == pytest.approx(rows.correct_mi[k].mean())
+        f = df[df.role == "forget"]
+        assert out.block.forget_acc_all == pytest.approx(f.correct.mean())
+        lo, hi = out.block.forget_ci_all
+        assert lo <= out.block.forget_acc_all <= hi
+
+
+def test_cloze_known_excludes_each_failed_condition():
+    from unlearn.evaluate import answer_margin, cloze_known
+
+    ll = np.array([[-1.0, -3.0, -4, -5], [-1.0, -1.2, -4, -5], [-1.0, -3.0, -4, -5], [-2.0, -1.0, -4, -5]])
+    frame = pd.DataFrame({"answer": [0, 0, 0, 0], "pred": ll.argmax(1), "pred_prior": [1, 2, 0, 2]})
+    frame["correct"] = frame["pred"] == frame["answer"]
+    frame["margin"] = answer_margin(ll, frame["answer"].to_numpy())
+    np.testing.assert_allclose(frame["margin"], [2.0, 0.2, 2.0, -1.0])
+    # row 1: margin too small, row 2: the prior already picks the answer, row 3: wrong
+    np.testing.assert_array_equal(cloze_known(frame, 0.5), [True, False, False, False])
+    np.testing.assert_array_equal(cloze_known(frame, 0.0), [True, True, False, False])
+
+
+def test_split_is_applied_to_every_source_and_recorded(tiny, qfiles):
+    from unlearn.data import load_questions
+    from unlearn.evaluate import with_split
+    from unlearn.known import _known_key
+
+    assert with_split("offline:bio", "test") == "offline:bio@test"
+    assert with_split("offline:bio@dev", "test") == "offline:bio@dev"  # an explicit part wins
+    assert with_split("offline:bio", "all") == "offline:bio"
+    with pytest.raises(UnlearnError, match="dev"):
+        with_split("offline:bio", "train")
+    cfg = EvalConfig(forget=["offline:bio"], retain=["offline:retain"], protocol="cloze", split="dev")
+    tasks = load_tasks(cfg)
+    assert tasks[0].name == "offline:bio@dev" and {t.split for t in tasks} == {"dev"}
+    want = {q.question for q in load_questions("offline:bio@dev")}
+    assert {q.question for q in tasks[0].questions} == want
+    assert all(t.name.startswith("offline:retain@dev/") for t in tasks[1:])
+    lm = tiny("gemma3")
+    test_task = load_tasks(EvalConfig(forget=["offline:bio"], split="test"))[0]
+    assert _known_key(lm, tasks[0], cfg, False)["split"] == "dev"
+    assert _known_key(lm, test_task, cfg, False)["split"] == "test"
+    small = EvalConfig(forget=[qfiles[0]], protocol="cloze", split="test", limit=2)
+    out = prepare_eval(lm, small).run(lm.model)
+    assert out.block.split == "test" and out.block.scores[0].split == "test"
+
+
+def test_old_results_json_without_new_fields_loads():
+    old = {"protocol": "cloze", "subset": "known", "forget_acc": 0.5, "retain_acc": 0.9,
+           "scores": [{"task": "offline:bio", "role": "forget", "protocol": "cloze", "subset": "known",
+                       "n": 10, "acc": 0.5, "acc_norm": None}]}  # fmt: skip
+    block = EvalBlock.from_dict(old)
+    assert block.split is None and block.forget_ci is None and block.forget_acc == 0.5
+    s = block.scores[0]
+    assert s.split is None and s.ci is None and s.acc_all is None and s.n_all is None and s.acc == 0.5
+    newer = json.loads(json.dumps(old | {"future_field": 1}))
+    assert EvalBlock.from_dict(newer).retain_acc == 0.9

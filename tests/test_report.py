@@ -329,3 +329,126 @@ def test_point_labels_name_only_the_settings_a_point_has():
     assert params_text(clamp) == "scale=-20 n=20 thr=0.01 rank=ratio"
     assert params_text(zero) == "n=20 thr=0.01"
     assert params_text(rmu) == "L2 c=2000 α=100"
+
+
+# ---------------------------------------------------------------- intervals, splits, claims
+
+N_F, N_R = 120, 150
+
+
+def _frame(forget_correct, retain_correct, known_f, known_r) -> pd.DataFrame:
+    """A per-question table laid out as `EvalSuite.run` writes it (one forget task, one retain task)."""
+    rows = [{"task": "offline:bio@test", "role": "forget", "index": i, "correct": bool(c), "known": bool(k)}
+            for i, (c, k) in enumerate(zip(forget_correct, known_f, strict=True))]  # fmt: skip
+    rows += [{"task": "offline:retain@test/history", "role": "retain", "index": i, "correct": bool(c),
+              "known": bool(k)} for i, (c, k) in enumerate(zip(retain_correct, known_r, strict=True))]  # fmt: skip
+    return pd.DataFrame(rows)
+
+
+def _block(frame: pd.DataFrame, split: str) -> EvalBlock:
+    from unlearn.evaluate import EvalTask, block_from_frame, task_score
+
+    scores = [
+        task_score(
+            g.reset_index(drop=True), EvalTask(task, g["role"].iloc[0], [], split=split), "cloze", "known"
+        )
+        for task, g in frame.groupby("task", sort=False)
+    ]
+    return block_from_frame(scores, frame)
+
+
+def build_split_tree(root: Path) -> tuple[Path, dict[str, pd.DataFrame]]:
+    """An intervene run on the test split with a real drop, a drop its control matches, a null point and
+    a random-features control; a dev run beside it; a selection with an AUROC."""
+    rng = np.random.default_rng(0)
+    known_f, known_r = rng.random(N_F) < 0.6, rng.random(N_R) < 0.7
+    base_f, base_r = known_f | (rng.random(N_F) < 0.3), known_r | (rng.random(N_R) < 0.3)
+    forgotten = base_f & (rng.random(N_F) < 0.6)  # the clamp forgets ~60% of what was right
+    frames = {
+        "baseline": _frame(base_f, base_r, known_f, known_r),
+        "real": _frame(base_f & ~forgotten, base_r, known_f, known_r),
+        "null": _frame(base_f ^ (rng.random(N_F) < 0.02), base_r, known_f, known_r),
+        "matched": _frame(base_f & ~forgotten, base_r, known_f, known_r),
+        "ctrl-real": _frame(base_f, base_r, known_f, known_r),
+        "ctrl-matched": _frame(base_f & ~forgotten, base_r, known_f, known_r),
+    }
+    for split in ("test", "dev"):
+        run = new_run_dir("intervene", f"2026-{split}", root)
+        write_json(run / "config.json", cfg("intervene", mode="clamp"))
+        write_json(run / "baseline.json", _block(frames["baseline"], split))
+        frames["baseline"].to_csv(run / "questions" / "baseline.csv", index=False) if (
+            run / "questions").mkdir() is None else None  # fmt: skip
+        points = {"real": (10, -20, None), "null": (10, -5, None), "ctrl-real": (10, -20, "random-features"),
+                  "matched": (20, -20, None), "ctrl-matched": (20, -20, "random-features")}  # fmt: skip
+        for pid, (n, scale, control) in points.items():
+            write_json(run / "points" / f"{pid}.json", {"mode": "clamp", "scale": scale, "n_features": n,
+                       "control": control, "metrics": _block(frames[pid], split)})  # fmt: skip
+            frames[pid].to_csv(run / "questions" / f"{pid}.csv", index=False)
+        if split == "dev":
+            break
+    sel = new_run_dir("select-features", "2026-sel", root)
+    write_json(sel / "config.json", cfg("select-features"))
+    write_json(sel / "features.json", {"topics": {"bio": {"features": [7], "auroc": 0.8125}}})
+    return root, frames
+
+
+def test_intervals_paired_deltas_and_claims(tmp_path: Path):
+    from unlearn.stats import paired_deltas
+
+    root, frames = build_split_tree(tmp_path / "results")
+    pts = collect(root).points
+    test = pts[pts["run"] == "intervene/2026-test"].set_index("point")
+    base = frames["baseline"]
+    # pooled accuracy on the known subset and on all questions, with intervals around them
+    kf = base[(base.role == "forget") & base.known]
+    assert test.at["baseline", "forget_acc"] == pytest.approx(kf.correct.mean())
+    assert test.at["baseline", "forget_acc_all"] == pytest.approx(base[base.role == "forget"].correct.mean())
+    se = np.sqrt(kf.correct.mean() * (1 - kf.correct.mean()) / len(kf))
+    width = test.at["baseline", "forget_hi"] - test.at["baseline", "forget_lo"]
+    assert width == pytest.approx(2 * 1.96 * se, rel=0.25)
+    # paired delta intervals: the known-subset difference and the function's own interval
+    real = frames["real"]
+    diff = real.correct.astype(float) - base.correct.astype(float)
+    assert test.at["real", "delta_forget"] == pytest.approx(diff[(base.role == "forget") & base.known].mean())
+    ref = paired_deltas(real, base)
+    assert (test.at["real", "delta_forget_lo"], test.at["real", "delta_forget_hi"]) == pytest.approx(
+        (ref["forget"].low, ref["forget"].high)
+    )
+    assert test.at["real", "delta_forget_all"] == pytest.approx(ref["forget_all"].value)
+    # claims: a drop beyond its control; not a null point, not a drop its control matches, not a control
+    assert test.at["real", "claim"] and test.at["real", "vs_control_hi"] < 0
+    assert test.at["real", "delta_forget_hi"] < 0
+    assert (
+        not test.at["null", "claim"]
+        and test.at["null", "delta_forget_lo"] <= 0 <= test.at["null", "delta_forget_hi"]
+    )
+    assert test.at["matched", "delta_forget_hi"] < 0 and not test.at["matched", "claim"]
+    assert test.at["matched", "vs_control_forget"] == pytest.approx(0.0)
+    assert not test.at["ctrl-real", "claim"] and not test.at["ctrl-matched", "claim"]
+    assert set(pts["split"]) == {"test", "dev"}
+    assert pts.groupby("section")["split"].nunique().max() == 1  # splits never share a section
+
+
+def test_report_shows_intervals_splits_claims_and_auroc(tmp_path: Path):
+    root, _ = build_split_tree(tmp_path / "results")
+    quiet = Console(file=io.StringIO())
+    out = run_report(ReportConfig(results=root, out=tmp_path / "r", formats=("md", "html")), console=quiet)
+    md = (out / "report.md").read_text()
+    assert re.search(r"\| 0\.\d{3} \[0\.\d{3}, 0\.\d{3}\] \|", md)  # accuracy with its interval
+    assert re.search(r"-0\.\d{3} \[-0\.\d{3}, -0\.\d{3}\]", md)  # a paired delta interval below 0
+    assert "· split test" in md and "· split dev" not in md and "2026-dev" not in md
+    assert "forget all" in md and "control (random-features)" in md and "✓" in md and "0.812" in md
+    assert "[0." in (out / "report.html").read_text() and re.search(r"s\d+_tradeoff\.png", md)
+    dev = run_report(
+        ReportConfig(results=root, out=tmp_path / "d", formats=("md",), split="dev"), console=quiet
+    )
+    dev_md = (dev / "report.md").read_text()
+    assert "· split dev" in dev_md and "2026-test" not in dev_md
+    both = run_report(
+        ReportConfig(results=root, out=tmp_path / "a", formats=("md",), split="all"), console=quiet
+    )
+    assert (
+        "split dev" in (both / "report.md").read_text() and "split test" in (both / "report.md").read_text()
+    )
+    with pytest.raises(UnlearnError, match="split"):
+        run_report(ReportConfig(results=root, out=tmp_path / "x", split="train"), console=quiet)

@@ -372,7 +372,10 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, conso
         base = EvalBlock.from_dict(read_json(run_dir / "baseline.json"))
     else:
         with torch.inference_mode():
-            base = suite.run(lm.model, desc="baseline").block
+            base_out = suite.run(lm.model, desc="baseline")
+        base = base_out.block
+        if getattr(base_out, "questions", None) is not None and len(base_out.questions):  # paired deltas
+            write_table(run_dir / "questions" / "baseline.csv", base_out.questions)
         write_json(run_dir / "baseline.json", base)
     console.print(point_table("unhooked", base, None))
     thr = selection.retain_threshold if selection else None

@@ -44,13 +44,30 @@ def _png(fig: Figure) -> bytes:
     return buf.getvalue()
 
 
+def _err(g: pd.DataFrame, role: str):
+    """Asymmetric error bars (2, n) from the `<role>_lo/hi` interval columns; None when there are none."""
+    lo, hi = f"{role}_lo", f"{role}_hi"
+    if lo not in g or g[lo].isna().all():
+        return None
+    acc = g[f"{role}_acc"].astype(float)
+    return [
+        (acc - g[lo].astype(float)).clip(lower=0).fillna(0),
+        (g[hi].astype(float) - acc).clip(lower=0).fillna(0),
+    ]
+
+
 def tradeoff_plot(section: pd.DataFrame, title: str) -> bytes:
-    """Forget vs retain accuracy of every point; the Pareto front joined, the unhooked model as a star."""
+    """Forget vs retain accuracy of every point with 95% bootstrap intervals as error bars; the Pareto
+    front joined, the unhooked model as a star."""
     fig = Figure(figsize=(6.5, 5), layout="constrained")
     ax = fig.add_subplot()
     for method, g in section.groupby("method"):
         colour, marker = METHOD_STYLE.get(str(method), ("tab:purple", "x"))
         is_base = method in ("base", "eval")
+        xerr, yerr = _err(g, "forget"), _err(g, "retain")
+        if xerr is not None or yerr is not None:
+            ax.errorbar(g["forget_acc"], g["retain_acc"], xerr=xerr, yerr=yerr, fmt="none", ecolor=colour,
+                        elinewidth=0.8, alpha=0.5, zorder=2)  # fmt: skip
         ax.scatter(
             g["forget_acc"], g["retain_acc"], c=colour, marker=marker, s=220 if is_base else 40,
             label="unhooked model" if is_base else str(method), zorder=3, alpha=0.9 if is_base else 0.7,
@@ -63,7 +80,8 @@ def tradeoff_plot(section: pd.DataFrame, title: str) -> bytes:
     for _, r in front.iterrows():
         ax.annotate(str(r.get("label") or r["point"]), (r["forget_acc"], r["retain_acc"]), fontsize=6,
                     xytext=(4, -9), textcoords="offset points")  # fmt: skip
-    ax.set_xlabel("forget accuracy (lower is better)")
+    split = section["split"].iloc[0] if "split" in section else "all"
+    ax.set_xlabel(f"forget accuracy (lower is better; split {split}, bars: 95% CI)")
     ax.set_ylabel("retain accuracy (higher is better)")
     ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)

@@ -16,13 +16,19 @@ The scored tokens are the letters right after `(`.
 
 *Cloze* (answer text; lm-eval's MMLU-cloze style): context `Question: {question}\\nAnswer:` and
 continuation ` {choice}` for each choice. Small base models such as Gemma 3 270M show their knowledge
-this way and not with letters (reference §6).
+this way and not with letters (arXiv 2410.19278 uses letters on 2B+ models; small base models need cloze).
+
+*Answer prior* (cloze): the same layout with the question text removed, `Question: \nAnswer:`. What the
+model prefers there is what it prefers without reading the question (a frequent or short answer), so a
+question it gets right that way is not evidence of knowledge; its log-likelihoods also give lm-eval's
+mutual-information score, `log P(choice | question) - log P(choice | prior prompt)` (lm-eval
+`acc_mutual_info`, `lm_eval/api/task.py`, there with an empty context).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from transformers import PreTrainedTokenizerBase
 
@@ -92,6 +98,20 @@ def letter_prompt(
 
 def cloze_context(question: str) -> str:
     return f"Question: {question.strip()}\nAnswer:"
+
+
+class PriorQuestion(NamedTuple):
+    """A question with its text removed: scoring it gives the answer prior (`cloze_context("")`)."""
+
+    question: str
+    choices: Sequence[str]
+    answer: int
+    subject: str | None
+
+
+def answer_prior(q: QuestionLike) -> PriorQuestion:
+    """The cloze answer-prior version of `q`: same choices, empty question."""
+    return PriorQuestion("", list(q.choices), q.answer, q.subject)
 
 
 def cloze_continuation(choice: str) -> str:

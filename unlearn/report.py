@@ -30,7 +30,7 @@ from unlearn.report_collect import BASELINE_METHODS, METHODS, Collection, collec
 from unlearn.results import new_run_dir, write_bytes, write_json, write_table
 
 __all__ = [
-    "Collection", "ReportConfig", "best_points", "collect", "collect_runs", "filter_points",
+    "Collection", "ReportConfig", "best_points", "collect", "collect_runs", "filter_points", "filter_split",
     "pareto_mask", "report_command", "run_report", "saebench_scores",
 ]  # fmt: skip
 
@@ -105,6 +105,28 @@ class ReportConfig:
     """Only this model preset (or model id); comma-separated for several."""
     method: str | None = None
     """Only these methods (comma-separated: sae, sae-clamp, sae-zero, sae-scale, rmu); baselines are kept."""
+    split: str = "test"
+    """`test`: runs on the test half and on whole question sets, never dev (what features and clamp
+    values were tuned on); `dev`: only dev runs; `all`: everything. Each section names its split."""
+
+
+SPLITS = {"test": ("test", "all"), "dev": ("dev",), "all": ("test", "dev", "all")}
+
+
+def filter_split(points: pd.DataFrame, split: str, notes: list[str] | None = None) -> pd.DataFrame:
+    """Rows evaluated on the chosen split (see `ReportConfig.split`)."""
+    if split not in SPLITS:
+        raise UnlearnError(f"unknown --split {split!r}; use test, dev or all")
+    keep = points["split"].isin(SPLITS[split])
+    if notes is not None and (~keep).any():
+        hidden = ", ".join(sorted(points.loc[~keep, "split"].unique()))
+        notes.append(f"{int((~keep).sum())} row(s) on split {hidden} not shown; pass --split all to see them")
+    if not keep.any():
+        raise UnlearnError(
+            f"no runs on split {split!r}; splits in the results: {', '.join(sorted(points['split'].unique()))} "
+            "(pass --split dev or --split all)"
+        )
+    return points[keep]
 
 
 def filter_points(points: pd.DataFrame, preset: str | None, method: str | None) -> pd.DataFrame:
@@ -155,13 +177,13 @@ def run_report(cfg: ReportConfig, console: Console | None = None) -> Path:
     results = Path(cfg.results) if cfg.results else results_dir()
     writable_dir(cfg.out or results / "report", "--out")  # found now, not after all the work
     c = collect(results)
-    points = filter_points(c.points, cfg.preset, cfg.method)
+    points = filter_points(filter_split(c.points, cfg.split, c.notes), cfg.preset, cfg.method)
     scores = saebench_scores(points)
     overview = rr.section_overview(points)
     sections = []
     for number, sec in points.groupby("section"):
         first = sec.iloc[0]
-        title = f"{first['group']} · {first['protocol']} · subset {first['subset']}"
+        title = f"{first['group']} · {first['protocol']} · subset {first['subset']} · split {first['split']}"
         s = rr.Section(int(number), title, rr.display_table(sec), scores=scores[scores["section"] == number])
         sec = sec.assign(label=[rr.params_text(r) or r["point"] for _, r in sec.iterrows()])
         if {"md", "html", "png"} & set(formats) and not sec["method"].isin(BASELINE_METHODS).all():
@@ -183,13 +205,20 @@ def run_report(cfg: ReportConfig, console: Console | None = None) -> Path:
     doc = rr.Document(
         title="Unlearning report: SAE interventions vs RMU",
         header=f"Generated {datetime.now():%Y-%m-%d %H:%M} from {results}. Forget = WMDP-style accuracy "
-        "(lower is better); retain = side-effect accuracy (higher is better); Δ = change vs unhooked model.",
+        "(lower is better); retain = side-effect accuracy (higher is better); Δ = change vs unhooked model. "
+        "Brackets are 95% bootstrap intervals (questions resampled within each task; Δ paired: the same "
+        "questions for both states). `forget`/`retain` are on the section's subset (known = relative to "
+        "what the unhooked model knows), `all` columns on every question of the split (absolute). "
+        f"Split shown: {cfg.split}. claim ✓ = forget Δ interval below 0 and, where the run has a control "
+        "point, forget below the control's with a paired interval below 0.",
         overview=overview, reasons=rr.separation_reasons(points), sections=sections, published=published,
         features=c.features, notes=c.notes,
     )  # fmt: skip
     rr.print_console(console, doc)
     run_cfg = {"command": "report", "preset": cfg.preset, "model": None, "results": str(results)}
-    write_json(out / "config.json", run_cfg | {"method": cfg.method, "formats": list(formats)})
+    write_json(
+        out / "config.json", run_cfg | {"method": cfg.method, "formats": list(formats), "split": cfg.split}
+    )
     if {"md", "png"} & set(formats):
         for s in sections:
             for name, png in s.plots.items():
@@ -221,8 +250,13 @@ def report_command(
         str | None,
         typer.Option(help="Only these methods: sae, sae-clamp, sae-zero, sae-scale, rmu (comma-separated)."),
     ] = None,
+    split: Annotated[
+        str, typer.Option(help="test (test and whole-set runs, never dev), dev, or all.")
+    ] = "test",
 ) -> None:
     """Compare SAE interventions with RMU from everything under results/: tables, plots, HTML."""
     run_report(
-        ReportConfig(results=results, out=out, formats=parse_formats(format), preset=preset, method=method)
+        ReportConfig(
+            results=results, out=out, formats=parse_formats(format), preset=preset, method=method, split=split
+        )
     )

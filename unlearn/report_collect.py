@@ -3,8 +3,12 @@
 Strict about the keys a row needs, tolerant of optional ones: a run folder that cannot be read is
 skipped with a warning naming it and the missing key, so one crashed run never hides the others.
 Rows share a *section* only when model, protocol, question subset and forget/retain question sets
-(task, protocol, subset and question count per task) all agree; deltas are taken against the row's own
-unhooked model (the sweep's `baseline.json`, RMU's `before`, or a plain `unlearn eval` of the section).
+(task, protocol, subset and question count per task) and the split (dev / test / all) agree; deltas
+are taken against the row's own unhooked model (the sweep's `baseline.json`, RMU's `before`, or a plain
+`unlearn eval` of the section). Where both states left per-question tables, deltas carry paired
+bootstrap intervals (`unlearn.stats.paired_deltas`), and a point counts as a *claim* only when its
+forget drop's interval excludes 0 and, where its run holds a control point (random features or
+directions at the same size), its forget accuracy is below the control's with a paired interval below 0.
 """
 
 from __future__ import annotations
@@ -41,8 +45,21 @@ META_COLUMNS = (
     "point",
     "protocol",
     "subset",
+    "split",
 )
 ACC_COLUMNS = ("forget_acc", "retain_acc", "retain_mean", "delta_forget", "delta_retain", "delta_retain_mean")
+CI_COLUMNS = (
+    "forget_lo", "forget_hi", "retain_lo", "retain_hi",
+    "forget_acc_all", "forget_all_lo", "forget_all_hi", "retain_acc_all", "retain_all_lo", "retain_all_hi",
+    "delta_forget_lo", "delta_forget_hi", "delta_retain_lo", "delta_retain_hi",
+    "delta_forget_all", "delta_forget_all_lo", "delta_forget_all_hi",
+    "delta_retain_all", "delta_retain_all_lo", "delta_retain_all_hi",
+    "vs_control_forget", "vs_control_lo", "vs_control_hi",
+)  # fmt: skip
+"""Interval bounds (95% bootstrap) and absolute (all-question) accuracies; NaN where a run has none."""
+OPTIONAL_SCORE_KEYS = ("split", "ci", "acc_all", "n_all", "ci_all", "acc_mi")
+OPTIONAL_BLOCK_KEYS = ("split", "forget_ci", "retain_ci", "forget_acc_all", "forget_ci_all",
+                       "retain_acc_all", "retain_ci_all")  # fmt: skip
 
 
 class CorruptRun(Exception):
@@ -105,6 +122,7 @@ def parse_block(d: Any, where: str) -> EvalBlock:
                 n=n,
                 acc=acc,
                 acc_norm=s.get("acc_norm"),
+                **{k: s.get(k) for k in OPTIONAL_SCORE_KEYS},
             )
         )
     forget, retain = d.get("forget_acc"), d.get("retain_acc")
@@ -118,6 +136,7 @@ def parse_block(d: Any, where: str) -> EvalBlock:
         retain_acc=_accuracy(retain, f"{where} retain_acc")
         if retain is not None
         else EvalBlock.pooled(scores, "retain"),
+        **{k: d.get(k) for k in OPTIONAL_BLOCK_KEYS},
     )
 
 
@@ -131,7 +150,21 @@ def tasks_key(block: EvalBlock) -> str:
     return " | ".join(sorted(parts))
 
 
-def _row(cfg: dict, method: str, run: str, point: str, block: EvalBlock, **params: Any) -> dict[str, Any]:
+def _bounds(ci: Any) -> tuple[float, float]:
+    if isinstance(ci, list | tuple) and len(ci) == 2 and all(isinstance(v, int | float) for v in ci):
+        return float(ci[0]), float(ci[1])
+    return math.nan, math.nan
+
+
+def _row(
+    cfg: dict,
+    method: str,
+    run: str,
+    point: str,
+    block: EvalBlock,
+    questions: Path | None = None,
+    **params: Any,
+) -> dict[str, Any]:
     retain = [s.acc for s in block.scores if s.role == "retain"]
     row: dict[str, Any] = {
         "preset": cfg.get("preset"),
@@ -143,16 +176,24 @@ def _row(cfg: dict, method: str, run: str, point: str, block: EvalBlock, **param
         "point": point,
         "protocol": block.protocol,
         "subset": block.subset,
+        "split": block.split or "all",  # results without the field evaluated every question
         "tasks": tasks_key(block),
         "forget_acc": block.forget_acc,
         "retain_acc": block.retain_acc,
         "retain_mean": sum(retain) / len(retain) if retain else None,
         "hook": cfg.get("hook"),
         "sae": cfg.get("sae"),
+        "questions_file": str(questions) if questions is not None and questions.exists() else None,
     }
+    for role in ("forget", "retain"):
+        row[f"{role}_lo"], row[f"{role}_hi"] = _bounds(getattr(block, f"{role}_ci"))
+        acc_all = getattr(block, f"{role}_acc_all")
+        row[f"{role}_acc_all"] = float(acc_all) if acc_all is not None else math.nan
+        row[f"{role}_all_lo"], row[f"{role}_all_hi"] = _bounds(getattr(block, f"{role}_ci_all"))
     row.update(params)
     for s in block.scores:
         row[f"{s.role}:{s.task}"] = s.acc
+        row[f"lo:{s.role}:{s.task}"], row[f"hi:{s.role}:{s.task}"] = _bounds(s.ci)
     return row
 
 
@@ -167,7 +208,8 @@ def _read_intervene(run_dir: Path, run: str, notes: list[str]) -> list[dict]:
     rows = []
     base_id = None
     if (run_dir / "baseline.json").exists():
-        rows.append(_row(cfg, "base", run, "baseline", parse_block(_read(run_dir / "baseline.json"), run)))
+        base_block = parse_block(_read(run_dir / "baseline.json"), run)
+        rows.append(_row(cfg, "base", run, "baseline", base_block, run_dir / "questions" / "baseline.csv"))
         base_id = f"{run}#baseline"
     else:
         notes.append(f"{run}: no baseline.json, so no deltas vs the unhooked model for its points")
@@ -193,6 +235,8 @@ def _read_intervene(run_dir: Path, run: str, notes: list[str]) -> list[dict]:
                 run,
                 f.stem,
                 block,
+                run_dir / "questions" / f"{f.stem}.csv",
+                control=p.get("control"),
                 mode=mode,
                 scale=p.get("scale"),
                 n_features=p.get("n_features"),
@@ -216,8 +260,17 @@ def _read_rmu(run_dir: Path, run: str) -> list[dict]:
     before = parse_block(_require(m, "before", f"{run}/metrics.json"), f"{run}/metrics.json before")
     after = parse_block(_require(m, "after", f"{run}/metrics.json"), f"{run}/metrics.json after")
     return [
-        _row(cfg, "base", run, "before", before, **_rmu_params(cfg)),
-        _row(cfg, "rmu", run, "after", after, ref=f"{run}#before", **_rmu_params(cfg)),
+        _row(cfg, "base", run, "before", before, run_dir / "questions_before.csv", **_rmu_params(cfg)),
+        _row(
+            cfg,
+            "rmu",
+            run,
+            "after",
+            after,
+            run_dir / "questions_after.csv",
+            ref=f"{run}#before",
+            **_rmu_params(cfg),
+        ),  # fmt: skip
     ]
 
 
@@ -225,7 +278,7 @@ def _read_eval(run_dir: Path, run: str, results_dir: Path) -> list[dict]:
     cfg = _config(run_dir, run)
     block = parse_block(_read(run_dir / "metrics.json"), f"{run}/metrics.json")
     if not cfg.get("rmu"):
-        return [_row(cfg, "eval", run, "eval", block)]
+        return [_row(cfg, "eval", run, "eval", block, run_dir / "questions.csv")]
     rmu_path = Path(cfg["rmu"])
     params: dict[str, Any] = {"source": str(rmu_path)}
     for cand in (rmu_path, results_dir / rmu_path, results_dir / "rmu-baseline" / rmu_path):
@@ -236,12 +289,13 @@ def _read_eval(run_dir: Path, run: str, results_dir: Path) -> list[dict]:
             except ValueError:
                 pass
             break
-    return [_row(cfg, "rmu", run, "eval", block, **params)]
+    return [_row(cfg, "rmu", run, "eval", block, run_dir / "questions.csv", **params)]
 
 
 def _read_features(run_dir: Path, run: str) -> list[dict]:
     cfg = _config(run_dir, run)
-    topics = _require(_read(run_dir / "features.json"), "topics", f"{run}/features.json")
+    data = _read(run_dir / "features.json")
+    topics = _require(data, "topics", f"{run}/features.json")
     rows = []
     for topic, t in topics.items():
         feats = _require(t, "features", f"{run}/features.json topics.{topic}")
@@ -252,7 +306,10 @@ def _read_features(run_dir: Path, run: str) -> list[dict]:
             tokens = ", ".join(map(str, s.get("top_tokens", [])[:3]))
             fr, rr = s.get("forget_freq"), s.get("retain_freq")
             freq = f" {fr:.3f}/{rr:.4f}" if isinstance(fr, float) and isinstance(rr, float) else ""
-            top.append(f"{fid}{freq}" + (f" [{tokens}]" if tokens else ""))
+            auc = s.get("auroc")
+            auc_text = f" AUROC {auc:.3f}" if isinstance(auc, float) else ""
+            top.append(f"{fid}{freq}{auc_text}" + (f" [{tokens}]" if tokens else ""))
+        auroc = t.get("auroc", data.get("auroc"))
         rows.append(
             {
                 "group": cfg.get("preset") or cfg["model"],
@@ -261,10 +318,21 @@ def _read_features(run_dir: Path, run: str) -> list[dict]:
                 "hook": cfg.get("hook"),
                 "topic": topic,
                 "n_features": len(feats),
+                "auroc": _auroc_text(auroc),
                 "top": "; ".join(top),
             }  # fmt: skip
         )
     return rows
+
+
+def _auroc_text(auroc: Any) -> str:
+    """features.json `auroc`: one number (forget vs retain separability of the selection) or a dict of
+    named ones; shown as written, empty when the selection has none."""
+    if isinstance(auroc, int | float):
+        return f"{float(auroc):.3f}"
+    if isinstance(auroc, dict):
+        return ", ".join(f"{k} {v:.3f}" for k, v in auroc.items() if isinstance(v, int | float))
+    return ""
 
 
 # ---------------------------------------------------------------- the whole tree
@@ -326,11 +394,14 @@ def collect(results_dir: Path) -> Collection:
             + "\n".join(f"- {n}" for n in notes)
         )
     points = pd.DataFrame(rows)
-    for col in (*PARAM_COLUMNS, "ref"):
+    for col in (*PARAM_COLUMNS, "ref", "control"):
         if col not in points:
             points[col] = None
     _assign_sections(points)
     _add_deltas(points, notes)
+    from unlearn.report_claims import add_paired_intervals
+
+    add_paired_intervals(points, notes)
     points["pareto"] = False
     for _, idx in points.groupby("section").groups.items():
         points.loc[pareto_mask(points.loc[idx]).pipe(lambda m: m[m].index), "pareto"] = True
@@ -345,7 +416,7 @@ def collect_runs(results_dir: Path) -> pd.DataFrame:
 
 
 def _assign_sections(df: pd.DataFrame) -> None:
-    keys = ["group", "protocol", "subset", "tasks"]
+    keys = ["group", "protocol", "subset", "split", "tasks"]
     sizes = df.groupby(keys).size().rename("rows").reset_index()  # the biggest comparison of a model first
     order = sizes.assign(neg=-sizes["rows"]).sort_values(["group", "neg", *keys[1:]])
     ids = {tuple(r): i + 1 for i, r in enumerate(order[keys].itertuples(index=False))}
@@ -390,10 +461,11 @@ def _add_deltas(df: pd.DataFrame, notes: list[str]) -> None:
 def _order_columns(df: pd.DataFrame) -> pd.DataFrame:
     task_cols = sorted(c for c in df.columns if c.split(":")[0] in ("forget", "retain", "other"))
     first = [*META_COLUMNS, *PARAM_COLUMNS, *ACC_COLUMNS, "pareto"]
+    first += list(CI_COLUMNS) + ["claim", "control"]
     rest = [c for c in df.columns if c not in first and c not in task_cols and not c.startswith("delta:")]
     cols = first + task_cols + sorted(c for c in df.columns if c.startswith("delta:")) + rest
     out = df[cols].sort_values(["section", "method", "run", "point"], kind="stable").reset_index(drop=True)
-    return out.astype({c: float for c in ACC_COLUMNS})
+    return out.astype({c: float for c in (*ACC_COLUMNS, *CI_COLUMNS)})
 
 
 # ---------------------------------------------------------------- analysis

@@ -67,22 +67,61 @@ def params_text(row: pd.Series) -> str:
     return ""
 
 
+def with_ci(x: Any, lo: Any = None, hi: Any = None, signed: bool = False) -> str:
+    """`0.520 [0.450, 0.590]`; the bare number where no interval was recorded (older runs)."""
+    text = _num(x, signed)
+    if text and _num(lo) and _num(hi):
+        text += f" [{_num(lo, signed)}, {_num(hi, signed)}]"
+    return text
+
+
+def _claim(r: pd.Series) -> str:
+    if isinstance(r.get("control"), str) and r["control"]:
+        return f"control ({r['control']})"
+    return "✓" if r.get("claim") is True or r.get("claim") == 1 else ""
+
+
 def display_table(section: pd.DataFrame) -> pd.DataFrame:
-    """Strings per row: pooled forget/retain with deltas, every retain subject as `acc (delta)`."""
+    """Strings per row: pooled forget/retain on the subset and on all questions, deltas with paired
+    intervals, every task as `acc [lo, hi] (delta)`, the split, and whether the row is a claim."""
     task_cols = task_columns(section)
+    has_all = (
+        section[["forget_acc_all", "retain_acc_all"]].notna().any().any()
+        if "forget_acc_all" in section
+        else False
+    )
     rows = []
     for _, r in section.iterrows():
+        g = r.get
         d = {
-            "method": r["method"], "run": r["run"], "point": r["point"], "params": params_text(r),
-            "forget": _num(r["forget_acc"]), "Δ forget": _num(r["delta_forget"], True),
-            "retain": _num(r["retain_acc"]), "Δ retain": _num(r["delta_retain"], True),
-            "retain mean": _num(r["retain_mean"]),
+            "split": g("split", "all"), "method": r["method"], "run": r["run"], "point": r["point"],
+            "params": params_text(r),
+            "forget": with_ci(r["forget_acc"], g("forget_lo"), g("forget_hi")),
+            "Δ forget": with_ci(r["delta_forget"], g("delta_forget_lo"), g("delta_forget_hi"), True),
+            "retain": with_ci(r["retain_acc"], g("retain_lo"), g("retain_hi")),
+            "Δ retain": with_ci(r["delta_retain"], g("delta_retain_lo"), g("delta_retain_hi"), True),
         }  # fmt: skip
+        if has_all:
+            d["forget all"] = with_ci(g("forget_acc_all"), g("forget_all_lo"), g("forget_all_hi"))
+            d["Δ forget all"] = with_ci(
+                g("delta_forget_all"), g("delta_forget_all_lo"), g("delta_forget_all_hi"), True
+            )
+            d["retain all"] = with_ci(g("retain_acc_all"), g("retain_all_lo"), g("retain_all_hi"))
+            d["Δ retain all"] = with_ci(
+                g("delta_retain_all"), g("delta_retain_all_lo"), g("delta_retain_all_hi"), True
+            )
+        d["retain mean"] = _num(r["retain_mean"])
+        if _num(g("vs_control_forget")):
+            d["forget vs control"] = with_ci(
+                g("vs_control_forget"), g("vs_control_lo"), g("vs_control_hi"), True
+            )
         for c in task_cols:
             if c.startswith("forget:") and len([t for t in task_cols if t.startswith("forget:")]) == 1:
                 continue  # the pooled forget column already is this task
             delta = _num(r.get(f"delta:{c}"), True)
-            d[f"{c.split(':')[0]}: {short_task(c)}"] = _num(r[c]) + (f" ({delta})" if delta else "")
+            cell = with_ci(r[c], g(f"lo:{c}"), g(f"hi:{c}"))
+            d[f"{c.split(':')[0]}: {short_task(c)}"] = cell + (f" ({delta})" if delta else "")
+        d["claim"] = _claim(r)
         d["Pareto"] = "★" if r["pareto"] else ""
         rows.append(d)
     return pd.DataFrame(rows)
@@ -100,6 +139,7 @@ def section_overview(points: pd.DataFrame) -> pd.DataFrame:
                 "model": first["group"],
                 "protocol": first["protocol"],
                 "subset": first["subset"],
+                "split": first.get("split", "all"),
                 "questions": "; ".join(tasks),
                 "runs": g["run"].nunique(),
                 "rows": len(g),
@@ -118,7 +158,8 @@ def separation_reasons(points: pd.DataFrame) -> list[str]:
             for b in secs[i + 1 :]:
                 diff = [
                     f"{k} ({g.at[a, k]} vs {g.at[b, k]})"
-                    for k in ("protocol", "subset")
+                    for k in ("protocol", "subset", "split")
+                    if k in g.columns
                     if g.at[a, k] != g.at[b, k]
                 ]
                 if g.at[a, "tasks"] != g.at[b, "tasks"]:

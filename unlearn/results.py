@@ -46,8 +46,15 @@ class TaskScore:
     protocol: str  # "letter" | "letter-perm24" | "cloze" | "lm-eval"
     subset: str  # "all" | "known" (right in every answer permutation, for the unhooked model)
     n: int
-    acc: float | None  # None only when n == 0 (an empty known subset): nothing was scored
+    acc: float | None  # on `subset` (relative to what the unhooked model knows, the paper's number);
+    # None only when n == 0 (an empty known subset): nothing was scored
     acc_norm: float | None = None  # cloze: length-normalised accuracy
+    split: str | None = None  # "all" | "dev" | "test" half of the question set; None in old results
+    ci: list[float] | None = None  # 95% percentile bootstrap [low, high] of `acc`
+    acc_all: float | None = None  # absolute: every question of the split, known or not
+    n_all: int | None = None
+    ci_all: list[float] | None = None
+    acc_mi: float | None = None  # cloze: mutual-information score (lm-eval's acc_mutual_info), on `subset`
 
 
 @dataclasses.dataclass
@@ -59,6 +66,13 @@ class EvalBlock:
     scores: list[TaskScore]
     forget_acc: float | None = None  # pooled over forget tasks (question-weighted)
     retain_acc: float | None = None  # pooled over retain tasks (question-weighted), as SAEBench pools
+    split: str | None = None  # None in results written before splits existed
+    forget_ci: list[float] | None = None  # 95% bootstrap, stratified by task
+    retain_ci: list[float] | None = None
+    forget_acc_all: float | None = None  # absolute (every question of the split)
+    forget_ci_all: list[float] | None = None
+    retain_acc_all: float | None = None
+    retain_ci_all: list[float] | None = None
 
     @staticmethod
     def pooled(scores: list[TaskScore], role: str) -> float | None:
@@ -70,17 +84,24 @@ class EvalBlock:
     def from_scores(cls, scores: list[TaskScore]) -> EvalBlock:
         protocols = sorted({s.protocol for s in scores})
         subsets = sorted({s.subset for s in scores})
+        splits = sorted({s.split for s in scores if s.split})
         return cls(
             protocol="+".join(protocols),
             subset="+".join(subsets),
             scores=scores,
             forget_acc=cls.pooled(scores, "forget"),
             retain_acc=cls.pooled(scores, "retain"),
+            split="+".join(splits) or None,
         )
 
     @classmethod
     def from_dict(cls, d: dict) -> EvalBlock:
-        return cls(**{**d, "scores": [TaskScore(**s) for s in d["scores"]]})
+        """Tolerant of results written before a field existed (it keeps its default) and after (unknown
+        keys are dropped), so old and new runs load side by side."""
+        task_keys = {f.name for f in dataclasses.fields(TaskScore)}
+        block_keys = {f.name for f in dataclasses.fields(cls)} - {"scores"}
+        scores = [TaskScore(**{k: v for k, v in s.items() if k in task_keys}) for s in d["scores"]]
+        return cls(**{k: v for k, v in d.items() if k in block_keys}, scores=scores)
 
 
 def _umask() -> int:
