@@ -311,7 +311,7 @@ def test_nan_run_saves_nothing_as_good(tiny_folder, corpora):
     with pytest.raises(UnlearnError, match="RMU loss became inf at step 0"):
         run_rmu(tiny_cfg(tiny_folder, corpora, steering_coeff=1e25, eval=False), progress=False)
     run = Path(os.environ["UNLEARN_RESULTS"]) / "rmu-baseline" / "t"
-    assert sorted(p.name for p in run.iterdir()) == ["FAILED", "config.json"]
+    assert sorted(p.name for p in run.iterdir()) == ["FAILED", "config.json", "run.json"]
     assert "lower --lr" in (run / "FAILED").read_text()
 
 

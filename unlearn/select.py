@@ -292,6 +292,10 @@ def _reusable_counters(run: str, config: dict, device) -> dict[str, FeatureStats
             f"--counters-from {run!r}: no {COUNTERS_FILE} there; pass a select-features run folder "
             "(results/select-features/<run-id>) made by this version."
         )
+    if not is_complete(run_dir):
+        raise UnlearnError(
+            f"--counters-from {run_dir}: that run did not complete (failed or killed); rerun it"
+        )
     old = read_json(run_dir / "config.json")
     differ = [k for k in _SAME_COUNTERS if old.get(k) != config[k]]
     differ += [
