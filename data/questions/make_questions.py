@@ -87,14 +87,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
+def build(src: Path) -> dict[str, list[dict]]:
+    """Rows of every set under `src` (one folder per set), keyed by set name, in sorted order."""
+    sets = {folder.name: parse_set(folder) for folder in sorted(src.iterdir()) if folder.is_dir()}
+    check_unique([item for items in sets.values() for item in items])
+    return {name: to_rows(items, random.Random(f"{SEED}:{name}")) for name, items in sets.items()}
+
+
 def main() -> None:
     out_dir = Path(__file__).resolve().parent
-    sets = {
-        folder.name: parse_set(folder) for folder in sorted((out_dir / "src").iterdir()) if folder.is_dir()
-    }
-    check_unique([item for items in sets.values() for item in items])
-    for name, items in sets.items():
-        rows = to_rows(items, random.Random(f"{SEED}:{name}"))
+    for name, rows in build(out_dir / "src").items():
         write_jsonl(out_dir / f"{name}.jsonl", rows)
         counts: dict[str, int] = {}
         for row in rows:
