@@ -34,11 +34,16 @@ class Bare:
     subject: str | None
 
 
+def _flag(value: float | bool) -> bool | None:
+    return None if isinstance(value, float) and np.isnan(value) else bool(value)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="gemma-3-270m")
     parser.add_argument("--sets", nargs="+", default=["bio", "retain", "other"])
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--only", choices=["cloze", "prior"], help="run one of the two scorings")
     parser.add_argument("--json")
     args = parser.parse_args()
     lm = load_model(args.model)
@@ -49,15 +54,19 @@ def main() -> None:
         qs: list[Question] = load_questions(str(data_dir() / "questions" / f"{name}.jsonl"))
         bare = [Bare("", list(q.choices), q.answer, q.subject) for q in qs]
         answer = np.array([q.answer for q in qs])
-        full = score_cloze(qs, lm.model, lm.tokenizer, batch_size=args.batch_size)["pred"] == answer
-        prior = score_cloze(bare, lm.model, lm.tokenizer, batch_size=args.batch_size)["pred"] == answer
+        nan = np.full(len(qs), np.nan)
+        full, prior = nan, nan
+        if args.only != "prior":
+            full = score_cloze(qs, lm.model, lm.tokenizer, batch_size=args.batch_size)["pred"] == answer
+        if args.only != "cloze":
+            prior = score_cloze(bare, lm.model, lm.tokenizer, batch_size=args.batch_size)["pred"] == answer
         subjects = sorted({q.subject for q in qs})
         for subject in [*subjects, None] if len(subjects) > 1 else [None]:
             keep = np.array([subject is None or q.subject == subject for q in qs])
             label = subject or "(all)"
             print(f"| {name} | {label} | {keep.sum()} | {full[keep].mean():.3f} | {prior[keep].mean():.3f} |")
         results[name] = [
-            {"question": q.question, "subject": q.subject, "correct": bool(f), "prior_correct": bool(p)}
+            {"question": q.question, "subject": q.subject, "correct": _flag(f), "prior_correct": _flag(p)}
             for q, f, p in zip(qs, full, prior, strict=True)
         ]
     if args.json:
