@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 from collections import Counter
 
@@ -32,11 +33,21 @@ def _write_jsonl(path, rows) -> str:
 # --------------------------------------------------------------------------- offline question sets
 
 
-@pytest.mark.parametrize("name", ["bio", "retain"])
+MIN_COUNTS = {"bio": 520, "retain": 560, "other": 220}
+
+
+def _shipped_set(name: str) -> list[Question]:
+    """`other` is loaded by path: it is shipped before it is registered as an `offline:` source."""
+    if name == "other":
+        return load_questions(str(data_dir() / "questions" / "other.jsonl"))
+    return load_questions(f"offline:{name}")
+
+
+@pytest.mark.parametrize("name", ["bio", "retain", "other"])
 def test_offline_sets_are_well_formed(name):
-    qs = load_questions(f"offline:{name}")
+    qs = _shipped_set(name)
     raw = _raw_rows(name)
-    assert len(qs) == len(raw) >= 220
+    assert len(qs) == len(raw) >= MIN_COUNTS[name]
     assert [q.question for q in qs] == [r["question"] for r in raw]
     assert len({q.question.lower() for q in qs}) == len(qs), "duplicate questions"
     for q in qs:
@@ -46,9 +57,66 @@ def test_offline_sets_are_well_formed(name):
     assert set(counts) == {0, 1, 2, 3} and max(counts.values()) - min(counts.values()) <= 1
 
 
+def _make_questions():
+    spec = importlib.util.spec_from_file_location(
+        "make_questions", data_dir() / "questions" / "make_questions.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_shipped_sets_are_the_rebuild_of_their_sources():
+    """The .jsonl files are byte-identical to a rebuild from src/<set>/*.txt (nobody edited them by hand),
+    every source line is in its set with its correct answer, and no question repeats across sets."""
+    mq = _make_questions()
+    src = data_dir() / "questions" / "src"
+    built = mq.build(src)
+    assert {"bio", "retain", "other"} <= set(built)
+    all_questions = []
+    for name, rows in built.items():
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+        assert (data_dir() / "questions" / f"{name}.jsonl").read_text(encoding="utf-8") == text
+        by_question = {r["question"]: r for r in rows}
+        n_lines = 0
+        for path in sorted((src / name).glob("*.txt")):
+            for line in path.read_text(encoding="utf-8").splitlines():
+                if line.strip() and not line.lstrip().startswith("#"):
+                    question, correct, *wrong = (p.strip() for p in line.split("|"))
+                    row = by_question[question]
+                    assert row["choices"][row["answer"]] == correct and sorted(row["choices"]) == sorted(
+                        [correct, *wrong]
+                    )
+                    assert row["subject"] == {"bio": "biology", "chem": "chemistry"}.get(name, path.stem)
+                    n_lines += 1
+        assert n_lines == len(rows)
+        all_questions += [r["question"].lower() for r in rows]
+    assert len(set(all_questions)) == len(all_questions)
+
+
+def test_make_questions_errors_name_file_and_line(tmp_path):
+    mq = _make_questions()
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "x.txt").write_text("# comment\n\nQ1?|w|x|y|z\n", encoding="utf-8")
+    (tmp_path / "b" / "y.txt").write_text("Q2?|w|x|y|z\nq1?|a|b|c|d\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"y\.txt:2: duplicate question \(first at .*x\.txt:3\)"):
+        mq.build(tmp_path)
+    (tmp_path / "b" / "y.txt").write_text("Q2?|w|x|y|z\nQ3?|a|b|c\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"y\.txt:2: expected 5 non-empty fields"):
+        mq.build(tmp_path)
+    (tmp_path / "b" / "y.txt").write_text("Q2?|w|x|y|z\nQ3?|a|b|c|A\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"y\.txt:2: the 4 choices are not distinct"):
+        mq.build(tmp_path)
+    (tmp_path / "b" / "y.txt").write_text("".join(f"Q{i}b?|a{i}|b|c|d\n" for i in range(9)), encoding="utf-8")
+    rows = mq.build(tmp_path)
+    assert [r["subject"] for r in rows["b"]] == ["y"] * 9 and mq.build(tmp_path) == rows
+    assert sorted(Counter(r["answer"] for r in rows["b"]).values()) == [2, 2, 2, 3]
+
+
 def test_retain_subjects_and_subset():
     groups = split_by_subject(load_questions("offline:retain"))
-    assert len(groups) >= 5 and all(len(v) >= 40 for v in groups.values())
+    assert len(groups) >= 5 and all(len(v) >= 90 for v in groups.values())
     assert {"human_aging", "us_history", "geography", "computer_science"} <= set(groups)
     raw = _raw_rows("retain")
     aging = load_questions("offline:retain/human_aging")
