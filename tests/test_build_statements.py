@@ -89,7 +89,7 @@ def test_chem_is_packaged_when_present_and_output_is_deterministic(bs, tmp_path)
     src = _write(
         tmp_path / "s",
         bio="# cells\n" + "".join(f"Cell fact {i}.\n" for i in range(45)),
-        retain="# rivers\nThe Nile is long.\n",
+        retain="\n# rivers\nThe Nile is long.\n\n# lakes\nLakes are still.\n\n",  # blank lines between groups
         chem="# acids\nAcids taste sour.\nBases feel slippery.\n",
     )
     out1, out2 = tmp_path / "o1", tmp_path / "o2"
@@ -107,6 +107,10 @@ def test_chem_is_packaged_when_present_and_output_is_deterministic(bs, tmp_path)
     assert _rows(out1 / "bio-statements-heldout.jsonl.gz") == [
         {"text": " ".join(f"Cell fact {i}." for i in range(36, 40)), "source": "statements:bio/cells"}
     ]
+    assert [r["source"] for r in _rows(out1 / "retain-statements.jsonl.gz")] == [
+        "statements:retain/rivers",
+        "statements:retain/lakes",
+    ]
     assert _rows(out1 / "chem-statements.jsonl.gz") == [
         {"text": "Acids taste sour. Bases feel slippery.", "source": "statements:chem/acids"}
     ]
@@ -120,7 +124,7 @@ def test_chem_is_packaged_when_present_and_output_is_deterministic(bs, tmp_path)
 @pytest.mark.parametrize(
     ("files", "message"),
     [
-        ({"bio": "# a\nOne.\n\nTwo.\n"}, r"bio.txt:3: empty line"),
+        ({"bio": "# a\nOne.\n\nTwo.\n"}, r"bio.txt:3: empty line inside subtopic 'a'"),
         ({"bio": "One.\n"}, r"bio.txt:1: sentence before the first `# subtopic` header"),
         ({"bio": "# a\nOne.\n# a\nTwo.\n"}, r"bio.txt:3: subtopic 'a' appears twice"),
         ({"bio": "# a\nno full stop\n"}, r"bio.txt:2: 'no full stop' does not end a sentence"),

@@ -7,7 +7,7 @@ plain textbook facts, one sentence a line, on both sides ("The heart pumps blood
 "The Nile is the longest river in Africa."), so what differs between them is the topic.
 
 Input: statements/<topic>.txt for topic in bio, retain, chem (chem only when the file exists), one
-sentence a line, grouped under `# subtopic` header lines; no empty lines. Output, per topic:
+sentence a line, grouped under `# subtopic` header lines; no empty lines inside a group. Output, per topic:
 <topic>-statements.jsonl.gz and <topic>-statements-heldout.jsonl.gz with rows
 {"text": str, "source": "statements:<topic>/<subtopic>"}. A document is SENTENCES_PER_DOC consecutive
 sentences of one subtopic (the last one of a subtopic may be shorter); document i of each subtopic is
@@ -52,12 +52,18 @@ def read_statements(path: Path) -> list[Statement]:
     """Sentences of one file in file order, each tagged with its subtopic, file and line."""
     statements: list[Statement] = []
     subtopic, seen_subtopics = "", set()
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for lineno, raw in enumerate(lines, 1):
         line = raw.strip()
         where = f"{path}:{lineno}"
         if not line:
+            # Blank lines may separate groups (before a header or at the end), never split a group.
+            following = next((rest.strip() for rest in lines[lineno:] if rest.strip()), "#")
+            if following.startswith("#"):
+                continue
             raise StatementError(
-                f"{where}: empty line; remove it (subtopics are separated by `# name` lines)."
+                f"{where}: empty line inside subtopic {subtopic or '(none)'!r}; remove it "
+                "(blank lines may only come before a `# subtopic` header)."
             )
         if line.startswith("#"):
             subtopic = _slug(line.lstrip("#"))
