@@ -3,8 +3,10 @@
 Defaults come from the preset's `rmu` section (Farrell et al.'s best gemma-2-2b-it point: layer 3,
 c=400, α=100, 300 batches of 3, lr 5e-5, padding masked); every value can be overridden. The training
 step lives in `unlearn.rmu_train`. A run writes `results/rmu-baseline/<run-id>/`: `config.json`,
-`losses.csv` + `loss.png`, `weights.safetensors` (only the trained matrices), and `metrics.json` =
-`{"before": block, "after": block}` from the shared evaluator. `load_rmu_weights` puts the trained
+`losses.csv` + `loss.png`, `weights.safetensors` (only the trained matrices), `training.json` (did the
+forget loss converge: `unlearn.rmu_train.convergence`), and `metrics.json` = `{"before": block, "after":
+block, "training": ...}` from the shared evaluator. `c` is absolute (`steering_coeff`, the papers' values)
+or relative to the layer's mean residual norm (`steering_coeff_rel`; both are recorded). `load_rmu_weights` puts the trained
 matrices into a freshly loaded model (`unlearn eval --rmu <run>`). A failed run (non-finite loss,
 interrupt) leaves `config.json` and a `FAILED` marker only.
 """
