@@ -55,6 +55,7 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=ints, default=[4])
     p.add_argument("--max-length", type=ints, default=[64])
     p.add_argument("--mask-padding", action="store_true", help="Farrell et al.'s masked loss")
+    p.add_argument("--mask-bos", action="store_true", help="leave BOS out of both losses")
     p.add_argument("--forget", default="offline:bio@dev")
     p.add_argument("--retain", default="offline:retain@dev")
     p.add_argument("--eval-limit", type=int, default=None, help="at most N questions per task")
@@ -99,7 +100,9 @@ def main(argv=None) -> None:
     console = Console(width=200)
     torch.set_num_threads(args.threads)
     preset = get_preset(args.preset)
-    base_cfg = RMUConfig(preset=args.preset, eval=False, mask_padding=args.mask_padding or None)
+    base_cfg = RMUConfig(
+        preset=args.preset, eval=False, mask_padding=args.mask_padding or None, mask_bos=args.mask_bos or None
+    )
     lm = load_model(model_spec(args.preset, None), device=None, dtype=None)
     d_model = text_config(lm.model).hidden_size
     ev = eval_config_from_preset(preset, forget=[args.forget], retain=[args.retain], known_only=True,
@@ -128,7 +131,7 @@ def main(argv=None) -> None:
         rows.append({
             "layer": cfg.layer, "c_rel": cfg.steering_coeff_rel if cfg.steering_coeff_rel else math.nan,
             "c": cfg.steering_coeff, "alpha": cfg.alpha, "lr": cfg.lr, "steps": steps, "bs": cfg.batch_size,
-            "len": cfg.max_length, "mask": bool(cfg.mask_padding), "forget": after.forget_acc,
+            "len": cfg.max_length, "mask": bool(cfg.mask_padding), "mask_bos": bool(cfg.mask_bos), "forget": after.forget_acc,
             "retain": after.retain_acc, "forget_drop": base["forget"] - after.forget_acc,
             "retain_drop": base["retain"] - after.retain_acc, "retain_rel": after.retain_acc / base["retain"],
             "loss_ratio": summary["final_over_initial"], "converged": summary["converged"],

@@ -438,3 +438,21 @@ def test_run_records_relative_coeff_and_convergence(tiny_folder, corpora):
     np.testing.assert_allclose(
         losses["forget_over_target"], losses["forget_loss"] / (cfg["steering_coeff"] ** 2 / 64), rtol=1e-6
     )
+
+
+@pytest.mark.parametrize("mask_padding", [False, True])
+def test_mask_bos_leaves_bos_and_padding_out_of_both_losses(tiny, mask_padding):
+    """Forget loss = Σ over real non-BOS tokens of ‖h − c·u‖² / their count, from HF's hidden states."""
+    lm = fresh(tiny, "gemma2")
+    bos = lm.tokenizer.bos_token_id
+    trainer = make_trainer(lm, lr=1e-3, mask_padding=mask_padding)
+    trainer.mask_bos_id = bos
+    f, r = batches(lm, FORGET), batches(lm, RETAIN)
+    forget, retain = trainer.losses(f[0], r[0])
+    with torch.no_grad():
+        h = lm.model(**f[0], output_hidden_states=True).hidden_states[3].double()
+    keep = (f[0]["attention_mask"] == 1) & (f[0]["input_ids"] != bos)
+    assert (f[0]["input_ids"] == bos).any() and (f[0]["attention_mask"] == 0).any()
+    want = ((h - trainer.control_vecs[0].double()) ** 2).sum(-1)[keep].mean().item()
+    assert forget.item() == pytest.approx(want, rel=1e-5)
+    assert retain.item() == 0.0

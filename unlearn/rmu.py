@@ -82,6 +82,9 @@ class RMUConfig:
     """Tokens per text (longer texts are truncated on the right; upstream uses 512)."""
     mask_padding: bool | None = None
     """Farrell et al.'s loss: squared errors summed over real tokens / #real tokens; off = plain mean."""
+    mask_bos: bool | None = None
+    """Also leave BOS out of both losses (implies the masked form). On Gemma 3 BOS's residual norm is
+    5-20x a token's, so an unmasked mean is mostly BOS: the forget loss cannot fall and α guards BOS."""
     forget_source: list[str] | None = None
     """Forget corpora (`unlearn.data.iter_texts` sources); several alternate per step, each with its own u."""
     retain_source: list[str] | None = None
@@ -112,10 +115,10 @@ def resolve_config(cfg: RMUConfig) -> RMUConfig:
     keys = {"forget_source": "forget_text", "retain_source": "retain_text"}
     filled = {}
     for f in ("layer", "alpha", "lr", "n_batches", "batch_size", "max_length",
-              "mask_padding", "forget_source", "retain_source"):  # fmt: skip
+              "mask_padding", "mask_bos", "forget_source", "retain_source"):  # fmt: skip
         value = getattr(cfg, f)
         if value is None:
-            value = defaults.get(keys.get(f, f), False if f == "mask_padding" else None)
+            value = defaults.get(keys.get(f, f), False if f in ("mask_padding", "mask_bos") else None)
         if value is None:
             raise UnlearnError(
                 f"Preset {cfg.preset!r} has no rmu.{keys.get(f, f)}; pass --{f.replace('_', '-')}."
@@ -167,7 +170,7 @@ def absolute_coeff(lm: LoadedModel, cfg: RMUConfig, retain: list[list[list[str]]
 
 def training_summary(cfg: RMUConfig, d_model: int, losses) -> dict:
     """The convergence block of metrics.json (see `rmu_train.convergence`), with both forms of c."""
-    scale = forget_target_scale(cfg.steering_coeff, d_model, bool(cfg.mask_padding))
+    scale = forget_target_scale(cfg.steering_coeff, d_model, bool(cfg.mask_padding or cfg.mask_bos))
     summary = convergence(list(losses["forget_loss"]), scale, len(cfg.forget_source))
     summary |= {"steering_coeff": cfg.steering_coeff, "steering_coeff_rel": cfg.steering_coeff_rel,
                 "resid_norm": cfg.resid_norm, "steps": len(losses)}  # fmt: skip
@@ -234,6 +237,7 @@ def train_rmu(
         model, layer=cfg.layer, update_layers=cfg.update_layers, param_pattern=cfg.param_pattern,
         control_vecs=steering_vectors(d_model, cfg.steering_coeff, len(forget), cfg.seed),
         alpha=cfg.alpha, lr=cfg.lr, mask_padding=cfg.mask_padding,
+        mask_bos_id=lm.tokenizer.bos_token_id if cfg.mask_bos else None,
     )  # fmt: skip
     history = []
     try:
@@ -422,6 +426,10 @@ def rmu_baseline_command(
             "--mask-padding/--no-mask-padding", help="Farrell et al.'s masked loss (default: preset)."
         ),
     ] = None,  # fmt: skip
+    mask_bos: Annotated[
+        bool | None,
+        typer.Option("--mask-bos/--no-mask-bos", help="Leave BOS out of both losses (default: preset)."),
+    ] = None,
     forget_source: Annotated[
         list[str] | None, typer.Option(help="Forget corpus (repeat for several).")
     ] = None,
@@ -440,7 +448,7 @@ def rmu_baseline_command(
     cfg = RMUConfig(
         preset=preset, model=model, layer=layer, update_layers=layers, param_pattern=param_pattern,
         steering_coeff=steering_coeff, steering_coeff_rel=steering_coeff_rel, alpha=alpha, lr=lr, n_batches=n_batches, batch_size=batch_size,
-        max_length=max_length, mask_padding=mask_padding, forget_source=forget_source or None,
+        max_length=max_length, mask_padding=mask_padding, mask_bos=mask_bos, forget_source=forget_source or None,
         retain_source=retain_source or None, seed=seed, eval=eval, eval_limit=eval_limit, device=device,
         dtype=dtype, run_id=run_id,
     )  # fmt: skip

@@ -133,10 +133,11 @@ class RMUTrainer:
         alpha: float,
         lr: float = 5e-5,
         mask_padding: bool = False,
+        mask_bos_id: int | None = None,
         param_pattern: str = DEFAULT_PARAM_PATTERN,
     ):
         self.model, self.layer, self.hook = model, layer, resid_hook(layer)
-        self.alpha, self.mask_padding = alpha, mask_padding
+        self.alpha, self.mask_padding, self.mask_bos_id = alpha, mask_padding, mask_bos_id
         self.control_vecs = [v.float() for v in control_vecs]
         self.params = select_params(model, update_layers, param_pattern)
         # The frozen model's only difference: the original values of the trained matrices.
@@ -160,6 +161,8 @@ class RMUTrainer:
             return self.acts(inputs, grad=False)
 
     def _mask(self, inputs: dict[str, Tensor]) -> Tensor | None:
+        if self.mask_bos_id is not None:  # BOS out too (its norm is 5-20x a token's): the masked form
+            return inputs["attention_mask"] * (inputs["input_ids"] != self.mask_bos_id)
         return inputs["attention_mask"] if self.mask_padding else None
 
     def losses(
