@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import os
 from pathlib import Path
 
@@ -19,9 +20,25 @@ from typer.testing import CliRunner
 
 from unlearn.errors import UnlearnError
 from unlearn.models import load_model
+from unlearn.presets import get_preset
 from unlearn.results import EvalBlock, read_json
-from unlearn.rmu import RMUConfig, load_rmu_weights, resolve_config, rmu_baseline_command, run_rmu
-from unlearn.rmu_train import RMUTrainer, rmu_mse, select_params, steering_vectors, tokenize
+from unlearn.rmu import (
+    RMUConfig,
+    absolute_coeff,
+    load_rmu_weights,
+    resolve_config,
+    rmu_baseline_command,
+    run_rmu,
+)
+from unlearn.rmu_train import (
+    RMUTrainer,
+    convergence,
+    forget_target_scale,
+    rmu_mse,
+    select_params,
+    steering_vectors,
+    tokenize,
+)
 
 FORGET = [
     "The mitochondria produce ATP for the cell.",
@@ -308,7 +325,7 @@ def test_run_writes_results_and_weights_load_back(tiny_folder, corpora):
 
 
 def test_nan_run_saves_nothing_as_good(tiny_folder, corpora):
-    with pytest.raises(UnlearnError, match="RMU loss became inf at step 0"):
+    with pytest.raises(UnlearnError, match="RMU loss became (inf|nan) at step 0"):
         run_rmu(tiny_cfg(tiny_folder, corpora, steering_coeff=1e25, eval=False), progress=False)
     run = Path(os.environ["UNLEARN_RESULTS"]) / "rmu-baseline" / "t"
     assert sorted(p.name for p in run.iterdir()) == ["FAILED", "config.json", "run.json"]
@@ -328,3 +345,116 @@ def test_command_parses_options(tiny_folder, corpora):
     assert cfg["update_layers"] == [1, 2] and cfg["mask_padding"] is True and len(cfg["forget_source"]) == 2
     losses = pd.read_csv(Path(os.environ["UNLEARN_RESULTS"]) / "rmu-baseline" / "cli" / "losses.csv")
     assert list(losses["source"]) == [str(corpora["forget"])] * 2
+
+
+# ---------------------------------------------------------------- relative c and the convergence flag
+
+
+def test_relative_coeff_is_rel_times_mean_residual_norm(tiny, tiny_folder, corpora):
+    """c = rel × the mean per-token norm at layers[L] output, recomputed here from HF's hidden states
+    (a second code path: the full forward with output_hidden_states) with a Python loop over tokens."""
+    cfg = resolve_config(tiny_cfg(tiny_folder, corpora, steering_coeff_rel=0.7, max_length=40))
+    assert cfg.steering_coeff is None and cfg.steering_coeff_rel == 0.7
+    lm = tiny("gemma2")
+    retain = [[RETAIN[i : i + 2] for i in range(0, 8, 2)]]
+    out = absolute_coeff(lm, cfg, retain)
+    total, count, bos, padded = 0.0, 0, lm.tokenizer.bos_token_id, False
+    for texts in retain[0][:4]:
+        enc = tokenize(lm.tokenizer, texts, cfg.max_length, lm.model.device)
+        with torch.no_grad():
+            hidden = lm.model(**enc, output_hidden_states=True).hidden_states[cfg.layer + 1].double()
+        assert (enc["input_ids"][:, 0] == bos).all()
+        padded |= bool((enc["attention_mask"] == 0).any())
+        for b in range(hidden.shape[0]):
+            for t in range(hidden.shape[1]):
+                if enc["attention_mask"][b, t] and enc["input_ids"][b, t] != bos:
+                    total += math.sqrt(sum(v * v for v in hidden[b, t].tolist()))
+                    count += 1
+    assert padded  # both BOS and padding were there to exclude
+    assert out.resid_norm == pytest.approx(total / count, rel=1e-5)
+    assert out.steering_coeff == pytest.approx(0.7 * total / count, rel=1e-5)
+    with pytest.raises(UnlearnError, match="not both"):
+        resolve_config(tiny_cfg(tiny_folder, corpora, steering_coeff=5.0, steering_coeff_rel=1.0))
+
+
+def test_coeff_precedence_between_flags_and_preset():
+    assert resolve_config(RMUConfig(preset="gemma-2-2b-it")).steering_coeff_rel is None  # absolute stays
+    cfg = resolve_config(RMUConfig(preset="gemma-2-2b-it", steering_coeff_rel=2.0))
+    assert (cfg.steering_coeff, cfg.steering_coeff_rel) == (None, 2.0)
+    embedded = get_preset("gemma-3-270m").rmu
+    cfg = resolve_config(RMUConfig(preset="gemma-3-270m"))
+    assert (cfg.steering_coeff, cfg.steering_coeff_rel) == (
+        embedded.get("steering_coeff") if "steering_coeff_rel" not in embedded else None,
+        embedded.get("steering_coeff_rel"),
+    )
+    assert resolve_config(RMUConfig(preset="gemma-3-270m", steering_coeff=3.0)).steering_coeff_rel is None
+
+
+@pytest.mark.parametrize(
+    ("losses", "n_sources", "converged", "initial", "final"),
+    [
+        ([10.0] * 9 + [5.0], 1, True, 10.0, 5.0),  # exactly half over the last 10% (1 step)
+        ([10.0] * 9 + [5.01], 1, False, 10.0, 5.01),
+        ([10.0] + [1.0] * 18 + [9.2], 1, False, 10.0, 5.1),  # 20 steps: the last 2 are averaged
+        ([10.0] + [1.0] * 17 + [4.0, 5.0], 1, True, 10.0, 4.5),
+        ([8.0, 12.0] + [6.0] * 8, 2, False, 10.0, 6.0),  # two sources: initial is their first steps' mean
+        ([4.0], 1, False, 4.0, 4.0),  # a single step cannot have converged
+    ],
+)
+def test_convergence_flag(losses, n_sources, converged, initial, final):
+    got = convergence(losses, target_scale=2.0, n_sources=n_sources)
+    assert got["converged"] is converged
+    assert got["forget_loss_initial"] == pytest.approx(initial) and got["forget_loss_final"] == pytest.approx(
+        final
+    )
+    assert got["final_over_initial"] == pytest.approx(final / initial)
+    assert got["final_over_target"] == pytest.approx(final / 2.0)
+    with pytest.raises(UnlearnError, match="No RMU step"):
+        convergence([], 1.0)
+
+
+@pytest.mark.parametrize("mask_padding", [False, True])
+def test_target_scale_is_the_loss_of_a_zero_activation(mask_padding):
+    (cvec,) = steering_vectors(48, 7.5, 1, seed=3)
+    zeros = torch.zeros(2, 5, 48)
+    mask = torch.ones(2, 5, dtype=torch.long) if mask_padding else None
+    assert forget_target_scale(7.5, 48, mask_padding) == pytest.approx(rmu_mse(zeros, cvec, mask).item())
+
+
+def test_run_records_relative_coeff_and_convergence(tiny_folder, corpora):
+    run = run_rmu(tiny_cfg(tiny_folder, corpora, lr=1e-3, steering_coeff_rel=0.5), progress=False)
+    cfg, metrics = read_json(run / "config.json"), read_json(run / "metrics.json")
+    assert cfg["steering_coeff_rel"] == 0.5 and cfg["steering_coeff"] == pytest.approx(
+        0.5 * cfg["resid_norm"]
+    )
+    training = metrics["training"]
+    assert training == read_json(run / "training.json") and isinstance(training["converged"], bool)
+    assert training["steering_coeff"] == cfg["steering_coeff"] and training["steps"] == 4
+    losses = pd.read_csv(run / "losses.csv")
+    assert training["forget_loss_initial"] == pytest.approx(losses["forget_loss"][0])
+    np.testing.assert_allclose(
+        losses["forget_over_initial"], losses["forget_loss"] / losses["forget_loss"][0]
+    )
+    np.testing.assert_allclose(
+        losses["forget_over_target"],
+        losses["forget_loss"] / (cfg["steering_coeff"] ** 2 / (1 if cfg["mask_bos"] else 64)),  # ‖c·u‖²/D
+        rtol=1e-6,
+    )
+
+
+@pytest.mark.parametrize("mask_padding", [False, True])
+def test_mask_bos_leaves_bos_and_padding_out_of_both_losses(tiny, mask_padding):
+    """Forget loss = Σ over real non-BOS tokens of ‖h − c·u‖² / their count, from HF's hidden states."""
+    lm = fresh(tiny, "gemma2")
+    bos = lm.tokenizer.bos_token_id
+    trainer = make_trainer(lm, lr=1e-3, mask_padding=mask_padding)
+    trainer.mask_bos_id = bos
+    f, r = batches(lm, FORGET), batches(lm, RETAIN)
+    forget, retain = trainer.losses(f[0], r[0])
+    with torch.no_grad():
+        h = lm.model(**f[0], output_hidden_states=True).hidden_states[3].double()
+    keep = (f[0]["attention_mask"] == 1) & (f[0]["input_ids"] != bos)
+    assert (f[0]["input_ids"] == bos).any() and (f[0]["attention_mask"] == 0).any()
+    want = ((h - trainer.control_vecs[0].double()) ** 2).sum(-1)[keep].mean().item()
+    assert forget.item() == pytest.approx(want, rel=1e-5)
+    assert retain.item() == 0.0

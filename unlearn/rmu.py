@@ -3,8 +3,10 @@
 Defaults come from the preset's `rmu` section (Farrell et al.'s best gemma-2-2b-it point: layer 3,
 c=400, α=100, 300 batches of 3, lr 5e-5, padding masked); every value can be overridden. The training
 step lives in `unlearn.rmu_train`. A run writes `results/rmu-baseline/<run-id>/`: `config.json`,
-`losses.csv` + `loss.png`, `weights.safetensors` (only the trained matrices), and `metrics.json` =
-`{"before": block, "after": block}` from the shared evaluator. `load_rmu_weights` puts the trained
+`losses.csv` + `loss.png`, `weights.safetensors` (only the trained matrices), `training.json` (did the
+forget loss converge: `unlearn.rmu_train.convergence`), and `metrics.json` = `{"before": block, "after":
+block, "training": ...}` from the shared evaluator. `c` is absolute (`steering_coeff`, the papers' values)
+or relative to the layer's mean residual norm (`steering_coeff_rel`; both are recorded). `load_rmu_weights` puts the trained
 matrices into a freshly loaded model (`unlearn eval --rmu <run>`). A failed run (non-finite loss,
 interrupt) leaves `config.json` and a `FAILED` marker only.
 """
@@ -46,6 +48,9 @@ from unlearn.rmu_train import (
     DEFAULT_PARAM_PATTERN,
     RMUTrainer,
     StepLosses,
+    convergence,
+    forget_target_scale,
+    mean_resid_norm,
     steering_vectors,
     text_batches,
     tokenize,
@@ -70,6 +75,11 @@ class RMUConfig:
     """Regex (with `{layer}`) naming the trained parameter of each update layer; default `mlp.down_proj.weight`."""
     steering_coeff: float | None = None
     """c: the forget activations are pushed toward c·u, u a fixed random unit vector per forget source."""
+    steering_coeff_rel: float | None = None
+    """c relative to the residual: c = rel × mean per-token norm at `layers[L]` output on the first retain
+    batches (BOS and padding excluded), measured before training. An explicit `steering_coeff` wins."""
+    resid_norm: float | None = None
+    """Recorded, not set: the measured mean residual norm when `steering_coeff_rel` was used."""
     alpha: float | None = None
     """α: weight of the retain loss."""
     lr: float | None = None
@@ -82,6 +92,9 @@ class RMUConfig:
     """Tokens per text (longer texts are truncated on the right; upstream uses 512)."""
     mask_padding: bool | None = None
     """Farrell et al.'s loss: squared errors summed over real tokens / #real tokens; off = plain mean."""
+    mask_bos: bool | None = None
+    """Also leave BOS out of both losses (implies the masked form). On Gemma 3 BOS's residual norm is
+    5-20x a token's, so an unmasked mean is mostly BOS: the forget loss cannot fall and α guards BOS."""
     forget_source: list[str] | None = None
     """Forget corpora (`unlearn.data.iter_texts` sources); several alternate per step, each with its own u."""
     retain_source: list[str] | None = None
@@ -113,17 +126,17 @@ def resolve_config(cfg: RMUConfig) -> RMUConfig:
     defaults = get_preset(cfg.preset).rmu
     keys = {"forget_source": "forget_text", "retain_source": "retain_text"}
     filled = {}
-    for f in ("layer", "steering_coeff", "alpha", "lr", "n_batches", "batch_size", "max_length",
-              "mask_padding", "forget_source", "retain_source"):  # fmt: skip
+    for f in ("layer", "alpha", "lr", "n_batches", "batch_size", "max_length",
+              "mask_padding", "mask_bos", "forget_source", "retain_source"):  # fmt: skip
         value = getattr(cfg, f)
         if value is None:
-            value = defaults.get(keys.get(f, f), False if f == "mask_padding" else None)
+            value = defaults.get(keys.get(f, f), False if f in ("mask_padding", "mask_bos") else None)
         if value is None:
             raise UnlearnError(
                 f"Preset {cfg.preset!r} has no rmu.{keys.get(f, f)}; pass --{f.replace('_', '-')}."
             )
         filled[f] = _as_list(value) if f in keys else value
-    out = dataclasses.replace(cfg, **filled)
+    out = dataclasses.replace(cfg, **filled, **_coeff_fields(cfg, defaults))
     if out.update_layers is None:
         out.update_layers = [i for i in (out.layer - 2, out.layer - 1, out.layer) if i >= 0]
     out.param_pattern = out.param_pattern or defaults.get("param_pattern", DEFAULT_PARAM_PATTERN)
@@ -132,6 +145,62 @@ def resolve_config(cfg: RMUConfig) -> RMUConfig:
     if out.n_batches < 1 or out.batch_size < 1 or out.max_length < 1:
         raise UnlearnError("--n-batches, --batch-size and --max-length must be positive.")
     return out
+
+
+def _coeff_fields(cfg: RMUConfig, defaults: dict) -> dict:
+    """An explicit absolute c, else an explicit relative one, else the preset's (relative first)."""
+    if cfg.steering_coeff is not None and cfg.steering_coeff_rel is not None:
+        raise UnlearnError("Pass --steering-coeff (absolute c) or --steering-coeff-rel, not both.")
+    if cfg.steering_coeff is not None or cfg.steering_coeff_rel is not None:
+        return {}
+    if defaults.get("steering_coeff_rel") is not None:
+        return {"steering_coeff_rel": float(defaults["steering_coeff_rel"])}
+    if defaults.get("steering_coeff") is not None:
+        return {"steering_coeff": float(defaults["steering_coeff"])}
+    raise UnlearnError(
+        f"Preset {cfg.preset!r} has no rmu.steering_coeff(_rel); pass --steering-coeff or --steering-coeff-rel."
+    )
+
+
+NORM_BATCHES = 4
+"""Retain batches the residual norm for a relative c is measured on."""
+
+
+def absolute_coeff(lm: LoadedModel, cfg: RMUConfig, retain: list[list[list[str]]]) -> RMUConfig:
+    """Turn `steering_coeff_rel` into the absolute c (recording the measured norm); else unchanged."""
+    if cfg.steering_coeff_rel is None:
+        return cfg
+    inputs = [
+        tokenize(lm.tokenizer, texts, cfg.max_length, lm.model.device) for texts in retain[0][:NORM_BATCHES]
+    ]
+    norm = mean_resid_norm(lm.model, cfg.layer, inputs, lm.tokenizer.bos_token_id)
+    log.info(
+        "residual norm at layers[%d]: %.4g -> c = %.4g x %.4g", cfg.layer, norm, cfg.steering_coeff_rel, norm
+    )
+    return dataclasses.replace(cfg, steering_coeff=cfg.steering_coeff_rel * norm, resid_norm=norm)
+
+
+def training_summary(cfg: RMUConfig, d_model: int, losses) -> dict:
+    """The convergence block of metrics.json (see `rmu_train.convergence`), with both forms of c."""
+    scale = forget_target_scale(cfg.steering_coeff, d_model, bool(cfg.mask_padding or cfg.mask_bos))
+    summary = convergence(list(losses["forget_loss"]), scale, len(cfg.forget_source))
+    summary |= {"steering_coeff": cfg.steering_coeff, "steering_coeff_rel": cfg.steering_coeff_rel,
+                "resid_norm": cfg.resid_norm, "steps": len(losses)}  # fmt: skip
+    if not summary["converged"]:
+        log.warning(
+            "RMU did NOT converge: final forget loss %.4g is %.0f%% of the initial %.4g (%.3g x the target "
+            "scale ‖c·u‖²); raise --lr or --n-batches, or lower --steering-coeff(-rel).",
+            summary["forget_loss_final"], 100 * summary["final_over_initial"],
+            summary["forget_loss_initial"], summary["final_over_target"],
+        )  # fmt: skip
+    return summary
+
+
+def add_loss_ratios(losses, summary: dict):
+    """Per-step forget loss over its initial value and over the target scale (columns of losses.csv)."""
+    losses["forget_over_initial"] = losses["forget_loss"] / summary["forget_loss_initial"]
+    losses["forget_over_target"] = losses["forget_loss"] / summary["target_scale"]
+    return losses
 
 
 def load_batches(cfg: RMUConfig) -> tuple[list[list[list[str]]], list[list[list[str]]], int]:
@@ -180,6 +249,7 @@ def train_rmu(
         model, layer=cfg.layer, update_layers=cfg.update_layers, param_pattern=cfg.param_pattern,
         control_vecs=steering_vectors(d_model, cfg.steering_coeff, len(forget), cfg.seed),
         alpha=cfg.alpha, lr=cfg.lr, mask_padding=cfg.mask_padding,
+        mask_bos_id=lm.tokenizer.bos_token_id if cfg.mask_bos else None,
     )  # fmt: skip
     history = []
     try:
@@ -304,6 +374,7 @@ def run_rmu(cfg: RMUConfig, *, progress: bool = True) -> Path:
     check_model_path(cfg.model)
     lm = load_model(model_spec(cfg.preset, cfg.model), device=cfg.device, dtype=cfg.dtype)
     forget, retain, steps = load_batches(cfg)  # fail on missing corpora before any slow work
+    cfg = absolute_coeff(lm, cfg, retain)
     identity = {"command": "rmu-baseline", **dataclasses.asdict(cfg),
                 "model": lm.source if cfg.model else get_preset(cfg.preset).model, "steps": steps}  # fmt: skip
     with open_run("rmu-baseline", identity, run_id=cfg.run_id, overwrite=cfg.overwrite) as run:
@@ -316,7 +387,9 @@ def run_rmu(cfg: RMUConfig, *, progress: bool = True) -> Path:
             [(i, h.forget, h.retain, cfg.forget_source[i % len(forget)]) for i, h in enumerate(history)],
             columns=["step", "forget_loss", "retain_loss", "source"],
         )
-        write_table(run_dir / "losses.csv", losses)
+        training = training_summary(cfg, text_config(lm.model).hidden_size, losses)
+        write_table(run_dir / "losses.csv", add_loss_ratios(losses, training))
+        write_json(run_dir / "training.json", training)
         write_bytes(run_dir / "loss.png", loss_plot(losses))
         meta = {"model": str(lm.source), "preset": cfg.preset, "layer": str(cfg.layer)}
         save_rmu_weights(run_dir / WEIGHTS_FILE, trainer.changed_weights(), meta)
@@ -324,7 +397,9 @@ def run_rmu(cfg: RMUConfig, *, progress: bool = True) -> Path:
             after = suite.run(lm.model, desc="after RMU")
             write_table(run_dir / "questions_before.csv", before.questions)
             write_table(run_dir / "questions_after.csv", after.questions)
-            write_json(run_dir / "metrics.json", {"before": before.block, "after": after.block})
+            write_json(
+                run_dir / "metrics.json", {"before": before.block, "after": after.block, "training": training}
+            )
     log.info("RMU run written to %s", run_dir)
     return run_dir
 
@@ -372,6 +447,9 @@ def rmu_baseline_command(
     steering_coeff: Annotated[
         float | None, typer.Option(help="c: forget activations pushed toward c·u.")
     ] = None,
+    steering_coeff_rel: Annotated[
+        float | None, typer.Option(help="c as a multiple of the mean residual norm at layers[L].")
+    ] = None,
     alpha: Annotated[float | None, typer.Option(help="α: retain loss weight.")] = None,
     lr: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
     n_batches: Annotated[
@@ -385,6 +463,10 @@ def rmu_baseline_command(
             "--mask-padding/--no-mask-padding", help="Farrell et al.'s masked loss (default: preset)."
         ),
     ] = None,  # fmt: skip
+    mask_bos: Annotated[
+        bool | None,
+        typer.Option("--mask-bos/--no-mask-bos", help="Leave BOS out of both losses (default: preset)."),
+    ] = None,
     forget_source: Annotated[
         list[str] | None, typer.Option(help="Forget corpus (repeat for several).")
     ] = None,
@@ -403,8 +485,8 @@ def rmu_baseline_command(
     layers = [int(x) for x in update_layers.split(",")] if update_layers else None
     cfg = RMUConfig(
         preset=preset, model=model, layer=layer, update_layers=layers, param_pattern=param_pattern,
-        steering_coeff=steering_coeff, alpha=alpha, lr=lr, n_batches=n_batches, batch_size=batch_size,
-        max_length=max_length, mask_padding=mask_padding, forget_source=forget_source or None,
+        steering_coeff=steering_coeff, steering_coeff_rel=steering_coeff_rel, alpha=alpha, lr=lr, n_batches=n_batches, batch_size=batch_size,
+        max_length=max_length, mask_padding=mask_padding, mask_bos=mask_bos, forget_source=forget_source or None,
         retain_source=retain_source or None, seed=seed, eval=eval, eval_limit=eval_limit, device=device,
         dtype=dtype, run_id=run_id, overwrite=overwrite,
     )  # fmt: skip
@@ -413,6 +495,12 @@ def rmu_baseline_command(
     metrics = run_dir / "metrics.json"
     if metrics.exists():
         console.print(before_after_table(read_json(metrics)))
+    training = read_json(run_dir / "training.json")
+    if not training["converged"]:
+        console.print(
+            f"[bold red]RMU did not converge[/]: final forget loss is {training['final_over_initial']:.0%} of "
+            f"the initial ({training['criterion']}); this baseline is weak."
+        )
     console.print(f"RMU run: {run_dir}  (evaluate later with: unlearn eval --rmu {run_dir})")
 
 

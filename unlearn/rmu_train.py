@@ -134,10 +134,11 @@ class RMUTrainer:
         alpha: float,
         lr: float = 5e-5,
         mask_padding: bool = False,
+        mask_bos_id: int | None = None,
         param_pattern: str = DEFAULT_PARAM_PATTERN,
     ):
         self.model, self.layer, self.hook = model, layer, resid_hook(layer)
-        self.alpha, self.mask_padding = alpha, mask_padding
+        self.alpha, self.mask_padding, self.mask_bos_id = alpha, mask_padding, mask_bos_id
         self.control_vecs = [v.float() for v in control_vecs]
         self.params = select_params(model, update_layers, param_pattern)
         # The frozen model's only difference: the original values of the trained matrices.
@@ -161,6 +162,8 @@ class RMUTrainer:
             return self.acts(inputs, grad=False)
 
     def _mask(self, inputs: dict[str, Tensor]) -> Tensor | None:
+        if self.mask_bos_id is not None:  # BOS out too (its norm is 5-20x a token's): the masked form
+            return inputs["attention_mask"] * (inputs["input_ids"] != self.mask_bos_id)
         return inputs["attention_mask"] if self.mask_padding else None
 
     def losses(
@@ -234,3 +237,67 @@ def tokenize(tokenizer, texts: list[str], max_length: int, device: torch.device)
     finally:
         tokenizer.truncation_side = side
     return {"input_ids": enc["input_ids"].to(device), "attention_mask": enc["attention_mask"].to(device)}
+
+
+def mean_resid_norm(
+    model: nn.Module, layer: int, batches: Sequence[dict[str, Tensor]], bos_id: int | None
+) -> float:
+    """Mean per-token L2 norm of the output of `layers[layer]` over real tokens (BOS and padding excluded).
+
+    What a relative steering coefficient is scaled by: residual norms grow with depth (on Gemma 3 270M
+    ~1,200 per token at layer 2, ~3,400 at layer 6), so one absolute `c` means different things per layer,
+    and BOS (norms 5-20x larger) would dominate a mean that kept it."""
+    hook = resid_hook(layer)
+    total, count = 0.0, 0
+    for inputs in batches:
+        with torch.no_grad():
+            h_BTD = forward_to(model, [hook], **inputs)[hook]
+        keep_BT = inputs["attention_mask"].bool()
+        if bos_id is not None:
+            keep_BT = keep_BT & (inputs["input_ids"] != bos_id)
+        norms = h_BTD.double().norm(dim=-1)[keep_BT]
+        total, count = total + norms.sum().item(), count + norms.numel()
+    if count == 0:
+        raise UnlearnError(
+            "No real token to measure the residual norm on (every retain text is empty or only BOS); "
+            "pass a non-empty --retain-source or an absolute --steering-coeff."
+        )
+    return total / count
+
+
+CONVERGED_RATIO = 0.5
+"""A run converged when its final forget loss is at most this fraction of the initial one."""
+TAIL_FRACTION = 0.1
+"""The final forget loss is the mean over this last fraction of the steps (at least one step)."""
+
+
+def forget_target_scale(coeff: float, d_model: int, mask_padding: bool) -> float:
+    """The forget loss of an all-zero activation: `‖c·u‖²` per token (masked loss) or `c²/D` (plain mean).
+
+    A scale to read the forget loss against: pushing `h` onto `c·u` drives the loss to 0 from about
+    `(‖h‖² + c²)/D` (unmasked; `u` is nearly orthogonal to `h` only when c dominates)."""
+    return coeff**2 if mask_padding else coeff**2 / d_model
+
+
+def convergence(
+    forget_losses: Sequence[float], target_scale: float, n_sources: int = 1,
+    ratio: float = CONVERGED_RATIO, tail: float = TAIL_FRACTION,
+) -> dict:  # fmt: skip
+    """Whether the forget loss fell far enough: mean over the last `tail` of the steps ≤ `ratio` × initial.
+
+    The initial loss is the mean of the first step of each forget source (sources alternate per step).
+    """
+    if not forget_losses:
+        raise UnlearnError("No RMU step ran, so convergence cannot be judged; pass --n-batches ≥ 1.")
+    n_tail = max(1, math.ceil(tail * len(forget_losses)))
+    initial = sum(forget_losses[:n_sources]) / len(forget_losses[:n_sources])
+    final = sum(forget_losses[-n_tail:]) / n_tail
+    return {
+        "converged": bool(final <= ratio * initial),
+        "criterion": f"mean forget loss over the last {n_tail} step(s) <= {ratio} x initial",
+        "forget_loss_initial": initial,
+        "forget_loss_final": final,
+        "final_over_initial": final / initial if initial else math.nan,
+        "target_scale": target_scale,
+        "final_over_target": final / target_scale if target_scale else math.nan,
+    }
