@@ -5,15 +5,16 @@ Every loader takes one *source* string so that configs and the CLI can name data
 questions (`load_questions`)                 texts (`iter_texts`)
   wmdp-bio | wmdp-chem | wmdp-cyber            offline:bio-forget | offline:retain
   mmlu:<subject>                               offline:bio-forget-heldout | offline:retain-heldout
-  offline:bio | offline:retain                 wikitext | wmdp-corpora:<config> | wmdp-bio-forget
-  offline:retain/<subject>                     questions:<question source>
+  offline:bio | offline:chem | offline:other   offline:{bio,retain,chem}-statements (+ -heldout)
+  offline:retain | offline:retain/<subject>    wikitext | wmdp-corpora:<config> | wmdp-bio-forget
+  offline:other/<subject>                      questions:<question source>
   <path>.jsonl | .json | .parquet              <path>.jsonl | .jsonl.gz | .txt
   any of these + `@dev` / `@test`              questions:<question source>@dev
 
 A question source ending in `@dev` or `@test` keeps one half of a deterministic, subject-stratified
 split (`split_dev_test`): features, clamp values and RMU are tuned on dev, results reported on test.
 
-Hub ids, configs and splits follow the WMDP paper's RMU code and Farrell et al. 2024 (reference §3):
+Hub ids, configs and splits follow the WMDP paper's RMU code and Farrell et al. 2024 (arXiv 2410.19278):
 `cais/wmdp` (split test), `cais/mmlu` (split test), `cais/wmdp-corpora` (split train, field text),
 WikiText `wikitext-2-raw-v1` split test. The offline sets exist because the hub is unreachable on some
 machines; see `data/questions/README.md` and `data/corpora/README.md`.
@@ -39,18 +40,22 @@ log = logging.getLogger(__name__)
 WMDP_CONFIGS = ("wmdp-bio", "wmdp-chem", "wmdp-cyber")
 PARTS = ("dev", "test")
 """The halves of `split_dev_test`, named by a `@dev` / `@test` suffix on a question source."""
-OFFLINE_QUESTIONS = {"bio": "questions/bio.jsonl", "retain": "questions/retain.jsonl"}
+OFFLINE_QUESTIONS = {name: f"questions/{name}.jsonl" for name in ("bio", "chem", "retain", "other")}
+"""Shipped question sets: two forget topics, the retain subjects, and benign biology-adjacent `other`."""
+MULTI_SUBJECT = ("retain", "other")
 OFFLINE_CORPORA = {
     name: f"corpora/{name}.jsonl.gz"
-    for name in ("bio-forget", "retain", "bio-forget-heldout", "retain-heldout")
+    for base in ("bio-forget", "retain", "bio-statements", "retain-statements", "chem-statements")
+    for name in (base, f"{base}-heldout")
 }
+"""WordNet/Python-docs corpora and the same-register statement corpora (data/corpora/README.md)."""
 QUESTION_SOURCES_HELP = (
-    "wmdp-bio, wmdp-chem, wmdp-cyber, mmlu:<subject> (e.g. mmlu:high_school_us_history), offline:bio, "
+    "wmdp-bio, wmdp-chem, wmdp-cyber, mmlu:<subject> (e.g. mmlu:high_school_us_history), offline:bio, offline:chem, offline:other, "
     "offline:retain, offline:retain/<subject>, or a local .jsonl/.json/.parquet file with fields "
     "question, choices (4 strings), answer (0-3)"
 )
 TEXT_SOURCES_HELP = (
-    "offline:bio-forget, offline:retain, offline:bio-forget-heldout, offline:retain-heldout, wikitext, "
+    "offline:bio-forget, offline:retain, offline:{bio,retain,chem}-statements, any of these + -heldout, wikitext, "
     "wmdp-corpora:<config> (e.g. wmdp-corpora:bio-retain-corpus), wmdp-bio-forget (gated), "
     "questions:<question source> (e.g. questions:wmdp-bio), or a local .jsonl/.jsonl.gz (field text) or .txt file"
 )
@@ -176,7 +181,7 @@ def split_by_subject(questions: Iterable[Question]) -> dict[str, list[Question]]
 
 def _offline_question_rows(source: str) -> list[tuple[int, dict]]:
     name, _, subject = source.removeprefix("offline:").partition("/")
-    if name not in OFFLINE_QUESTIONS or (subject and name != "retain"):
+    if name not in OFFLINE_QUESTIONS or (subject and name not in MULTI_SUBJECT):
         raise UnlearnError(f"Unknown offline question set {source!r}. Valid forms: {QUESTION_SOURCES_HELP}.")
     path = data_dir() / OFFLINE_QUESTIONS[name]
     if not path.is_file():
