@@ -74,7 +74,8 @@ def rmu_mse(acts_BTD: Tensor, target: Tensor, mask_BT: Tensor | None = None) -> 
 
 
 def select_params(model: nn.Module, layers: Sequence[int], pattern: str) -> dict[str, nn.Parameter]:
-    """The parameters RMU trains: for each layer, exactly one name matching `pattern` (with `{layer}`)."""
+    """The parameters RMU trains: for each layer, every name matching `pattern` (with `{layer}`); at least
+    one per layer, so a mistyped pattern is an error rather than a run that trains nothing."""
     n_layers = len(decoder_layers(model))
     named = dict(model.named_parameters())
     chosen: dict[str, nn.Parameter] = {}
@@ -83,14 +84,14 @@ def select_params(model: nn.Module, layers: Sequence[int], pattern: str) -> dict
             raise UnlearnError(f"RMU update layer {layer} is out of range: the model has {n_layers} layers.")
         regex = re.compile(pattern.replace("{layer}", str(layer)))
         hits = [name for name in named if regex.search(name)]
-        if len(hits) != 1:
+        if not hits:
             example = next((n for n in named if ".mlp." in n), next(iter(named)))
             raise UnlearnError(
-                f"RMU parameter pattern {pattern!r} matched {len(hits)} parameters in layer {layer} "
-                f"({hits[:3]}); it must match exactly one. Parameter names look like {example!r}; "
+                f"RMU parameter pattern {pattern!r} matched 0 parameters in layer {layer}; it must match "
+                f"at least one. Parameter names look like {example!r}; "
                 "pass --param-pattern with a regex containing {layer}."
             )
-        chosen[hits[0]] = named[hits[0]]
+        chosen.update({name: named[name] for name in hits})
     return chosen
 
 
