@@ -295,27 +295,26 @@ def _token_ids(item, tokenizer) -> list[int]:
 
 
 @torch.no_grad()
-def gate_scores(
+def sequence_evidence(
     lm,
     sae: nn.Module,
-    gate: Gate,
+    features: Sequence[int],
     items: Sequence,
     *,
+    evidence: Evidence = "any",
     hook_name: str | None = None,
     batch_size: int = 16,
-    max_length: int | None = None,
-) -> np.ndarray:
-    """Per-sequence gate statistics of texts (BOS + text) or questions (the cloze context
-    `Question: …\\nAnswer:` the cloze scorer forwards before the answers), with forwards that stop at the
-    hook layer. Right-padded batches; the statistic ignores padding, so batch size does not matter."""
-    hook, idx_K = _check(lm.model, sae, gate, hook_name)
+) -> list[np.ndarray]:
+    """Per item, the real-token evidence (BOS first, with 0) of texts (BOS + text) or questions (the
+    cloze context `Question: …\nAnswer:` the cloze scorer forwards before the answers), from right-padded
+    forwards that stop at the hook layer. One pass serves every gate statistic (`statistic`)."""
+    probe = Gate("dsg", features=tuple(features), evidence=evidence)
+    hook, idx_K = _check(lm.model, sae, probe, hook_name)
     bos = lm.tokenizer.bos_token_id
     seqs = [_token_ids(item, lm.tokenizer) for item in items]
-    if max_length is not None:
-        seqs = [s[:max_length] for s in seqs]
     device = next(lm.model.parameters()).device
     pad = lm.tokenizer.pad_token_id or 0
-    out = np.zeros(len(seqs))
+    out: list[np.ndarray] = [np.zeros(0)] * len(seqs)
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
@@ -325,15 +324,21 @@ def gate_scores(
         for b, i in enumerate(batch):
             ids_BT[b, : len(seqs[i])] = torch.tensor(seqs[i])
             mask_BT[b, : len(seqs[i])] = 1
-        x_BTD = forward_to(lm.model, [hook], input_ids=ids_BT.to(device), attention_mask=mask_BT.to(device))[
-            hook
-        ]
+        inputs = {"input_ids": ids_BT.to(device), "attention_mask": mask_BT.to(device)}
+        x_BTD = forward_to(lm.model, [hook], **inputs)[hook]
         real_BT = mask_BT.bool().to(x_BTD.device)
         counted_BT = real_BT & (ids_BT.to(x_BTD.device) != bos) if bos is not None else real_BT
-        e_BT = token_evidence(gate, sae.encode_subset(x_BTD.to(sae.W_dec.dtype), idx_K), counted_BT)
-        for b, stat in zip(batch, sequence_stats(gate, e_BT, real_BT), strict=True):
-            out[b] = stat
+        e_BT = token_evidence(probe, sae.encode_subset(x_BTD, idx_K), counted_BT).cpu().numpy()
+        for b, i in enumerate(batch):
+            out[i] = e_BT[b, : len(seqs[i])]
     return out
+
+
+def gate_scores(lm, sae: nn.Module, gate: Gate, items: Sequence, **kwargs) -> np.ndarray:
+    """Per-item gate statistics (see `sequence_evidence` for what is forwarded); padding-free, so the
+    batch size does not matter."""
+    evidence = sequence_evidence(lm, sae, gate.features, items, evidence=gate.evidence, **kwargs)
+    return np.array([statistic(gate, e_T) for e_T in evidence])
 
 
 def calibrated(gate: Gate, retain_scores: Sequence[float], fpr: float) -> Gate:
