@@ -247,3 +247,35 @@ def test_cached_generation_decides_on_the_whole_history(tiny):
         want = {"dsg": dsg_stat(e), "window": window_stat(e, 4), "cusum": cusum_stat(e, 0.1)}[kind]
         assert rec[first_of_second - 1][0] == pytest.approx(want, abs=1e-9), kind
         assert rec[first_of_second] == pytest.approx(rec[0], abs=1e-12), "a new prompt restarts the history"
+
+
+def test_packed_cloze_scoring_sees_the_same_statistics_at_any_batch_size(tiny):
+    """The cloze scorer's packed rows carry a 4D mask; real tokens must still be found exactly, so the
+    per-sequence statistics and the gated scores do not depend on how questions are batched."""
+    from conftest import Q
+
+    from unlearn.scoring import score_cloze
+
+    lm = tiny("gemma3")
+    sae = firing_sae(lm).float()
+    qs = [Q("Which organ pumps blood?", ["heart", "liver", "the kidney", "lung"], 0),
+          Q("What do mitochondria make for the cell?", ["ATP", "DNA", "genes", "virus"], 0),
+          Q("Where is DNA?", ["nucleus", "heart", "liver", "lung"], 0)]  # fmt: skip
+    gate = Gate("cusum", features=FEATURES, drift=0.3, value=-30.0)
+    probe: list = []
+    with torch.no_grad(), gated(lm.model, sae, gate.replace(threshold=1e9), record=probe):
+        score_cloze(qs, lm.model, lm.tokenizer, batch_size=1)
+    singles = sorted(s for rec in probe for s in rec)
+    tau = singles[0]  # the lowest-scoring sequence stays unedited, the others fire
+    assert tau < singles[-1], singles
+    out = {}
+    for bs in (1, 3):
+        rec: list = []
+        with torch.no_grad(), gated(lm.model, sae, gate.replace(threshold=tau), record=rec):
+            out[bs] = score_cloze(qs, lm.model, lm.tokenizer, batch_size=bs)["ll"]
+        assert sorted(s for r in rec for s in r) == pytest.approx(singles, abs=1e-9)
+    with torch.no_grad():
+        plain = score_cloze(qs, lm.model, lm.tokenizer, batch_size=3)["ll"]
+    np.testing.assert_allclose(out[1], out[3], rtol=1e-4, atol=1e-4)
+    changed = ~np.isclose(out[3], plain, rtol=0, atol=1e-6).all(1)
+    assert changed.any() and not changed.all(), "the gate must fire on some questions only"
