@@ -1,0 +1,100 @@
+"""The dilution check: prefixed questions are ordinary questions with N filler tokens before the question
+text (answers untouched), N is capped by the context, and the firing rates are those of the prefixed
+questions' gate statistics, checked against the paper's ρ computed by hand on the tiny model."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from conftest import TOKENIZER_TEXT, Q
+
+from unlearn.dilution import (
+    SEPARATOR,
+    filler_tokens,
+    firing_vs_prefix,
+    max_prefix,
+    prefixed_questions,
+    summarise,
+)
+from unlearn.errors import UnlearnError
+from unlearn.gates import Gate
+from unlearn.prompts import cloze_context
+from unlearn.saes import SAE
+
+HOOK = "blocks.1.hook_resid_post"
+QUESTIONS = [
+    Q("Which organ pumps blood through the body?", ["heart", "liver", "kidney", "lung"], 0),
+    Q("What do mitochondria make for the cell?", ["ATP", "DNA", "genes", "virus"], 0),
+    Q("Where does the cell keep its DNA?", ["nucleus", "heart", "liver", "lung"], 0),
+]
+
+
+def test_prefixed_questions_keep_answers_and_add_about_n_tokens(tokenizer):
+    filler = filler_tokens(TOKENIZER_TEXT, tokenizer, 300)
+    assert len(filler) == 300
+    assert prefixed_questions(QUESTIONS, filler, 0, tokenizer) == QUESTIONS
+    out = prefixed_questions(QUESTIONS, filler, 40, tokenizer)
+    for q, p in zip(QUESTIONS, out, strict=True):
+        assert dataclasses.replace(p, question=q.question) == q  # only the question text changed
+        prefix, sep, rest = p.question.rpartition(SEPARATOR)
+        assert sep and rest == q.question
+        assert abs(len(tokenizer.encode(prefix, add_special_tokens=False)) - 40) <= 3
+    assert len({p.question for p in out}) == len(out), "questions get different filler"
+
+
+def test_filler_too_short_is_a_clear_error(tokenizer):
+    with pytest.raises(UnlearnError, match="offline:retain"):
+        filler_tokens(["a few words"], tokenizer, 1000)
+
+
+def test_prefix_is_capped_by_the_context(tiny):
+    lm = tiny("gemma3")  # max_position_embeddings = 256
+    cap = max_prefix(lm.model, QUESTIONS, lm.tokenizer)
+    longest = max(len(lm.tokenizer.encode(q.question, add_special_tokens=False)) for q in QUESTIONS)
+    assert cap == 256 - longest - 64
+
+
+def _sae(lm) -> SAE:
+    g = torch.Generator().manual_seed(3)
+    sae = SAE(64, 16, "standard", hook_name=HOOK, dtype=torch.float64)
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(64, 16, generator=g, dtype=torch.float64))
+        sae.W_dec.copy_(torch.randn(16, 64, generator=g, dtype=torch.float64))
+        sae.b_enc.fill_(-1.0)
+        sae.b_dec.zero_()
+    return sae.requires_grad_(False)
+
+
+def _rho(lm, sae, q, features) -> float:
+    """The paper's ρ of the cloze context at batch size 1, from the model's own hidden_states."""
+    ids = lm.tokenizer(cloze_context(q.question), return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        x = lm.model(input_ids=ids, output_hidden_states=True).hidden_states[2][0].double()
+    f = torch.relu(x @ sae.W_enc + sae.b_enc)[:, list(features)]
+    f[0] = 0
+    return (f > 0).any(-1).sum().item() / ids.shape[1]
+
+
+def test_firing_vs_prefix_counts_prefixed_gate_statistics(tiny):
+    lm = tiny("gemma3")
+    sae = _sae(lm)
+    feats = (1, 4, 7)
+    rho0 = [_rho(lm, sae, q, feats) for q in QUESTIONS]
+    tau = float(np.median(rho0))
+    gates = {"dsg": Gate("dsg", tau, features=feats), "never": Gate("none", features=feats)}
+    rates = firing_vs_prefix(lm, sae, gates, QUESTIONS, TOKENIZER_TEXT, ns=(0, 30, 5000))
+    cap = max_prefix(lm.model, QUESTIONS, lm.tokenizer)
+    assert sorted(rates["dsg"]) == [0, 30, cap]
+    assert rates["dsg"][0] == pytest.approx(np.mean(np.array(rho0) > tau))
+    filler = filler_tokens(TOKENIZER_TEXT, lm.tokenizer, max(4 * cap, 400))
+    rho30 = [_rho(lm, sae, q, feats) for q in prefixed_questions(QUESTIONS, filler, 30, lm.tokenizer)]
+    assert rates["dsg"][30] == pytest.approx(np.mean(np.array(rho30) > tau))
+    assert all(r == 0 for r in rates["never"].values())
+
+
+def test_summarise():
+    got = summarise({"a": {0: 0.8, 100: 0.5, 400: 0.6}, "b": {0: 0.4, 100: 0.5}})
+    assert got == {"a": {"base": 0.8, "max_drop": pytest.approx(0.3)}, "b": {"base": 0.4, "max_drop": 0.0}}

@@ -1,0 +1,97 @@
+"""The dilution check: forget questions with N tokens of unrelated text prepended to the question text.
+
+A gate that averages evidence over the sequence (the ρ of Dynamic SAE Guardrails, arXiv 2504.08192) is
+switched off by enough benign text before the question; a max-over-windows or CUSUM statistic is not, as a
+function of per-token evidence (the prefix still changes the question's own activations, which is what
+this check measures). The prefixed questions are ordinary questions, so every evaluator scores them
+unchanged; `firing_vs_prefix` is the cheap part (truncated forwards, no scoring).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+from torch import nn
+
+from unlearn.errors import UnlearnError
+from unlearn.gates import Gate, firing_rate, gate_scores
+from unlearn.hooks import text_config
+
+PREFIX_TOKENS: tuple[int, ...] = (0, 100, 400, 1600)
+SEPARATOR = "\n\n"
+"""Between the filler and the question, so the question still starts a paragraph."""
+
+
+def filler_tokens(texts: Iterable[str], tokenizer, n_tokens: int) -> list[int]:
+    """The first `n_tokens` token ids of the concatenated texts (no special tokens)."""
+    ids: list[int] = []
+    for text in texts:
+        ids += tokenizer.encode(text.strip() + "\n", add_special_tokens=False)
+        if len(ids) >= n_tokens:
+            return ids[:n_tokens]
+    raise UnlearnError(
+        f"The filler source holds only {len(ids)} tokens, fewer than the {n_tokens} the dilution check needs; "
+        "pass a larger text source (e.g. offline:retain)."
+    )
+
+
+def max_prefix(model: nn.Module, questions: Sequence, tokenizer, margin: int = 64) -> int:
+    """Longest prefix the model's context allows for every question (its own tokens plus `margin` for the
+    answer and template)."""
+    ctx = getattr(text_config(model), "max_position_embeddings", None) or 2048
+    longest = max((len(tokenizer.encode(q.question, add_special_tokens=False)) for q in questions), default=0)
+    return max(0, int(ctx) - longest - margin)
+
+
+def prefixed_questions(questions: Sequence, filler_ids: Sequence[int], n_tokens: int, tokenizer) -> list:
+    """Each question with `n_tokens` filler tokens (decoded to text) + a blank line before its text.
+
+    Question i takes the filler from offset i·97 (mod the filler's length), so the prefixes differ;
+    `filler_ids` must hold at least `n_tokens` ids. N = 0 returns the questions unchanged."""
+    if n_tokens == 0:
+        return list(questions)
+    if len(filler_ids) < n_tokens:
+        raise UnlearnError(f"Need at least {n_tokens} filler tokens, got {len(filler_ids)}.")
+    ring = list(filler_ids) * 2
+    out = []
+    for i, q in enumerate(questions):
+        start = (i * 97) % len(filler_ids)
+        text = tokenizer.decode(ring[start : start + n_tokens]).strip()
+        out.append(dataclasses.replace(q, question=text + SEPARATOR + q.question.strip()))
+    return out
+
+
+def firing_vs_prefix(
+    lm,
+    sae: nn.Module,
+    gates: dict[str, Gate],
+    questions: Sequence,
+    filler_texts: Iterable[str],
+    ns: Sequence[int] = PREFIX_TOKENS,
+    *,
+    batch_size: int = 8,
+) -> dict[str, dict[int, float]]:
+    """For each gate, the fraction of `questions` on which it fires with N filler tokens prepended, per N
+    (N capped by the model's context; capped values are reported under the N actually used)."""
+    cap = max_prefix(lm.model, questions, lm.tokenizer)
+    used = sorted({min(int(n), cap) for n in ns})
+    filler = filler_tokens(filler_texts, lm.tokenizer, max(4 * max(used), 400))
+    out: dict[str, dict[int, float]] = {name: {} for name in gates}
+    for n in used:
+        qs = prefixed_questions(questions, filler, n, lm.tokenizer)
+        for name, gate in gates.items():
+            scores = gate_scores(lm, sae, gate, qs, batch_size=batch_size)
+            out[name][n] = firing_rate(scores, gate.threshold)
+    return out
+
+
+def summarise(rates: dict[str, dict[int, float]]) -> dict[str, dict[str, float]]:
+    """Per gate: the rate at the smallest N and the largest drop below it at any larger N."""
+    summary = {}
+    for name, by_n in rates.items():
+        ns = sorted(by_n)
+        base = by_n[ns[0]]
+        summary[name] = {"base": base, "max_drop": float(np.max([base - by_n[n] for n in ns]))}
+    return summary

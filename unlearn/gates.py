@@ -1,0 +1,347 @@
+"""Gated clamping: clamp the selected SAE features only in sequences whose forget-feature activity passes a
+calibrated threshold (Dynamic SAE Guardrails, Muhamed et al., arXiv 2504.08192, code
+`aashiqmuhamed/DynamicSAEGuardrails` `utils/intervention.py`), plus statistics a prefix cannot dilute.
+
+Per token t of a sequence, the evidence e_t is 1 if any of the N selected features is > 0 (`any`, their
+rule) or the summed activation of those features (`sum`); BOS positions have e_t = 0 (their code zeroes
+BOS), padding is not part of the sequence. Per sequence, the statistic is
+
+- `dsg`: ρ = Σ e_t / (number of real tokens, BOS included). At batch size 1 this is exactly their ρ
+  (active tokens / padded length); counting real tokens only makes it independent of padding.
+- `window`: max over windows of `window` consecutive real tokens of Σ e / `window`, the denominator fixed
+  (the sequence is read as if padded by zero-evidence tokens, so it is defined below `window` tokens, and
+  adding evidence-free tokens before or after never lowers it).
+- `cusum`: max_t S_t, S_t = max(0, S_{t-1} + e_t - drift), S_0 = 0 (Page's CUSUM): an evidence-free
+  prefix only keeps S at 0, an evidence-free suffix only lets S fall after its maximum.
+
+If the statistic is > `threshold`, the sequence is edited on its active tokens (some feature > 0): with
+`scope="token"` (their rule) all N features are set to `value` there, with `scope="feature"` only the
+active ones (the static clamp's rule). The edit is the cheap exact form x + (f' − f)·W_dec (error term
+kept). Sequences that do not fire, BOS positions and inactive tokens are returned bit-identical.
+
+Cached generation: with a KV cache each forward sees only new tokens, so the hook keeps each batch row's
+evidence since the last forward without a filled cache and decides on the whole history; tokens already
+in the cache keep the decision made when they were computed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal, get_args
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from unlearn.errors import UnlearnError
+from unlearn.hooks import edit, forward_to, hook_width, text_config
+
+GateKind = Literal["none", "dsg", "window", "cusum"]
+GATE_KINDS: tuple[str, ...] = get_args(GateKind)
+Evidence = Literal["any", "sum"]
+Scope = Literal["token", "feature"]
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A gate and its edit; `to_json()` is what a result point records."""
+
+    kind: GateKind
+    threshold: float = 0.0
+    """Fires when the sequence's statistic is strictly greater."""
+    features: tuple[int, ...] = ()
+    value: float = -20.0
+    """Feature value written on edited tokens (−c; their bio c = 500, too small for Gemma 3's residual)."""
+    window: int = 16
+    """`window`: tokens per window (the fixed denominator)."""
+    drift: float = 0.25
+    """`cusum`: evidence subtracted per token (k)."""
+    evidence: Evidence = "any"
+    scope: Scope = "token"
+    target_fpr: float | None = None
+    """The false-positive rate `threshold` was calibrated for (recorded, not used)."""
+    measured_fpr: dict[str, float] | None = None
+    """Measured firing rates on named benign sets (recorded, not used)."""
+
+    def __post_init__(self):
+        if self.kind not in GATE_KINDS:
+            raise UnlearnError(f"Unknown gate {self.kind!r}; use one of: {', '.join(GATE_KINDS)}.")
+        if self.evidence not in get_args(Evidence):
+            raise UnlearnError(f"Unknown gate evidence {self.evidence!r}; use any or sum.")
+        if self.scope not in get_args(Scope):
+            raise UnlearnError(f"Unknown gate scope {self.scope!r}; use token or feature.")
+        if self.window < 1:
+            raise UnlearnError(f"Gate window must be >= 1 token, got {self.window}.")
+        if not math.isfinite(self.threshold):
+            raise UnlearnError(f"Gate threshold must be finite, got {self.threshold}.")
+        object.__setattr__(self, "features", tuple(int(i) for i in self.features))
+
+    def replace(self, **changes) -> Gate:
+        return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["features"] = list(self.features)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict) -> Gate:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def check_gate_kind(kind: str) -> GateKind:
+    if kind not in GATE_KINDS:
+        raise UnlearnError(f"Unknown gate {kind!r}; use one of: {', '.join(GATE_KINDS)}.")
+    return kind  # type: ignore[return-value]
+
+
+# --- statistics of per-token evidence --------------------------------------------------------------------
+
+
+def window_stat(e_T: np.ndarray, window: int) -> float:
+    """max over windows of `window` tokens of Σe / window, the sequence padded by window − 1 zeros each side."""
+    padded = np.concatenate([np.zeros(window), np.asarray(e_T, dtype=np.float64), np.zeros(window - 1)])
+    c = np.cumsum(padded)
+    return float((c[window:] - c[:-window]).max() / window)
+
+
+def cusum_stat(e_T: np.ndarray, drift: float) -> float:
+    """max_t S_t of S_t = max(0, S_{t-1} + e_t − drift), S_0 = 0, via Lindley's closed form
+    S_t = C_t − min_{s≤t} C_s with C the running sum of e − drift (C_0 = 0)."""
+    c = np.concatenate([[0.0], np.cumsum(np.asarray(e_T, dtype=np.float64) - drift)])
+    return float((c - np.minimum.accumulate(c)).max())
+
+
+def dsg_stat(e_T: np.ndarray) -> float:
+    """ρ: Σe over the real tokens (BOS, whose evidence is 0, included in the count)."""
+    e = np.asarray(e_T, dtype=np.float64)
+    return float(e.sum() / len(e)) if len(e) else 0.0
+
+
+def statistic(gate: Gate, e_T: np.ndarray) -> float:
+    """The gate's statistic of one sequence's real-token evidence (in order, BOS entries 0)."""
+    if gate.kind == "dsg":
+        return dsg_stat(e_T)
+    if gate.kind == "window":
+        return window_stat(e_T, gate.window)
+    if gate.kind == "cusum":
+        return cusum_stat(e_T, gate.drift)
+    return -math.inf  # none: never fires
+
+
+# --- the hook --------------------------------------------------------------------------------------------
+
+
+def real_tokens(mask, shape: torch.Size, device) -> Tensor:
+    """(B, T) bool of real (non-padding) tokens of this forward's `T` positions, from a 2D 0/1 mask (the
+    last T columns: with a cache it spans past tokens too), a 4D mask (a query is real when it may see
+    key 0, as every real query of a right-padded or packed sequence does) or no mask (all real)."""
+    B, T = shape
+    if not torch.is_tensor(mask):
+        return torch.ones(B, T, dtype=torch.bool, device=device)
+    if mask.dim() == 2:
+        return mask[:, -T:].to(device).bool()
+    if mask.dim() == 4:
+        col = mask[:, 0, -T:, 0]
+        return (col if col.dtype == torch.bool else col == 0).to(device)
+    raise UnlearnError(f"Unsupported attention mask of shape {tuple(mask.shape)} under a gate.")
+
+
+def token_evidence(gate: Gate, f_BTK: Tensor, counted_BT: Tensor) -> Tensor:
+    """Per-token evidence (float64), 0 where not `counted` (BOS, padding)."""
+    e_BT = (f_BTK > 0).any(-1).double() if gate.evidence == "any" else f_BTK.clamp(min=0).sum(-1).double()
+    return e_BT * counted_BT
+
+
+def sequence_stats(gate: Gate, e_BT: Tensor, real_BT: Tensor) -> list[float]:
+    """The statistic of each row, over its real tokens only (so padding, wherever it is, cannot matter)."""
+    e = e_BT.detach().cpu().numpy()
+    r = real_BT.detach().cpu().numpy()
+    return [statistic(gate, e[b][r[b]]) for b in range(e.shape[0])]
+
+
+def _edited(
+    sae: nn.Module, gate: Gate, x_BTD: Tensor, f_BTK: Tensor, edit_BT: Tensor, idx_K: Tensor
+) -> Tensor:
+    if gate.scope == "token":
+        df_BTK = gate.value - f_BTK
+    else:
+        df_BTK = torch.where(f_BTK > 0, torch.full_like(f_BTK, gate.value), f_BTK) - f_BTK
+    df_BTK = df_BTK.masked_fill(~edit_BT.unsqueeze(-1), 0)
+    dx_BTD = df_BTK @ sae.W_dec[idx_K]
+    wide = torch.promote_types(x_BTD.dtype, dx_BTD.dtype)
+    return x_BTD.to(wide) + dx_BTD.to(wide)
+
+
+def _cache_is_empty(kwargs: dict) -> bool:
+    """True when this forward starts a sequence: no KV cache, or an empty one (transformers 5 passes it as
+    `cache`, older versions as `past_key_values`), and no 2D mask reaching back before its tokens."""
+    ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+    if torch.is_tensor(ids) and torch.is_tensor(mask) and mask.dim() == 2 and mask.shape[1] > ids.shape[-1]:
+        return False
+    past = kwargs.get("cache", kwargs.get("past_key_values"))
+    if past is None or not hasattr(past, "get_seq_length"):
+        return True
+    return int(past.get_seq_length()) == 0
+
+
+def _check(model: nn.Module, sae: nn.Module, gate: Gate, hook_name: str | None) -> tuple[str, Tensor]:
+    hook = hook_name or getattr(sae, "hook_name", None)
+    if not hook:
+        raise UnlearnError("The SAE has no hook point recorded; pass --hook (e.g. blocks.6.hook_resid_post).")
+    width = hook_width(model, hook)
+    if sae.d_in != width:
+        raise UnlearnError(
+            f"SAE d_in {sae.d_in} != width {width} of {hook}: pass an SAE trained for this model and hook "
+            "point (--sae), or the hook point it was trained at (--hook)."
+        )
+    idx_K = torch.as_tensor(gate.features, dtype=torch.long, device=sae.W_dec.device).flatten()
+    if idx_K.numel() and not (0 <= int(idx_K.min()) and int(idx_K.max()) < sae.d_sae):
+        raise UnlearnError(
+            f"Gate feature ids must lie in 0..{sae.d_sae - 1} for this SAE; got {idx_K.tolist()}."
+        )
+    return hook, idx_K
+
+
+@contextmanager
+def gated(
+    model: nn.Module,
+    sae: nn.Module,
+    gate: Gate,
+    *,
+    hook_name: str | None = None,
+    bos_token_id: int | None = None,
+    record: list[list[float]] | None = None,
+) -> Iterator[None]:
+    """Install the gated clamp at `sae.hook_name` (or `hook_name`) for every forward inside the block.
+
+    `record`, if given, receives each forward's per-row statistics (for tests and diagnostics)."""
+    hook, idx_K = _check(model, sae, gate, hook_name)
+    bos = bos_token_id if bos_token_id is not None else getattr(text_config(model), "bos_token_id", None)
+    seen: dict = {"ids": None, "mask": None, "fresh": True}
+    history: dict[str, Tensor | None] = {"e": None, "real": None}
+
+    def remember(_mod, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args and torch.is_tensor(args[0]) else None)
+        seen["ids"] = ids if torch.is_tensor(ids) and not ids.is_floating_point() else None
+        seen["mask"] = kwargs.get("attention_mask")
+        seen["fresh"] = _cache_is_empty(kwargs)
+
+    def fn(x_BTD: Tensor) -> Tensor:
+        if gate.kind == "none" or idx_K.numel() == 0:
+            return x_BTD
+        ids_BT = seen["ids"]
+        shape = x_BTD.shape[:-1]
+        real_BT = real_tokens(seen["mask"], shape, x_BTD.device)
+        counted_BT = real_BT.clone()
+        if bos is not None and ids_BT is not None and ids_BT.shape == shape:
+            counted_BT &= ids_BT.to(x_BTD.device) != bos
+        f_BTK = sae.encode_subset(x_BTD, idx_K)
+        e_BT = token_evidence(gate, f_BTK, counted_BT)
+        old_e, old_real = history["e"], history["real"]
+        if seen["fresh"] or old_e is None or old_e.shape[0] != shape[0]:
+            old_e, old_real = e_BT[:, :0], real_BT[:, :0]
+        history["e"], history["real"] = torch.cat([old_e, e_BT], 1), torch.cat([old_real, real_BT], 1)
+        stats = sequence_stats(gate, history["e"], history["real"])
+        if record is not None:
+            record.append(stats)
+        fire_B = torch.tensor([s > gate.threshold for s in stats], device=x_BTD.device)
+        edit_BT = fire_B[:, None] & counted_BT & (f_BTK > 0).any(-1)
+        if not bool(edit_BT.any()):
+            return x_BTD
+        return _edited(sae, gate, x_BTD, f_BTK, edit_BT, idx_K)
+
+    body = model.get_decoder() if hasattr(model, "get_decoder") else model
+    pre = body.register_forward_pre_hook(remember, with_kwargs=True)
+    try:
+        with edit(model, hook, fn):
+            yield
+    finally:
+        pre.remove()
+
+
+# --- calibration -----------------------------------------------------------------------------------------
+
+
+def calibrate_threshold(scores_retain: Sequence[float], fpr: float) -> float:
+    """τ with the largest firing rate ≤ `fpr` on these benign scores (fires when score > τ): the
+    (⌊fpr·n⌋ + 1)-th largest score, so at most ⌊fpr·n⌋ scores exceed it (fewer only where ties force it)."""
+    s = np.sort(np.asarray(scores_retain, dtype=np.float64))[::-1]
+    if s.size == 0:
+        raise UnlearnError(
+            "Calibrating a gate needs at least one retain sequence; pass a non-empty retain set."
+        )
+    if not 0 <= fpr < 1:
+        raise UnlearnError(f"--gate-fpr must lie in [0, 1), got {fpr}.")
+    k = int(math.floor(fpr * s.size + 1e-9))
+    return float(s[k])
+
+
+def firing_rate(scores: Sequence[float], threshold: float) -> float:
+    s = np.asarray(scores, dtype=np.float64)
+    return float((s > threshold).mean()) if s.size else math.nan
+
+
+def _token_ids(item, tokenizer) -> list[int]:
+    from unlearn.prompts import cloze_context, encode_prompt
+
+    text = item if isinstance(item, str) else cloze_context(item.question)
+    return encode_prompt(text, tokenizer)
+
+
+@torch.no_grad()
+def sequence_evidence(
+    lm,
+    sae: nn.Module,
+    features: Sequence[int],
+    items: Sequence,
+    *,
+    evidence: Evidence = "any",
+    hook_name: str | None = None,
+    batch_size: int = 16,
+) -> list[np.ndarray]:
+    """Per item, the real-token evidence (BOS first, with 0) of texts (BOS + text) or questions (the
+    cloze context `Question: …\nAnswer:` the cloze scorer forwards before the answers), from right-padded
+    forwards that stop at the hook layer. One pass serves every gate statistic (`statistic`)."""
+    probe = Gate("dsg", features=tuple(features), evidence=evidence)
+    hook, idx_K = _check(lm.model, sae, probe, hook_name)
+    bos = lm.tokenizer.bos_token_id
+    seqs = [_token_ids(item, lm.tokenizer) for item in items]
+    device = next(lm.model.parameters()).device
+    pad = lm.tokenizer.pad_token_id or 0
+    out: list[np.ndarray] = [np.zeros(0)] * len(seqs)
+    order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
+    for start in range(0, len(order), batch_size):
+        batch = order[start : start + batch_size]
+        T = max(len(seqs[i]) for i in batch)
+        ids_BT = torch.full((len(batch), T), pad, dtype=torch.long)
+        mask_BT = torch.zeros((len(batch), T), dtype=torch.long)
+        for b, i in enumerate(batch):
+            ids_BT[b, : len(seqs[i])] = torch.tensor(seqs[i])
+            mask_BT[b, : len(seqs[i])] = 1
+        inputs = {"input_ids": ids_BT.to(device), "attention_mask": mask_BT.to(device)}
+        x_BTD = forward_to(lm.model, [hook], **inputs)[hook]
+        real_BT = mask_BT.bool().to(x_BTD.device)
+        counted_BT = real_BT & (ids_BT.to(x_BTD.device) != bos) if bos is not None else real_BT
+        e_BT = token_evidence(probe, sae.encode_subset(x_BTD, idx_K), counted_BT).cpu().numpy()
+        for b, i in enumerate(batch):
+            out[i] = e_BT[b, : len(seqs[i])]
+    return out
+
+
+def gate_scores(lm, sae: nn.Module, gate: Gate, items: Sequence, **kwargs) -> np.ndarray:
+    """Per-item gate statistics (see `sequence_evidence` for what is forwarded); padding-free, so the
+    batch size does not matter."""
+    evidence = sequence_evidence(lm, sae, gate.features, items, evidence=gate.evidence, **kwargs)
+    return np.array([statistic(gate, e_T) for e_T in evidence])
+
+
+def calibrated(gate: Gate, retain_scores: Sequence[float], fpr: float) -> Gate:
+    """`gate` with τ calibrated on `retain_scores` for `fpr`, recording the target and the dev rate."""
+    tau = calibrate_threshold(retain_scores, fpr)
+    return gate.replace(threshold=tau, target_fpr=fpr, measured_fpr={"dev": firing_rate(retain_scores, tau)})
