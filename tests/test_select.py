@@ -358,3 +358,30 @@ def test_resolve_sae_casts_a_float16_file_to_the_models_dtype(tiny, tmp_path):
     sae, _, hook = resolve_sae(str(tmp_path / "sae16"), None, None, lm.model)
     assert sae.W_enc.dtype == torch.float32 == lm.model.dtype
     assert hook == "blocks.1.hook_resid_post"
+
+
+def test_measure_features_for_explicit_ids_agrees_with_a_selection_run(tiny, tmp_path, monkeypatch):
+    """`intervene --feature-ids` measures typical activations and controls on the preset's text; the
+    numbers equal those a select-features run over the same text records."""
+    from types import SimpleNamespace
+
+    from unlearn.feature_checks import measure_features
+
+    monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path / "results"))
+    lm = tiny("gemma3")
+    hook = "blocks.0.hook_resid_pre"
+    sae, _ = planted_sae(lm, hook, " cell")
+    (tmp_path / "f.txt").write_text("\n\n".join(FORGET))
+    (tmp_path / "r.txt").write_text("\n\n".join(RETAIN))
+    run = run_select(SelectConfig(hook=hook, forget_sources={"bio": [str(tmp_path / "f.txt")]}, n_features=4,
+                                  retain_source=str(tmp_path / "r.txt"), max_length=16, max_tokens=300,
+                                  batch_tokens=64, run_id="m"), lm=lm, sae=sae)  # fmt: skip
+    topic = read_json(run / "features.json")["topics"]["bio"]
+    preset = SimpleNamespace(name="toy", select={"forget_text": {"bio": [str(tmp_path / "f.txt")]},
+                                                 "retain_text": str(tmp_path / "r.txt")})  # fmt: skip
+    info = measure_features(lm, sae, hook, preset, "bio", topic["features"], max_tokens=300, max_length=16,
+                            batch_tokens=64)  # fmt: skip
+    assert info["typical_activation"] == pytest.approx(topic["typical_activation"], rel=1e-9)
+    assert info["controls"] == topic["controls"]["controls"]
+    with pytest.raises(UnlearnError, match="no selection text for topic 'law'"):
+        measure_features(lm, sae, hook, preset, "law", [1])
