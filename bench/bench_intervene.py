@@ -20,7 +20,7 @@ import torch
 from unlearn.data import iter_texts
 from unlearn.feature_stats import FeatureStats, token_chunks
 from unlearn.hooks import forward_to, hook_width
-from unlearn.intervene import clamp
+from unlearn.intervene import EditStats, clamp, random_rotation
 from unlearn.models import load_model
 from unlearn.paths import resolve_data_path
 from unlearn.saes import SAE, load_sae
@@ -73,6 +73,13 @@ def main() -> None:
         with clamp(model, sae, features, "clamp", -20.0, hook_name=hook):
             plain()
 
+    dirs_KD = sae.W_dec[features] @ random_rotation(sae.d_in, dtype=sae.W_dec.dtype)
+
+    def hooked_control():  # what a random-direction control point runs: rotated rows + edit-size stats
+        with clamp(model, sae, features, "clamp", -20.0, hook_name=hook, directions_KD=dirs_KD,
+                   stats=EditStats()):  # fmt: skip
+            plain()
+
     def full_all_logits():
         model(input_ids=ids, attention_mask=mask, use_cache=False)
 
@@ -81,7 +88,8 @@ def main() -> None:
         keep = ids != tok.bos_token_id
         stats.update(sae.encode(x[keep]))
 
-    jobs = {"plain": plain, "hooked": hooked, "select": select_step, "full (all logits)": full_all_logits}
+    jobs = {"plain": plain, "hooked": hooked, "hooked (control+stats)": hooked_control, "select": select_step,
+            "full (all logits)": full_all_logits}  # fmt: skip
     times: dict[str, list[float]] = {k: [] for k in jobs}
     with torch.inference_mode():
         for fn in jobs.values():  # warm-up
@@ -97,9 +105,10 @@ def main() -> None:
     )
     print(f"batch {args.batch}x{args.seq} = {n_tok} tokens, {args.repeats} repeats, medians:")
     for k, v in med.items():
-        print(f"  {k:<18} {v * 1000:8.1f} ms  {n_tok / v:8.0f} tok/s")
+        print(f"  {k:<24} {v * 1000:8.1f} ms  {n_tok / v:8.0f} tok/s")
     print(f"(a) clamp overhead (20 features, {fired:.1%} of entries active): "
-          f"{med['hooked'] / med['plain']:.3f}x  (target <= 1.10)")  # fmt: skip
+          f"{med['hooked'] / med['plain']:.3f}x  (target <= 1.10); random-direction control with edit-size "
+          f"stats: {med['hooked (control+stats)'] / med['plain']:.3f}x")  # fmt: skip
     print(f"(b) select-features vs full forward (last logit only): {med['plain'] / med['select']:.2f}x tokens/s; "
           f"vs full forward with all logits: {med['full (all logits)'] / med['select']:.2f}x  (target >= 2)")  # fmt: skip
 

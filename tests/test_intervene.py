@@ -12,7 +12,7 @@ import torch
 
 from unlearn.errors import UnlearnError
 from unlearn.hooks import capture, forward_to
-from unlearn.intervene import MODES, clamp, clamped, new_values
+from unlearn.intervene import MODES, EditStats, clamp, clamped, new_values, random_rotation
 from unlearn.saes import ARCHITECTURES, SAE
 
 HOOK = "blocks.1.hook_resid_post"
@@ -85,6 +85,86 @@ def test_new_values_touch_only_active_entries():
     assert new_values(f, "clamp", -20.0).tolist() == [0.0, -20.0, 0.0, -20.0]
     assert new_values(f, "zero", -20.0).tolist() == [0.0, 0.0, 0.0, 0.0]
     assert new_values(f, "scale", -2.0).tolist() == [0.0, -3.0, 0.0, -4.0]
+
+
+def test_new_values_with_one_value_per_feature_match_a_loop():
+    g = torch.Generator().manual_seed(3)
+    f_NK = torch.randn(6, 4, generator=g, dtype=torch.float64).relu()
+    values_K = torch.tensor([-3.0, -40.0, 7.0, -0.5], dtype=torch.float64)
+    for mode in MODES:
+        got = new_values(f_NK, mode, values_K)
+        for n in range(6):
+            for k in range(4):
+                f, v = float(f_NK[n, k]), float(values_K[k])
+                want = f if f <= 0 else {"clamp": v, "zero": 0.0, "scale": f * v}[mode]
+                assert float(got[n, k]) == want
+
+
+def test_random_rotation_is_orthogonal_and_seeded():
+    q = random_rotation(24, seed=1)
+    torch.testing.assert_close(q.T @ q, torch.eye(24, dtype=torch.float64), rtol=0, atol=1e-12)
+    assert torch.equal(q, random_rotation(24, seed=1)) and not torch.equal(q, random_rotation(24, seed=2))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_random_direction_edit_has_the_real_edit_norm(mode):
+    """Same coefficients on rotated decoder rows: per-token ||Δx|| equal (float64), directions unrelated."""
+    d_in, d_sae = 256, 64
+    sae = random_sae(d_in, d_sae, "jumprelu")
+    g = torch.Generator().manual_seed(4)
+    x_ND = torch.randn(400, d_in, generator=g, dtype=torch.float64)
+    idx = list(range(0, 40, 2))
+    values = torch.linspace(-30, -1, len(idx), dtype=torch.float64)
+    dirs_KD = sae.W_dec[idx] @ random_rotation(d_in, seed=0)
+    torch.testing.assert_close(dirs_KD.norm(dim=-1), sae.W_dec[idx].norm(dim=-1), rtol=1e-12, atol=0)
+    real_ND = clamped(sae, x_ND, idx, mode, values) - x_ND
+    ctrl_ND = clamped(sae, x_ND, idx, mode, values, directions_KD=dirs_KD) - x_ND
+    edited = real_ND.norm(dim=-1) > 0
+    assert edited.sum() > 100
+    # independent reference for the norm: sqrt(df G df^T) with the Gram matrix of the real rows
+    df_NK = new_values(sae.encode(x_ND)[:, idx], mode, values) - sae.encode(x_ND)[:, idx]
+    gram_KK = sae.W_dec[idx] @ sae.W_dec[idx].T
+    want_N = torch.einsum("nk,kl,nl->n", df_NK, gram_KK, df_NK).clamp(min=0).sqrt()
+    torch.testing.assert_close(ctrl_ND.norm(dim=-1), want_N, rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(real_ND.norm(dim=-1), want_N, rtol=1e-10, atol=1e-10)
+    assert torch.equal(ctrl_ND[~edited], torch.zeros_like(ctrl_ND[~edited]))
+    cos_N = torch.nn.functional.cosine_similarity(real_ND[edited], ctrl_ND[edited], dim=-1)
+    assert cos_N.abs().mean() < 0.15  # ~ sqrt(2/(pi d)) = 0.05 for unrelated directions in 256 dims
+
+
+def test_edit_stats_match_a_loop():
+    g = torch.Generator().manual_seed(6)
+    x_ND = torch.randn(30, 8, generator=g, dtype=torch.float64)
+    out_ND = x_ND.clone()
+    out_ND[::3] += torch.randn(10, 8, generator=g, dtype=torch.float64)
+    real_N = torch.ones(30, dtype=torch.bool)
+    real_N[::5] = False
+    stats = EditStats()
+    stats.update(x_ND[:17], out_ND[:17], real_N[:17])
+    stats.update(x_ND[17:], out_ND[17:], real_N[17:])
+    rel = [float((out_ND[i] - x_ND[i]).norm() / x_ND[i].norm()) for i in range(30)
+           if real_N[i] and not torch.equal(out_ND[i], x_ND[i])]  # fmt: skip
+    got = stats.as_dict()
+    assert got["tokens"] == 24 and got["edited_frac"] == len(rel) / 24
+    assert got["rel_norm"] == pytest.approx(sum(rel) / len(rel), rel=1e-12)
+
+
+def test_controls_change_nothing_where_no_feature_fires(tiny):
+    """With the chosen features silent, the random-direction edit is exact zeros: logits bit-identical."""
+    lm = tiny("gemma3")
+    inputs = _inputs(lm)
+    silent = random_sae(64, 32, "standard", dtype=torch.float32)
+    silent.b_enc.fill_(-1e4)
+    dirs_KD = silent.W_dec[[0, 1, 2]] @ random_rotation(64, dtype=torch.float32)
+    stats = EditStats()
+    with torch.no_grad():
+        plain = lm.model(**inputs).logits
+        with clamp(lm.model, silent, [0, 1, 2], "clamp", torch.tensor([-5.0, -9.0, -1.0]),
+                   directions_KD=dirs_KD, stats=stats):  # fmt: skip
+            hooked = lm.model(**inputs).logits
+    assert torch.equal(plain, hooked)
+    real = int(inputs["attention_mask"].sum() - (inputs["input_ids"] == lm.tokenizer.bos_token_id).sum())
+    assert stats.as_dict() == {"tokens": real, "edited_frac": 0.0, "rel_norm": 0.0}
 
 
 def _inputs(lm, texts=("The heart pumps blood through the body.", "Mitochondria make ATP for the cell.")):
@@ -254,13 +334,15 @@ def test_sweep_writes_points_and_resumes(tiny, tmp_path, monkeypatch):
     sae, _ = _fires_on_token(lm, HOOK, " heart")
     suite = FakeSuite(lm)
     cfg = InterveneConfig(feature_ids=[5, 1, 2], modes=["clamp", "zero"], n_features=[1, 3],
-                          scales=[-5.0, -20.0], run_id="r1")  # fmt: skip
+                          scales=[-5.0, -20.0], run_id="r1", controls=[])  # fmt: skip
     run_dir = run_intervene(cfg, lm=lm, sae=sae, suite=suite)
     points = sorted(p.stem for p in (run_dir / "points").glob("*.json"))
     assert points == ["clamp_n1_s-20", "clamp_n1_s-5", "clamp_n3_s-20", "clamp_n3_s-5", "zero_n1", "zero_n3"]
     assert suite.calls[0] == "baseline" and len(suite.calls) == 7
     p = read_json(run_dir / "points" / "clamp_n3_s-20.json")
     assert p["features"] == [5, 1, 2] and p["scale"] == -20.0 and p["mode"] == "clamp"
+    assert p["control"] is None and p["clamp_unit"] == "absolute" and p["clamp_values"] == [-20.0] * 3
+    assert p["edit"]["tokens"] > 0 and 0 < p["edit"]["edited_frac"] < 1 and p["edit"]["rel_norm"] > 0
     summary = summary_frame(run_dir)
     assert list(summary["point"])[0] == "baseline" and len(summary) == 7
     clamp_rows = summary[summary["mode"] == "clamp"]
@@ -293,19 +375,55 @@ def test_sweep_reads_a_selection_and_its_sae(tiny, tmp_path, monkeypatch):
     lm = tiny("gemma3")
     sae, _ = _fires_on_token(lm, HOOK, " heart")
     sel = tmp_path / "select-features" / "s1"
+    controls = {"controls": [3, 20, 21, 22], "control_typical_activation": [0.5, 2.0, 1.0, 1.0]}
     features = {"sae": str(sae.save(tmp_path / "sae")), "hook": HOOK, "rule": {"retain_threshold": 0.01, "rank_by": "ratio"},
-                "topics": {"bio": {"features": [5, 7, 9, 11]}}}  # fmt: skip
+                "topics": {"bio": {"features": [5, 7, 9, 11], "typical_activation": [4.0, 3.0, 2.0, 1.0],
+                                   "controls": controls}}}  # fmt: skip
     write_json(sel / "features.json", features)
     write_json(sel / "config.json", {"command": "select-features"})
     mark_complete(sel)  # only completed selections are read
-    run_dir = run_intervene(InterveneConfig(n_features=[2], scales=[-20.0]), lm=lm, suite=FakeSuite(lm))
+    suite = FakeSuite(lm)
+    run_dir = run_intervene(
+        InterveneConfig(n_features=[2], scales=[-20.0], clamp_unit="typical"), lm=lm, suite=suite
+    )
+    assert suite.calls == [
+        "baseline",
+        "clamp_n2_s-20",
+        "clamp_n2_s-20_ctrl-features",
+        "clamp_n2_s-20_ctrl-direction",
+    ]
     p = read_json(run_dir / "points" / "clamp_n2_s-20.json")
     assert p["features"] == [5, 7] and p["retain_threshold"] == 0.01 and p["rank_by"] == "ratio"
+    assert p["control"] is None and p["clamp_unit"] == "typical" and p["clamp_values"] == [-80.0, -60.0]
+    ctrl = read_json(run_dir / "points" / "clamp_n2_s-20_ctrl-features.json")
+    assert ctrl["control"] == "random-features" and ctrl["features"] == [3, 20]
+    assert ctrl["clamp_values"] == [-10.0, -40.0] and ctrl["typical_activation"] == [0.5, 2.0]
+    direc = read_json(run_dir / "points" / "clamp_n2_s-20_ctrl-direction.json")
+    assert direc["control"] == "random-direction" and direc["features"] == [5, 7] and direc["seed"] == 0
+    # same edit size as the real point, measured by the hook during the evaluation
+    assert direc["edit"]["edited_frac"] == p["edit"]["edited_frac"] > 0
+    assert direc["edit"]["rel_norm"] == pytest.approx(p["edit"]["rel_norm"], rel=1e-4)
+    assert direc["metrics"]["forget_acc"] < 1.0
     cfg = read_json(run_dir / "config.json")
     assert cfg["features"] == str(sel / "features.json") and cfg["hook"] == HOOK and cfg["layer"] == 1
     assert p["metrics"]["forget_acc"] < 1.0
     with pytest.raises(UnlearnError, match="no topic 'chem'"):
         run_intervene(InterveneConfig(topic="chem"), lm=lm, suite=FakeSuite(lm))
+    with pytest.raises(UnlearnError, match="clamp-unit must be"):
+        run_intervene(InterveneConfig(clamp_unit="relative"), lm=lm, suite=FakeSuite(lm))
+    with pytest.raises(UnlearnError, match="Unknown control"):
+        run_intervene(InterveneConfig(controls=["shuffle"]), lm=lm, suite=FakeSuite(lm))
+    del features["topics"]["bio"]["controls"], features["topics"]["bio"]["typical_activation"]
+    write_json(sel / "features.json", features)  # an older selection: say what to do
+    with pytest.raises(UnlearnError, match="--clamp-unit absolute --controls none"):
+        run_intervene(InterveneConfig(clamp_unit="typical"), lm=lm, suite=FakeSuite(lm))
+    with pytest.raises(UnlearnError, match="--clamp-unit absolute --controls none"):
+        run_intervene(
+            InterveneConfig(feature_ids=[1], clamp_unit="typical", controls=[]),
+            lm=lm,
+            sae=sae,
+            suite=FakeSuite(lm),
+        )
 
 
 def test_intervene_command_with_the_real_evaluator(tiny_folder, tmp_path, monkeypatch):
@@ -324,12 +442,13 @@ def test_intervene_command_with_the_real_evaluator(tiny_folder, tmp_path, monkey
     args = ["--model", str(tiny_folder("gemma3")), "--sae", str(sae.save(tmp_path / "sae")), "--hook", HOOK,
             "--feature-ids", "1,2,3,4", "--n-features", "2,4", "--mode", "clamp,zero", "--scale", "-50",
             "--forget-tasks", "offline:bio", "--retain-tasks", "offline:retain", "--protocol", "cloze",
-            "--all-questions", "--limit", "4", "--run-id", "cli"]  # fmt: skip
+            "--all-questions", "--limit", "4", "--controls", "random-direction", "--run-id", "cli"]  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "intervene" / "cli"
     assert sorted(p.stem for p in (run_dir / "points").glob("*.json")) == [
-        "clamp_n2_s-50", "clamp_n4_s-50", "zero_n2", "zero_n4"]  # fmt: skip
+        "clamp_n2_s-50", "clamp_n2_s-50_ctrl-direction", "clamp_n4_s-50", "clamp_n4_s-50_ctrl-direction",
+        "zero_n2", "zero_n2_ctrl-direction", "zero_n4", "zero_n4_ctrl-direction"]  # fmt: skip
     point = read_json(run_dir / "points" / "clamp_n4_s-50.json")
     tasks = {s["task"] for s in point["metrics"]["scores"]}
     assert "offline:bio" in tasks and any(t.startswith("offline:retain") for t in tasks)

@@ -443,3 +443,67 @@ def test_check_compatible_and_bad_k():
         SAE(8, 16, "topk")
     with pytest.raises(UnlearnError, match="supported"):
         SAE(8, 16, "gated")  # type: ignore[arg-type]
+
+
+# --- unit-norm decoder convention ------------------------------------------------------------------------
+
+
+def uneven_params(arch: str, seed: int = 5) -> tuple[dict, np.ndarray]:
+    """Random params whose decoder rows have norms far from 1 (uneven, except topk: one common norm)."""
+    p = random_params(seed)
+    rng = np.random.default_rng(seed + 1)
+    p["W_dec"] /= np.linalg.norm(p["W_dec"], axis=1, keepdims=True)
+    n = np.full(D_SAE, 37.0) if arch == "topk" else rng.uniform(0.05, 1200.0, size=D_SAE)
+    p["W_dec"] *= n[:, None]
+    return p, n
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+@pytest.mark.parametrize("apply_b_dec", [False, True])
+def test_unit_norm_decoder_is_an_exact_reparametrisation(arch, apply_b_dec, x_BTD):
+    p, n = uneven_params(arch)
+    sae = make_sae(arch, p, apply_b_dec).unit_norm_decoder()
+    np.testing.assert_allclose(sae.W_dec.norm(dim=-1).numpy(), 1.0, rtol=1e-12)
+    # the formulas, written out in numpy on the original parameters
+    np.testing.assert_allclose(sae.W_dec.numpy(), p["W_dec"] / n[:, None], rtol=1e-12)
+    np.testing.assert_allclose(sae.W_enc.numpy(), p["W_enc"] * n[None, :], rtol=1e-12)
+    np.testing.assert_allclose(sae.b_enc.numpy(), p["b_enc"] * n, rtol=1e-12)
+    if arch == "jumprelu":
+        np.testing.assert_allclose(sae.threshold.numpy(), p["threshold"] * n, rtol=1e-12)
+    x = torch.from_numpy(x_BTD)
+    f_old = np_encode(x_BTD, p, arch, apply_b_dec)
+    np.testing.assert_allclose(sae.encode(x).numpy(), f_old * n, rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(sae(x).numpy(), np_decode(f_old, p), rtol=1e-10, atol=1e-10)
+
+
+def test_unit_norm_decoder_refuses_topk_with_uneven_norms():
+    p, _ = uneven_params("jumprelu")
+    with pytest.raises(UnlearnError, match="topk SAE with unequal decoder norms"):
+        make_sae("topk", p, False).unit_norm_decoder()
+    p["W_dec"][3] = 0.0
+    with pytest.raises(UnlearnError, match=r"rows \[3\] are zero"):
+        make_sae("jumprelu", p, False).unit_norm_decoder()
+
+
+def test_shipped_sae_is_in_the_unit_norm_convention():
+    from safetensors import safe_open
+
+    from unlearn.paths import resolve_data_path
+
+    folder = resolve_data_path("data/saes/gemma-3-270m-res-l6")
+    weights = folder / "sae_weights.safetensors"
+    assert weights.stat().st_size < 6_000_000
+    with safe_open(str(weights), "pt") as f:
+        dtypes = {k: f.get_slice(k).get_dtype() for k in f.keys()}  # noqa: SIM118
+    assert dtypes == {"W_enc": "F16", "W_dec": "F16", "b_enc": "F32", "b_dec": "F32", "threshold": "F32"}
+    sae = load_sae(folder, dtype=torch.float64)
+    assert sae.dtype == torch.float64 and sae.hook_name == "blocks.6.hook_resid_post"
+    np.testing.assert_allclose(sae.decoder_norms().numpy(), 1.0, atol=2e-3)  # float16 rows
+    # Residual-scale inputs (norm ~3,500 as at layer 6): the stored form reconstructs like its exact
+    # unit-norm re-parametrisation (a fixed point up to float16 rounding of the rows).
+    x_ND = torch.randn(256, sae.d_in, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x_ND = x_ND / x_ND.norm(dim=-1, keepdim=True) * 3500 + sae.b_dec
+    again = load_sae(folder, dtype=torch.float64).unit_norm_decoder()
+    assert (sae.encode(x_ND) > 0).any(-1).all()
+    err = (again(x_ND) - sae(x_ND)).norm(dim=-1) / x_ND.norm(dim=-1)
+    assert err.max() < 1e-3

@@ -144,6 +144,124 @@ def test_planted_feature_is_selected_first(tiny, tmp_path, monkeypatch):
     sel = read_selection(None, "cardio")  # the latest run
     assert sel.features == cardio["features"] and sel.hook == hook and sel.sae == str(sae_dir)
     assert read_json(run_dir / "config.json")["sources"]["retain"] == str(tmp_path / "retain.txt")
+    # typical activations are the forget mean activations; controls are disjoint from the selection
+    assert cardio["typical_activation"] == [s["mean_act"] for s in cardio["stats"]]
+    ctrl = cardio["controls"]
+    assert len(ctrl["controls"]) == len(cardio["features"]) and not set(ctrl["controls"]) & set(
+        cardio["features"]
+    )
+    assert sel.typical == cardio["typical_activation"] and sel.controls == ctrl["controls"]
+    assert cardio["auroc"] is None  # no preset and no held-out questions given
+
+
+def test_match_controls_are_disjoint_nearest_in_frequency_and_seeded():
+    from unlearn.feature_checks import match_controls
+
+    rng = np.random.default_rng(2)
+    freq = torch.tensor(rng.integers(0, 30, 200) / 1000, dtype=torch.float64)  # many exact ties
+    selected = [int(i) for i in rng.choice(200, 25, replace=False)]
+    got = match_controls(freq, selected, seed=7)
+    assert len(got) == 25 == len(set(got)) and not set(got) & set(selected)
+    used = set(selected)
+    for i, j in zip(selected, got, strict=True):  # brute force: j is among the nearest still free
+        best = min(abs(float(freq[c] - freq[i])) for c in range(200) if c not in used)
+        assert abs(float(freq[j] - freq[i])) == best
+        used.add(j)
+    assert match_controls(freq, selected, seed=7) == got
+    assert any(match_controls(freq, selected, seed=s) != got for s in range(8, 12))
+
+
+def test_control_typical_activation_falls_back_to_all_text():
+    from unlearn.feature_checks import control_info
+
+    forget = FeatureStats(10, torch.tensor([5.0, 0.0, 2.0, 0.0], dtype=torch.float64),
+                          torch.tensor([10.0, 0.0, 1.0, 0.0], dtype=torch.float64))  # fmt: skip
+    retain = FeatureStats(10, torch.tensor([0.0, 6.0, 1.0, 0.0], dtype=torch.float64),
+                          torch.tensor([0.0, 3.0, 2.0, 0.0], dtype=torch.float64))  # fmt: skip
+    info = control_info(forget, retain, [0], seed=0)
+    assert info["typical_activation"] == [2.0]
+    # feature 0 fires on 5/20 tokens; nearest free: feature 1 (6/20), which never fires on forget text
+    assert info["controls"] == [1] and info["control_typical_activation"] == [0.5]
+    assert info["control_freq"] == [0.3] and info["selected_freq"] == [0.25]
+
+
+def test_sources_given_as_a_list_are_read_in_order(tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path / "results"))
+    lm = tiny("gemma3")
+    hook = "blocks.0.hook_resid_pre"
+    sae, _ = planted_sae(lm, hook, " cell")
+    (tmp_path / "a.txt").write_text("\n\n".join(FORGET[:3]))
+    (tmp_path / "b.txt").write_text("\n\n".join(FORGET[3:6]))
+    (tmp_path / "ab.txt").write_text("\n\n".join(FORGET[:6]))
+    (tmp_path / "r.txt").write_text("\n\n".join(RETAIN))
+    base = dict(hook=hook, max_length=16, batch_tokens=64, n_features=5)
+    parts = run_select(SelectConfig(**base, forget_sources={"bio": [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]},
+                                    retain_source=[str(tmp_path / "r.txt")], run_id="parts"), lm=lm, sae=sae)  # fmt: skip
+    whole = run_select(SelectConfig(**base, forget_sources={"bio": str(tmp_path / "ab.txt")},
+                                    retain_source=str(tmp_path / "r.txt"), run_id="whole"), lm=lm, sae=sae)  # fmt: skip
+    a, b = (
+        read_json(parts / "features.json")["topics"]["bio"],
+        read_json(whole / "features.json")["topics"]["bio"],
+    )
+    assert a["tokens"] == b["tokens"] and a["features"] == b["features"] and a["stats"] == b["stats"]
+    assert _parse_sources(["bio=x", "bio=y", "chem=z"]) == {"bio": ["x", "y"], "chem": "z"}
+
+
+def test_detection_auroc_equals_a_brute_force_per_question_loop(tiny, tmp_path, monkeypatch):
+    import json
+
+    from unlearn.feature_checks import selection_auroc
+
+    monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path / "results"))
+    lm = tiny("gemma3")
+    hook = "blocks.0.hook_resid_pre"
+    sae, _ = planted_sae(lm, hook, " cell")
+    rows = {
+        "f": ["What does the cell nucleus hold?", "Which organ pumps blood?", "The cell and the cell."],
+        "r": ["Which is a history topic?", "A cell or a map?", "Where is geography taught?", "Of the and a?"],
+    }
+    for name, qs in rows.items():
+        with open(tmp_path / f"{name}.jsonl", "w") as fh:
+            for q in qs:
+                fh.write(
+                    json.dumps({"question": q, "choices": ["heart", "liver", "map", "DNA"], "answer": 1})
+                    + "\n"
+                )
+    ids = [9, 2, 7]
+    got = selection_auroc(lm, sae, hook, ids, [str(tmp_path / "f.jsonl")], [str(tmp_path / "r.jsonl")],
+                          batch_tokens=64, top=(1, 2))  # fmt: skip
+    # brute force: one question at a time, no padding, every pair compared
+    from unlearn.data import iter_texts
+
+    def score(text):
+        ids_T = torch.tensor(
+            [[lm.tokenizer.bos_token_id, *lm.tokenizer(text, add_special_tokens=False)["input_ids"]]]
+        )
+        x = forward_to(lm.model, [hook], input_ids=ids_T)[hook][0, 1:].double()
+        return sae.double().encode(x)[:, ids].sum(0)
+
+    pos = [score(t) for t in iter_texts(f"questions:{tmp_path / 'f.jsonl'}")]
+    neg = [score(t) for t in iter_texts(f"questions:{tmp_path / 'r.jsonl'}")]
+
+    def pairs(n):
+        wins = [(float(p[:n].sum()) > float(q[:n].sum())) + 0.5 * (float(p[:n].sum()) == float(q[:n].sum()))
+                for p in pos for q in neg]  # fmt: skip
+        return sum(wins) / len(wins)
+
+    assert got["auroc"] == pytest.approx(pairs(3), abs=1e-12)
+    assert got["auroc_top"] == {
+        "1": pytest.approx(pairs(1), abs=1e-12),
+        "2": pytest.approx(pairs(2), abs=1e-12),
+    }
+    assert (
+        got["n_forget"] == 3 and got["n_retain"] == 4 and got["auroc_top"]["1"] == 0.75
+    )  # " cell" in 2 of 3 forget (one twice), 1 of 4 retain
+    sae.float()
+    cfg = SelectConfig(hook=hook, forget_sources={"bio": f"questions:{tmp_path / 'f.jsonl'}"}, n_features=3, max_length=16,
+                       retain_source=f"questions:{tmp_path / 'r.jsonl'}", batch_tokens=64, run_id="auroc",
+                       auroc_forget=[str(tmp_path / "f.jsonl")], auroc_retain=[str(tmp_path / "r.jsonl")])  # fmt: skip
+    topic = read_json(run_select(cfg, lm=lm, sae=sae) / "features.json")["topics"]["bio"]
+    assert topic["auroc"] == topic["detection"]["auroc"] is not None
 
 
 def test_counters_from_an_earlier_run_rerank_without_counting_again(tiny, tmp_path, monkeypatch):
@@ -240,3 +358,30 @@ def test_resolve_sae_casts_a_float16_file_to_the_models_dtype(tiny, tmp_path):
     sae, _, hook = resolve_sae(str(tmp_path / "sae16"), None, None, lm.model)
     assert sae.W_enc.dtype == torch.float32 == lm.model.dtype
     assert hook == "blocks.1.hook_resid_post"
+
+
+def test_measure_features_for_explicit_ids_agrees_with_a_selection_run(tiny, tmp_path, monkeypatch):
+    """`intervene --feature-ids` measures typical activations and controls on the preset's text; the
+    numbers equal those a select-features run over the same text records."""
+    from types import SimpleNamespace
+
+    from unlearn.feature_checks import measure_features
+
+    monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path / "results"))
+    lm = tiny("gemma3")
+    hook = "blocks.0.hook_resid_pre"
+    sae, _ = planted_sae(lm, hook, " cell")
+    (tmp_path / "f.txt").write_text("\n\n".join(FORGET))
+    (tmp_path / "r.txt").write_text("\n\n".join(RETAIN))
+    run = run_select(SelectConfig(hook=hook, forget_sources={"bio": [str(tmp_path / "f.txt")]}, n_features=4,
+                                  retain_source=str(tmp_path / "r.txt"), max_length=16, max_tokens=300,
+                                  batch_tokens=64, run_id="m"), lm=lm, sae=sae)  # fmt: skip
+    topic = read_json(run / "features.json")["topics"]["bio"]
+    preset = SimpleNamespace(name="toy", select={"forget_text": {"bio": [str(tmp_path / "f.txt")]},
+                                                 "retain_text": str(tmp_path / "r.txt")})  # fmt: skip
+    info = measure_features(lm, sae, hook, preset, "bio", topic["features"], max_tokens=300, max_length=16,
+                            batch_tokens=64)  # fmt: skip
+    assert info["typical_activation"] == pytest.approx(topic["typical_activation"], rel=1e-9)
+    assert info["controls"] == topic["controls"]["controls"]
+    with pytest.raises(UnlearnError, match="no selection text for topic 'law'"):
+        measure_features(lm, sae, hook, preset, "law", [1])

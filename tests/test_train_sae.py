@@ -128,14 +128,18 @@ def test_training_recovers_planted_directions(architecture, extra):
     assert l0 < 6  # sparse: the planted mean is 16 · 0.08 ≈ 1.3 active directions
 
 
-def test_folded_sae_equals_the_training_sae_on_scaled_inputs():
-    cfg = SAETrainConfig(architecture="jumprelu", width=16, seed=4, threshold_init=0.05)
+@pytest.mark.parametrize("architecture", ["jumprelu", "topk"])
+def test_folded_sae_equals_the_training_sae_on_scaled_inputs(architecture):
+    """Saved: raw inputs, unit-norm decoder rows, activations in residual units (s·||W_dec[i]||·f_i)."""
+    cfg = SAETrainConfig(architecture=architecture, width=16, k=4, seed=4, threshold_init=0.05)
     sae = TrainableSAE(8, cfg, init_bias_DN=torch.full((8,), 0.3))
     x_ND = torch.randn(20, 8, generator=torch.Generator().manual_seed(5)) * 3.0
     scale = 2.5
     x_hat, f, _, _ = sae(x_ND / scale)
     folded = sae.to_sae(scale, dtype=torch.float64)
-    torch.testing.assert_close(folded.encode(x_ND.double()), f.double().detach(), rtol=1e-5, atol=1e-6)
+    n_F = scale * sae.W_dec.detach().double().norm(dim=-1)
+    torch.testing.assert_close(folded.W_dec.norm(dim=-1), torch.ones(16, dtype=torch.float64))
+    torch.testing.assert_close(folded.encode(x_ND.double()), f.double().detach() * n_F, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(folded(x_ND.double()), (x_hat * scale).double().detach(), rtol=1e-5, atol=1e-5)
 
 

@@ -239,3 +239,28 @@ def _context_text(tokenizer, ids: list[int], pos: int, window: tuple[int, int]) 
     token = tokenizer.decode([ids[pos]])
     after = tokenizer.decode(ids[pos + 1 : pos + 1 + window[1]], skip_special_tokens=True)
     return f"{before}«{token}»{after}".replace("\n", "⏎")
+
+
+@torch.inference_mode()
+def summed_acts(
+    model: nn.Module,
+    sae: nn.Module,
+    hook: str,
+    chunks: list[list[int]],
+    features: list[int],
+    *,
+    pad_id: int,
+    bos_id: int | None,
+    batch_tokens: int = 2048,
+) -> Tensor:
+    """Per chunk, each feature's activation summed over its counted tokens (BOS and padding excluded):
+    float64, shape (len(chunks), len(features)), rows in the order of `chunks`."""
+    out_CK = torch.zeros(len(chunks), len(features), dtype=torch.float64)
+    device = next(model.parameters()).device
+    for idx, ids_BT, mask_BT in batches(chunks, pad_id, batch_tokens):
+        ids_BT, mask_BT = ids_BT.to(device), mask_BT.to(device)
+        x_BTD = forward_to(model, [hook], input_ids=ids_BT, attention_mask=mask_BT)[hook]
+        keep_BT = mask_BT.bool() if bos_id is None else mask_BT.bool() & (ids_BT != bos_id)
+        f_BTK = sae.encode_subset(x_BTD, features).double() * keep_BT.unsqueeze(-1)
+        out_CK[torch.as_tensor(idx)] = f_BTK.sum(1).cpu()
+    return out_CK

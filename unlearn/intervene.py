@@ -10,6 +10,16 @@ Modes (`f_i'` where `f_i > 0`): `clamp` sets it to `scale` (the paper's "negativ
 is `f_i = -multiplier` with multiplier 20), `zero` sets it to 0 (zero ablation, which the paper finds
 ineffective), `scale` multiplies it by `scale`.
 
+Clamp units (`--clamp-unit`): `absolute` uses `scale` as the clamp value itself (the paper's numbers, for
+SAEs in their published convention); `typical` clamps feature i to `scale × μ_i`, μ_i its mean activation
+where active on forget text (measured at selection), so a value means the same relative edit for every
+feature and every SAE scale convention.
+
+Controls (`--controls`): each point is repeated with (a) `random-features`, frequency-matched random
+features clamped the same way, and (b) `random-direction`, the same coefficients `f' − f` applied to the
+chosen decoder rows rotated by one seeded random orthogonal matrix (`random_rotation`): same per-token
+edit norm, random direction. An effect the controls also show is not about the topic.
+
 BOS: positions holding the BOS token are left untouched, as SAEBench does (Gemma's BOS residual is huge
 and unlike any text token; editing it shifts every later position). The token ids are read by a
 pre-hook on the model itself, so this holds under any caller (our evaluator, lm-eval, `generate`).
@@ -23,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Annotated, Literal, NamedTuple, get_args
 
 import pandas as pd
 import torch
@@ -34,6 +44,7 @@ from torch import Tensor, nn
 
 from unlearn import checks
 from unlearn.checks import check_model_path, finite_float, finite_floats, positive_int, positive_ints
+from unlearn.clamp_controls import CONTROLS, EditStats, feature_info, random_rotation, with_controls
 from unlearn.errors import UnlearnError
 from unlearn.hooks import edit, hook_width, text_config
 from unlearn.models import LoadedModel, load_model, model_spec
@@ -53,6 +64,8 @@ log = logging.getLogger(__name__)
 
 Mode = Literal["clamp", "zero", "scale"]
 MODES: tuple[str, ...] = get_args(Mode)
+ClampUnit = Literal["absolute", "typical"]
+CLAMP_UNITS: tuple[str, ...] = get_args(ClampUnit)
 
 
 def check_mode(mode: str) -> Mode:
@@ -61,11 +74,16 @@ def check_mode(mode: str) -> Mode:
     return mode  # type: ignore[return-value]
 
 
-def new_values(f_NK: Tensor, mode: Mode, scale: float) -> Tensor:
-    """`f'` for the chosen features: only active entries (`f > 0`) change, as in the paper and SAEBench."""
+def new_values(f_NK: Tensor, mode: Mode, scale: float | Tensor) -> Tensor:
+    """`f'` for the chosen features: only active entries (`f > 0`) change, as in the paper and SAEBench.
+
+    `scale` is one number or one per feature (shape (K,)): per-feature clamp values (`typical` unit)."""
     active_NK = f_NK > 0
+    if torch.is_tensor(scale):
+        scale = scale.to(f_NK.dtype).to(f_NK.device)
     if mode == "clamp":
-        return torch.where(active_NK, torch.full_like(f_NK, scale), f_NK)
+        value = scale if torch.is_tensor(scale) else torch.full_like(f_NK, scale)
+        return torch.where(active_NK, value.expand_as(f_NK), f_NK)
     if mode == "zero":
         return torch.where(active_NK, torch.zeros_like(f_NK), f_NK)
     if mode == "scale":
@@ -78,13 +96,16 @@ def clamped(
     x_ND: Tensor,
     features: Sequence[int] | Tensor,
     mode: Mode,
-    scale: float,
+    scale: float | Tensor,
     protect_N: Tensor | None = None,
+    *,
+    directions_KD: Tensor | None = None,
 ) -> Tensor:
     """The edited activation `x + (f'_K - f_K) @ W_dec[K]` (cheap exact form), in the wider of the two
     dtypes so that a position where nothing changes comes back bit-identical after the caller's cast.
 
     `protect_N` (bool, shape of `x` without the last dim) marks positions to leave alone (BOS).
+    `directions_KD` replaces the decoder rows `W_dec[K]` (the random-direction control).
     """
     idx_K = torch.as_tensor(features, dtype=torch.long, device=sae.W_dec.device)
     if idx_K.numel() == 0:
@@ -93,7 +114,8 @@ def clamped(
     df_NK = new_values(f_NK, mode, scale) - f_NK
     if protect_N is not None:
         df_NK = df_NK.masked_fill(protect_N.unsqueeze(-1), 0)
-    dx_ND = df_NK @ sae.W_dec[idx_K]  # (..., d_in)
+    dirs_KD = sae.W_dec[idx_K] if directions_KD is None else directions_KD.to(df_NK.dtype)
+    dx_ND = df_NK @ dirs_KD  # (..., d_in)
     wide = torch.promote_types(x_ND.dtype, dx_ND.dtype)
     return x_ND.to(wide) + dx_ND.to(wide)
 
@@ -108,17 +130,20 @@ def clamp(
     sae: nn.Module,
     features: Sequence[int] | Tensor,
     mode: Mode = "clamp",
-    scale: float = -20.0,
+    scale: float | Tensor = -20.0,
     *,
     hook_name: str | None = None,
     skip_bos: bool = True,
     bos_token_id: int | None = None,
+    directions_KD: Tensor | None = None,
+    stats: EditStats | None = None,
 ) -> Iterator[None]:
     """Edit `sae.hook_name` (or `hook_name`) so that every forward inside the block runs with the chosen
     features clamped. With no features the hook returns the activation object itself (bit-identical).
 
     `bos_token_id` defaults to the model config's; positions holding it are not edited unless
-    `skip_bos=False`.
+    `skip_bos=False`. `scale` may hold one value per feature; `directions_KD` replaces their decoder
+    rows (`clamped`). `stats` accumulates the edit's size over every forward run inside the block.
     """
     mode = check_mode(mode)
     hook = hook_name or getattr(sae, "hook_name", None)
@@ -134,11 +159,13 @@ def clamp(
     if idx_K.numel() and not (0 <= int(idx_K.min()) and int(idx_K.max()) < sae.d_sae):
         raise UnlearnError(f"Feature ids must lie in 0..{sae.d_sae - 1} for this SAE; got {idx_K.tolist()}.")
     bos = bos_token_id if bos_token_id is not None else _bos_id(model)
-    seen: dict[str, Tensor | None] = {"input_ids": None}
+    seen: dict[str, Tensor | None] = {"input_ids": None, "attention_mask": None}
 
     def remember_ids(_mod, args, kwargs):
         ids = kwargs.get("input_ids", args[0] if args and torch.is_tensor(args[0]) else None)
         seen["input_ids"] = ids if torch.is_tensor(ids) and not ids.is_floating_point() else None
+        mask = kwargs.get("attention_mask")
+        seen["attention_mask"] = mask if torch.is_tensor(mask) and mask.dim() == 2 else None
 
     def fn(x_BTD: Tensor) -> Tensor:
         if idx_K.numel() == 0:
@@ -147,7 +174,16 @@ def clamp(
         protect_BT = None
         if skip_bos and bos is not None and ids_BT is not None and ids_BT.shape == x_BTD.shape[:-1]:
             protect_BT = (ids_BT == bos).to(x_BTD.device)
-        return clamped(sae, x_BTD, idx_K, mode, scale, protect_BT)
+        out_BTD = clamped(sae, x_BTD, idx_K, mode, scale, protect_BT, directions_KD=directions_KD)
+        if stats is not None:
+            real_BT = torch.ones(x_BTD.shape[:-1], dtype=torch.bool, device=x_BTD.device)
+            mask_BT = seen["attention_mask"]
+            if mask_BT is not None and mask_BT.shape == real_BT.shape:
+                real_BT &= mask_BT.bool().to(x_BTD.device)
+            if protect_BT is not None:
+                real_BT &= ~protect_BT
+            stats.update(x_BTD, out_BTD, real_BT)
+        return out_BTD
 
     # On the decoder body, which every forward runs, also the scorers' head-less ones.
     body = model.get_decoder() if hasattr(model, "get_decoder") else model
@@ -184,6 +220,13 @@ class InterveneConfig:
     """Top-n of the ranked features per point (default: 20, or all explicit ids)."""
     scales: list[float] = field(default_factory=lambda: [-20.0])
     """Clamp values (clamp mode) or factors (scale mode); zero mode ignores them."""
+    clamp_unit: str | None = None
+    """Clamp mode: `absolute` (scale is the value) or `typical` (scale × each feature's mean active
+    activation); default: the preset's `clamp_unit`, else absolute."""
+    controls: list[str] = field(default_factory=lambda: list(CONTROLS))
+    """Control points beside each point: random-features, random-direction (empty list: none)."""
+    seed: int = 0
+    """Seed of the random-direction rotation (random features are drawn, seeded, at selection)."""
     protocol: str | None = None
     """Evaluation protocol instead of the preset's: letter, cloze or lm-eval."""
     forget_tasks: list[str] | None = None
@@ -268,8 +311,10 @@ def summary_frame(run_dir: Path) -> pd.DataFrame:
     entries += [(f.stem, read_json(f)) for f in sorted((run_dir / "points").glob("*.json"))]
     for pid, p in entries:
         block = EvalBlock.from_dict(p["metrics"])
-        row = {"point": pid, **{k: p.get(k) for k in ("mode", "n_features", "scale")},
-               "forget_acc": block.forget_acc, "retain_acc": block.retain_acc}  # fmt: skip
+        row = {"point": pid, **{k: p.get(k) for k in ("mode", "n_features", "scale", "control", "clamp_unit")},
+               "forget_acc": block.forget_acc, "retain_acc": block.retain_acc,
+               "edit_rel_norm": (p.get("edit") or {}).get("rel_norm"),
+               "edited_frac": (p.get("edit") or {}).get("edited_frac")}  # fmt: skip
         if base:
             b = EvalBlock.from_dict(base)
             row["d_forget"] = _diff(block.forget_acc, b.forget_acc)
@@ -341,7 +386,12 @@ def run_intervene(
     sizes = cfg.n_features or ([len(ranked)] if cfg.feature_ids else [20])
     if max(sizes) > len(ranked):
         log.warning("only %d ranked features; larger n use all of them", len(ranked))
-    points = grid(cfg.modes, sorted({min(n, len(ranked)) for n in sizes}), cfg.scales)
+    points = with_controls(
+        grid(cfg.modes, sorted({min(n, len(ranked)) for n in sizes}), cfg.scales), cfg.controls
+    )
+    unit = cfg.clamp_unit or (getattr(preset, "clamp_unit", None) if preset else None) or "absolute"
+    if unit not in CLAMP_UNITS:
+        raise UnlearnError(f"--clamp-unit must be one of {', '.join(CLAMP_UNITS)}, got {unit!r}.")
     if suite is None:
         from unlearn.evaluate import eval_config_from_preset, prepare_eval
 
@@ -358,16 +408,41 @@ def run_intervene(
     identity = {"command": "intervene", "preset": preset.name if preset else None, "model": lm.name,
                 "sae": sae_spec, "hook": hook, "features": selection.source if selection else None,
                 "topic": selection.topic if selection else None, "ranked_features": ranked, "eval": eval_cfg,
-                "sae_weights": weight_fingerprint(sae)}  # fmt: skip
+                "sae_weights": weight_fingerprint(sae), "clamp_unit": unit}  # fmt: skip
+    typical, control_ids, control_typical = feature_info(
+        selection, ranked, lm, sae, hook, preset, unit=unit, controls=cfg.controls, topic=cfg.topic,
+        seed=cfg.seed,
+    )  # fmt: skip
+    if "random-features" in cfg.controls and len(control_ids or []) < len(ranked[: max(sizes)]):
+        raise UnlearnError(
+            "Fewer matched control features than clamped ones; pass --controls random-direction."
+        )
+    rotation_DD = None
+    if "random-direction" in cfg.controls:
+        rotation_DD = random_rotation(sae.d_in, cfg.seed, dtype=sae.W_dec.dtype, device=sae.W_dec.device)
+    plan = ClampPlan(unit, typical, control_ids, control_typical, rotation_DD, cfg.seed)
     layer = int(hook.split(".")[1]) if hook.startswith("blocks.") else None
-    config = {"layer": layer, "grid": {"modes": cfg.modes, "n_features": sizes, "scales": cfg.scales}}
+    config = {"layer": layer, "grid": {"modes": cfg.modes, "n_features": sizes, "scales": cfg.scales},
+              "controls": cfg.controls, "seed": cfg.seed}  # fmt: skip
     with _open_run(cfg, identity, config) as run:
-        _sweep(run.path, lm, sae, suite, points, ranked, hook, selection, console)
+        _sweep(run.path, lm, sae, suite, points, ranked, hook, selection, plan, console)
     return run.path
 
 
-def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, console) -> None:
+class ClampPlan(NamedTuple):
+    """How each point's clamp values and controls are made (from the selection, fixed for the run)."""
+
+    unit: str  # "absolute" | "typical"
+    typical: list[float] | None  # mean active value per ranked feature
+    control_ids: list[int] | None  # frequency-matched random features, one per ranked feature
+    control_typical: list[float] | None
+    rotation_DD: Tensor | None  # random orthogonal map for the random-direction control
+    seed: int
+
+
+def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan: ClampPlan, console) -> None:
     """Baseline, then each grid point not yet in the folder; a point's JSON is its last file."""
+    unit, typical, control_ids, control_typical, rotation_DD, seed = plan
     if (run_dir / "baseline.json").exists():
         base = EvalBlock.from_dict(read_json(run_dir / "baseline.json"))
     else:
@@ -380,20 +455,37 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, conso
     console.print(point_table("unhooked", base, None))
     thr = selection.retain_threshold if selection else None
     rank_by = selection.rank_by if selection else None
-    for pid, mode, n, scale in points:
+    for pid, mode, n, scale, control in points:
         path = run_dir / "points" / f"{pid}.json"
         if path.exists():
             log.info("skipping %s (done)", pid)
             continue
-        with torch.inference_mode(), clamp(lm.model, sae, ranked[:n], mode, scale, hook_name=hook):
+        feats = control_ids[:n] if control == "random-features" else ranked[:n]
+        mus = (control_typical if control == "random-features" else typical) or []
+        values = None
+        if mode == "clamp":
+            values = [scale * float(m) for m in mus[:n]] if unit == "typical" else [scale] * len(feats)
+        value = torch.tensor(values, dtype=torch.float64) if unit == "typical" and mode == "clamp" else scale
+        dirs = None
+        if control == "random-direction":
+            dirs = sae.W_dec[torch.as_tensor(feats, dtype=torch.long, device=sae.W_dec.device)] @ rotation_DD
+        edit_stats = EditStats()
+        with torch.inference_mode(), clamp(lm.model, sae, feats, mode, value, hook_name=hook,
+                                           directions_KD=dirs, stats=edit_stats):  # fmt: skip
             outcome = suite.run(lm.model, desc=pid)
         if getattr(outcome, "questions", None) is not None and len(outcome.questions):
             write_table(run_dir / "questions" / f"{pid}.csv", outcome.questions)
         write_json(path, {"mode": mode, "scale": None if mode == "zero" else scale, "n_features": n,
-                          "features": ranked[:n], "retain_threshold": thr, "rank_by": rank_by,
-                          "metrics": outcome.block})  # fmt: skip
+                          "features": feats, "retain_threshold": thr, "rank_by": rank_by, "control": control,
+                          "clamp_unit": unit, "clamp_values": values,
+                          "typical_activation": [float(m) for m in mus[:n]] or None,
+                          "seed": seed if control == "random-direction" else None,
+                          "edit": edit_stats.as_dict(), "metrics": outcome.block})  # fmt: skip
         write_table(run_dir / "summary.csv", summary_frame(run_dir))
-        console.print(point_table(f"{pid} ({len(ranked[:n])} features at {hook})", outcome.block, base))
+        size = edit_stats.as_dict()
+        title = (f"{pid} ({len(feats)} features at {hook}; edited {size['edited_frac']:.1%} of tokens, "
+                 f"mean ||Δx||/||x|| {size['rel_norm']:.3f})")  # fmt: skip
+        console.print(point_table(title, outcome.block, base))
     write_table(run_dir / "summary.csv", summary_frame(run_dir))
 
 
@@ -411,6 +503,12 @@ def _split(text: str | None, kind=str, flag: str = "a list") -> list | None:
 
 def intervene_command(
     scale: Annotated[str, typer.Option(help="Clamp value(s), e.g. -20 or -5,-20,-50.")] = "-20",
+    clamp_unit: Annotated[
+        str | None, typer.Option(help="absolute (scale is the value) or typical (scale × mean activation).")
+    ] = None,
+    controls: Annotated[
+        str, typer.Option(help="Control points: random-features,random-direction, or none.")
+    ] = "random-features,random-direction",
     n_features: Annotated[str | None, typer.Option(help="Top-n feature count(s), e.g. 10,20,50.")] = None,
     mode: Annotated[
         str, typer.Option("--mode", "--modes", help="clamp, zero, scale (comma list).")
@@ -449,7 +547,8 @@ def intervene_command(
         sae=sae, hook=hook, modes=_split(mode), n_features=_split(n_features, int), scales=_split(scale, float, "--scale"),
         protocol=protocol, forget_tasks=_split(forget_tasks), retain_tasks=_split(retain_tasks),
         known_only=known_only, permutations=permutations, limit=limit, batch_size=batch_size, run_id=run_id,
-        resume=resume, overwrite=overwrite, device=device, dtype=dtype,
+        resume=resume, overwrite=overwrite, device=device, dtype=dtype, clamp_unit=clamp_unit,
+        controls=[] if controls.strip() == "none" else _split(controls),
     )  # fmt: skip
     console = Console()
     run_dir = run_intervene(cfg, console=console)

@@ -28,6 +28,8 @@ class Preset:
     sae: str | None = None
     """SAE spec for `unlearn.saes.load_sae` (registry id, local folder or npz)."""
     hook_point: str | None = None
+    clamp_unit: str = "absolute"
+    """`intervene`'s default clamp unit: absolute (paper numbers) or typical (× mean active activation)."""
     eval: dict[str, Any] = field(default_factory=dict)
     select: dict[str, Any] = field(default_factory=dict)
     rmu: dict[str, Any] = field(default_factory=dict)

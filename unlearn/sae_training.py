@@ -10,7 +10,7 @@ Two architectures, both giving a plain `unlearn.saes.SAE` (SAELens format when s
 Inputs are scaled to unit mean squared norm during training (2407.14435 §5; centred first, see
 `train_sae`) so that ε, the threshold init and λ transfer between models; the scale is folded back into
 the saved weights, so the saved SAE reads raw activations. Decoder rows are kept at unit norm (as
-SAEBench/dictionary_learning do).
+SAEBench/dictionary_learning do), and saved that way: activations come out in residual units.
 """
 
 from __future__ import annotations
@@ -184,7 +184,9 @@ class TrainableSAE(nn.Module):
     def to_sae(
         self, scale: float, *, hook_name: str | None = None, dtype: torch.dtype = torch.float32
     ) -> SAE:
-        """Fold the input scale s back in: x' = x/s, so W_enc/s reads raw x; x̂ = s·x̂' scales the decoder."""
+        """Fold the input scale s back in: x' = x/s, so W_enc/s reads raw x; x̂ = s·x̂' scales the decoder.
+        Then re-parametrise to unit-norm decoder rows (`SAE.unit_norm_decoder`), so saved activations are
+        in residual units (x̂ is unchanged; in effect W_enc stays raw and b_enc, θ are multiplied by s)."""
         arch = self.cfg.architecture
         sae = SAE(
             self.W_enc.shape[0],
@@ -201,7 +203,7 @@ class TrainableSAE(nn.Module):
         sae.b_dec.copy_(self.b_dec.double() * scale)
         if arch == "jumprelu":
             sae.threshold.copy_(self.log_threshold.double().exp())
-        return sae.to(dtype)
+        return sae.unit_norm_decoder().to(dtype)
 
 
 def _schedule(step: int, total: int, warmup: float) -> float:

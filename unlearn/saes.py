@@ -152,6 +152,41 @@ class SAE(nn.Module):
             return pre_NK.relu() * (pre_NK > self.threshold[idx_K])
         return pre_NK.relu()
 
+    # --- conventions ----------------------------------------------------------------------------------
+
+    def decoder_norms(self) -> Tensor:
+        """||W_dec[i]|| per feature, float64, shape (d_sae,)."""
+        return self.W_dec.detach().double().norm(dim=-1)
+
+    @torch.no_grad()
+    def unit_norm_decoder(self) -> SAE:
+        """Re-parametrise in place so every decoder row has unit norm and activations are in residual
+        units (the SAELens / Anthropic convention, Bricken et al. 2023): with n_i = ||W_dec[i]||,
+        W_dec[i] /= n_i, W_enc[:, i] *= n_i, b_enc[i] *= n_i, threshold[i] *= n_i. Then f_i becomes
+        n_i f_i and f_i W_dec[i] is unchanged, so reconstructions are identical (computed in float64,
+        then cast back). A clamp value then means the same edit size for every feature.
+
+        TopK picks the k largest pre-activations; a per-feature rescale would change that choice, so a
+        topk SAE is accepted only when its decoder norms are all equal (as `train-sae` writes them).
+        Returns self.
+        """
+        n_F = self.decoder_norms()
+        if not bool((n_F > 0).all()):
+            dead = torch.nonzero(n_F == 0).flatten()[:5].tolist()
+            raise UnlearnError(f"SAE decoder rows {dead} are zero; a unit-norm decoder is undefined there")
+        if self.architecture == "topk" and float(n_F.max() - n_F.min()) > 1e-6 * float(n_F.max()):
+            raise UnlearnError(
+                "topk SAE with unequal decoder norms: rescaling features would change which k win; "
+                "keep it in its own convention"
+            )
+        dtype = self.dtype
+        self.W_dec.copy_((self.W_dec.double() / n_F[:, None]).to(dtype))
+        self.W_enc.copy_((self.W_enc.double() * n_F[None, :]).to(dtype))
+        self.b_enc.copy_((self.b_enc.double() * n_F).to(dtype))
+        if self.threshold is not None:
+            self.threshold.copy_((self.threshold.double() * n_F).to(dtype))
+        return self
+
     # --- persistence ----------------------------------------------------------------------------------
 
     def cfg_dict(self) -> dict:
@@ -172,8 +207,11 @@ class SAE(nn.Module):
             cfg["rescale_acts_by_decoder_norm"] = False
         return cfg
 
-    def save(self, folder: str | Path) -> Path:
-        """Write a SAELens 6.x folder: `cfg.json` + `sae_weights.safetensors`. Returns the folder."""
+    def save(self, folder: str | Path, *, matrix_dtype: torch.dtype | None = None) -> Path:
+        """Write a SAELens 6.x folder: `cfg.json` + `sae_weights.safetensors`. Returns the folder.
+
+        `matrix_dtype` stores W_enc/W_dec in a smaller dtype (float16 keeps a shipped SAE small) while
+        biases and thresholds keep the SAE's dtype; loaders cast everything to `cfg.json`'s dtype."""
         from unlearn.checks import require_finite_tensors
         from unlearn.results import write_bytes, write_json
 
@@ -184,6 +222,8 @@ class SAE(nn.Module):
         require_finite_tensors(
             tensors, f"the SAE to be saved at {folder}", "not saved; lower the learning rate"
         )
+        if matrix_dtype is not None:
+            tensors["W_enc"], tensors["W_dec"] = self.W_enc.to(matrix_dtype), self.W_dec.to(matrix_dtype)
         # atomically (temp file + rename), weights before cfg.json, so a crash never leaves a folder that loads
         write_bytes(
             folder / SAE_WEIGHTS_FILENAME,

@@ -6,6 +6,8 @@ retain firing frequency exceeds `retain_threshold` (SAEBench sweeps 0.001 and 0.
 forget frequency (or by forget/retain ratio), keep the first `n_features` that fire on forget text at
 all. A second, cheap pass over the forget text records each selected feature's top-activating contexts,
 so a person can judge whether it is really about the topic (the paper inspects features by hand).
+Each selection also records its features' typical activations, frequency-matched random control features
+and its topic-detection AUROC on held-out questions (`feature_checks`).
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from rich.table import Table
 from torch import Tensor, nn
 
 from unlearn.checks import check_model_path, finite_float, positive_int
-from unlearn.data import iter_texts
 from unlearn.errors import UnlearnError
 from unlearn.evaluate import weight_fingerprint
+from unlearn.feature_checks import control_info, held_out_sources, iter_sources, selection_auroc
 from unlearn.feature_stats import (
     FeatureStats,
     accumulate,
@@ -96,10 +98,19 @@ class SelectConfig:
     """Hook point instead of the SAE's / the preset's (e.g. blocks.6.hook_resid_post)."""
     topics: list[str] = field(default_factory=lambda: ["bio"])
     """Topics to select features for; each needs a forget text source (preset or `forget_sources`)."""
-    forget_sources: dict[str, str] = field(default_factory=dict)
-    """topic -> text source (offline:bio-forget, questions:wmdp-bio, a .jsonl/.txt path), over the preset."""
-    retain_source: str | None = None
-    """Retain text source instead of the preset's (wikitext, offline:retain, a path)."""
+    forget_sources: dict[str, str | list[str]] = field(default_factory=dict)
+    """topic -> text source (offline:bio-forget, questions:wmdp-bio, a .jsonl/.txt path) or a list of them
+    (read in order), over the preset."""
+    retain_source: str | list[str] | None = None
+    """Retain text source(s) instead of the preset's (wikitext, offline:retain, a path)."""
+    auroc_forget: list[str] | None = None
+    """Held-out forget question sources for the topic-detection AUROC (default: the preset's first
+    evaluation forget source on its @test split)."""
+    auroc_retain: list[str] | None = None
+    """Held-out retain question sources for the AUROC (default: the preset's evaluation retain sources
+    on @test). With neither a preset nor these, no AUROC is computed."""
+    seed: int = 0
+    """Seed of the frequency-matched random control features."""
     retain_threshold: float = 0.01
     """Drop features firing on more than this fraction of retain tokens."""
     n_features: int = 50
@@ -170,7 +181,7 @@ def _first_tokens(chunks: list[list[int]], n: int | None) -> list[list[int]]:
     return out
 
 
-def _sources(cfg: SelectConfig, preset: Preset | None) -> tuple[dict[str, str], str]:
+def _sources(cfg: SelectConfig, preset: Preset | None) -> tuple[dict[str, str | list], str | list]:
     known = dict(preset.select.get("forget_text", {})) if preset else {}
     known.update(cfg.forget_sources)
     missing = [t for t in cfg.topics if t not in known]
@@ -216,9 +227,9 @@ def run_select(cfg: SelectConfig, *, lm: LoadedModel | None = None, sae: SAE | N
     tok = lm.tokenizer
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
 
-    def chunks_of(source: str) -> list[list[int]]:
+    def chunks_of(source: str | list[str]) -> list[list[int]]:
         out = list(
-            token_chunks(iter_texts(source), tok, max_length=cfg.max_length, max_tokens=cfg.max_tokens)
+            token_chunks(iter_sources(source), tok, max_length=cfg.max_length, max_tokens=cfg.max_tokens)
         )
         if not out:
             raise UnlearnError(f"Text source {source!r} yielded no text.")
@@ -266,7 +277,21 @@ def run_select(cfg: SelectConfig, *, lm: LoadedModel | None = None, sae: SAE | N
                      "ratio": float(ratio[i]), "mean_act": float(forget.mean_act_F[i]), **ctx[i]}
                     for i in ids
                 ]  # fmt: skip
-                topics[topic] = {"features": ids, "source": source, "tokens": forget.n_tokens, "stats": stats}
+                info = control_info(forget, retain, ids, seed=cfg.seed)
+                topics[topic] = {"features": ids, "source": source, "tokens": forget.n_tokens,
+                                 "typical_activation": info.pop("typical_activation"), "controls": info,
+                                 "stats": stats}  # fmt: skip
+        held_forget, held_retain = held_out_sources(preset)
+        held_forget, held_retain = cfg.auroc_forget or held_forget, cfg.auroc_retain or held_retain
+        for t in topics.values():
+            t["detection"] = (
+                selection_auroc(
+                    lm, sae, hook, t["features"], held_forget, held_retain, batch_tokens=cfg.batch_tokens
+                )  # fmt: skip
+                if held_forget and held_retain
+                else None
+            )
+            t["auroc"] = t["detection"]["auroc"] if t["detection"] else None
         rule = {"retain_threshold": cfg.retain_threshold, "rank_by": cfg.rank_by, "n_features": cfg.n_features,
                 "retain_source": retain_source, "retain_tokens": retain.n_tokens,
                 "drop": "retain_freq > retain_threshold or forget_freq == 0"}  # fmt: skip
@@ -336,6 +361,11 @@ class Selection:
     """How the selection ranked features (freq or ratio), from its rule."""
     source: str | None
     """The features.json it came from."""
+    typical: list[float] | None = None
+    """Mean activation where active on forget text, per ranked feature (None: an older selection)."""
+    controls: list[int] | None = None
+    """Frequency-matched random control features, one per ranked feature."""
+    control_typical: list[float] | None = None
 
 
 def read_selection(path: str | Path | None = None, topic: str | None = None) -> Selection:
@@ -366,18 +396,26 @@ def read_selection(path: str | Path | None = None, topic: str | None = None) -> 
     return Selection(features=[int(i) for i in topics[topic]["features"]], sae=data.get("sae"),
                      hook=data.get("hook"), topic=topic,
                      retain_threshold=data.get("rule", {}).get("retain_threshold"),
-                     rank_by=data.get("rule", {}).get("rank_by"), source=str(file))  # fmt: skip
+                     rank_by=data.get("rule", {}).get("rank_by"), source=str(file),
+                     typical=topics[topic].get("typical_activation"),
+                     controls=(topics[topic].get("controls") or {}).get("controls"),
+                     control_typical=(topics[topic].get("controls") or {}).get("control_typical_activation"))  # fmt: skip
 
 
-def _parse_sources(pairs: list[str]) -> dict[str, str]:
-    out = {}
+def _parse_sources(pairs: list[str]) -> dict[str, str | list[str]]:
+    """TOPIC=SOURCE pairs; a topic given more than once reads its sources in order."""
+    out: dict[str, str | list[str]] = {}
     for pair in pairs:
         topic, sep, source = pair.partition("=")
         if not sep or not topic or not source:
             raise UnlearnError(
                 f"--forget-source takes TOPIC=SOURCE (e.g. bio=offline:bio-forget), got {pair!r}."
             )
-        out[topic] = source
+        out[topic] = (
+            [*([out[topic]] if isinstance(out[topic], str) else out[topic]), source]
+            if topic in out
+            else source
+        )
     return out
 
 
@@ -390,7 +428,9 @@ def select_features_command(
     forget_source: Annotated[
         list[str] | None, typer.Option(help="TOPIC=SOURCE text source (repeatable).")
     ] = None,
-    retain_source: Annotated[str | None, typer.Option(help="Retain text source.")] = None,
+    retain_source: Annotated[
+        str | None, typer.Option(help="Retain text source(s), comma list read in order.")
+    ] = None,
     retain_threshold: Annotated[float, typer.Option(help="Max retain firing frequency.")] = 0.01,
     n_features: Annotated[int, typer.Option(help="Features kept per topic.")] = 50,
     rank_by: Annotated[str, typer.Option(help="freq (paper) or ratio.")] = "freq",
@@ -408,7 +448,8 @@ def select_features_command(
     """Select SAE features that fire on forget text and (almost) never on retain text."""
     cfg = SelectConfig(
         preset=preset, model=model, sae=sae, hook=hook, topics=topic or ["bio"],
-        forget_sources=_parse_sources(forget_source or []), retain_source=retain_source,
+        forget_sources=_parse_sources(forget_source or []),
+        retain_source=None if retain_source is None else retain_source.split(",") if "," in retain_source else retain_source,
         retain_threshold=retain_threshold, n_features=n_features, rank_by=rank_by,  # type: ignore[arg-type]
         max_tokens=max_tokens, max_length=max_length, batch_tokens=batch_tokens, device=device, dtype=dtype,
         run_id=run_id, overwrite=overwrite, counters_from=counters_from,
@@ -416,6 +457,11 @@ def select_features_command(
     run_dir = run_select(cfg)
     features = read_json(run_dir / "features.json")
     console = Console()
-    for name in features["topics"]:
+    for name, t in features["topics"].items():
         console.print(features_table(features, name))
+        if t.get("detection") and t["detection"]["auroc"] is not None:
+            d = t["detection"]
+            top = ", ".join(f"top {n}: {v:.3f}" for n, v in d["auroc_top"].items())
+            console.print(f"{name}: topic-detection AUROC {d['auroc']:.3f} ({top}) on {d['n_forget']} "
+                          f"{'+'.join(d['forget'])} vs {d['n_retain']} {'+'.join(d['retain'])} questions")  # fmt: skip
     console.print(f"wrote {run_dir}")
