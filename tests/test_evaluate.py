@@ -179,7 +179,7 @@ def test_known_means_right_in_all_24_orders(tiny, qfiles, monkeypatch):
     import itertools
     import re
 
-    from unlearn import evaluate
+    from unlearn import known
 
     lm = tiny("gemma3")
     qs = load_tasks(EvalConfig(forget=[qfiles[0]]))[0].questions  # answers 0, 1, 2
@@ -195,7 +195,7 @@ def test_known_means_right_in_all_24_orders(tiny, qfiles, monkeypatch):
                 out[n, pos] = float(choice.strip() == qs[qi].choices[qs[qi].answer]) + bias[qi][pos]
         return out
 
-    monkeypatch.setattr(evaluate, "make_letter_scorer", lambda *a, **k: fake_scorer)
+    monkeypatch.setattr(known, "make_letter_scorer", lambda *a, **k: fake_scorer)
     cfg = EvalConfig(forget=[qfiles[0]], protocol="letter", known_only=True, chat_template=False)
     got = known_mask(lm, load_tasks(cfg)[0], cfg, chat_template=False)
 

@@ -491,7 +491,7 @@ def test_resume_identifies_the_sae_by_its_weights_not_its_path(tiny, tmp_path, m
     monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path))
     lm = tiny("gemma3")
     sae, _ = _fires_on_token(lm, HOOK, " heart")
-    cfg = InterveneConfig(feature_ids=[5], scales=[-20.0], sae="same/path", run_id="r")
+    cfg = InterveneConfig(feature_ids=[5], scales=[-20.0], sae="same/path", run_id="r", controls=[])
     run_intervene(cfg, lm=lm, sae=sae, suite=FakeSuite(lm))
     retrained = copy.deepcopy(sae)
     with torch.no_grad():

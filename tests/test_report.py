@@ -375,6 +375,7 @@ def build_split_tree(root: Path) -> tuple[Path, dict[str, pd.DataFrame]]:
     for split in ("test", "dev"):
         run = new_run_dir("intervene", f"2026-{split}", root)
         write_json(run / "config.json", cfg("intervene", mode="clamp"))
+        mark_complete(run)  # the report reads completed runs only
         write_json(run / "baseline.json", _block(frames["baseline"], split))
         frames["baseline"].to_csv(run / "questions" / "baseline.csv", index=False) if (
             run / "questions").mkdir() is None else None  # fmt: skip
@@ -388,6 +389,7 @@ def build_split_tree(root: Path) -> tuple[Path, dict[str, pd.DataFrame]]:
             break
     sel = new_run_dir("select-features", "2026-sel", root)
     write_json(sel / "config.json", cfg("select-features"))
+    mark_complete(sel)
     write_json(sel / "features.json", {"topics": {"bio": {"features": [7], "auroc": 0.8125}}})
     return root, frames
 

@@ -170,6 +170,11 @@ class SAE(nn.Module):
         topk SAE is accepted only when its decoder norms are all equal (as `train-sae` writes them).
         Returns self.
         """
+        from unlearn.checks import require_finite_tensors
+
+        require_finite_tensors(
+            self.state_dict(), "the SAE being re-parametrised", "not saved; lower the learning rate"
+        )
         n_F = self.decoder_norms()
         if not bool((n_F > 0).all()):
             dead = torch.nonzero(n_F == 0).flatten()[:5].tolist()
