@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -500,3 +502,47 @@ def test_resume_identifies_the_sae_by_its_weights_not_its_path(tiny, tmp_path, m
         run_intervene(
             InterveneConfig(**{**cfg.__dict__, "resume": True}), lm=lm, sae=retrained, suite=FakeSuite(lm)
         )
+
+
+def test_gated_point_is_calibrated_on_retain_and_leaves_unfired_questions_bit_identical(
+    tiny, tmp_path, monkeypatch
+):
+    """A window gate calibrated at FPR 0 on the retain questions fires on none of them, so their
+    log-likelihoods equal the unhooked model's exactly, while forget questions full of the feature's
+    token are edited; the static clamp edits both (the feature fires on one retain token too)."""
+    from unlearn.intervene import InterveneConfig, run_intervene
+    from unlearn.results import read_json
+
+    monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path / "results"))
+    lm = tiny("gemma3")
+    sae, _ = _fires_on_token(lm, HOOK, " heart")
+    with torch.no_grad():
+        sae.b_enc[5] *= 0.5  # fire wherever the residual leans towards " heart" (any context)
+    heart = " heart" * 6
+    rows = {
+        "forget": [{"question": f"Which organ {i} beats{heart}?", "choices": ["heart", "lung", "eye", "ear"],
+                    "answer": i % 4} for i in range(6)],
+        "retain": [{"question": f"Which city {i} is a capital{' heart' if i == 0 else ''}?",
+                    "choices": ["Paris", "Lyon", "Nice", "Metz"], "answer": i % 4} for i in range(6)],
+    }  # fmt: skip
+    paths = {}
+    for role, rs in rows.items():
+        paths[role] = tmp_path / f"{role}.jsonl"
+        paths[role].write_text("".join(json.dumps(r) + "\n" for r in rs))
+    cfg = InterveneConfig(
+        feature_ids=[5], scales=[-50.0], clamp_unit="absolute", controls=[], gates=["none", "window"],
+        gate_fpr=0.0, protocol="cloze", forget_tasks=[str(paths["forget"])],
+        retain_tasks=[str(paths["retain"])], known_only=False, split="all",
+    )  # fmt: skip
+    run_dir = run_intervene(cfg, lm=lm, sae=sae)
+    gated = read_json(run_dir / "points" / "clamp_n1_s-50_gate-window.json")
+    assert gated["gate"]["kind"] == "window" and gated["gate"]["measured_fpr"]["retain_all"] == 0.0
+    assert gated["gate"]["measured_fpr"]["forget_all"] > 0.5  # most forget questions fire
+    ll = [f"ll_{k}" for k in range(4)]
+    base = pd.read_csv(run_dir / "questions" / "baseline.csv")
+    gate_q = pd.read_csv(run_dir / "questions" / "clamp_n1_s-50_gate-window.csv")
+    static_q = pd.read_csv(run_dir / "questions" / "clamp_n1_s-50.csv")
+    retain, forget = base.role == "retain", base.role == "forget"
+    np.testing.assert_array_equal(gate_q.loc[retain, ll].to_numpy(), base.loc[retain, ll].to_numpy())
+    assert not np.allclose(gate_q.loc[forget, ll].to_numpy(), base.loc[forget, ll].to_numpy())
+    assert not np.allclose(static_q.loc[retain, ll].to_numpy(), base.loc[retain, ll].to_numpy())

@@ -56,6 +56,8 @@ class Gate:
     features: tuple[int, ...] = ()
     value: float = -20.0
     """Feature value written on edited tokens (−c; their bio c = 500, too small for Gemma 3's residual)."""
+    values: tuple[float, ...] | None = None
+    """One value per feature instead of `value` (clamps in units of each feature's typical activation)."""
     window: int = 16
     """`window`: tokens per window (the fixed denominator)."""
     drift: float = 0.25
@@ -79,6 +81,13 @@ class Gate:
         if not math.isfinite(self.threshold):
             raise UnlearnError(f"Gate threshold must be finite, got {self.threshold}.")
         object.__setattr__(self, "features", tuple(int(i) for i in self.features))
+        if self.values is not None:
+            object.__setattr__(self, "values", tuple(float(v) for v in self.values))
+            if len(self.values) != len(self.features) or not all(map(math.isfinite, self.values)):
+                raise UnlearnError(
+                    f"A gate needs one finite value per feature: {len(self.features)} features, "
+                    f"values {list(self.values)}."
+                )
 
     def replace(self, **changes) -> Gate:
         return dataclasses.replace(self, **changes)
@@ -86,6 +95,7 @@ class Gate:
     def to_json(self) -> dict:
         data = dataclasses.asdict(self)
         data["features"] = list(self.features)
+        data["values"] = None if self.values is None else list(self.values)
         return data
 
     @classmethod
@@ -166,14 +176,25 @@ def sequence_stats(gate: Gate, e_BT: Tensor, real_BT: Tensor) -> list[float]:
 
 
 def _edited(
-    sae: nn.Module, gate: Gate, x_BTD: Tensor, f_BTK: Tensor, edit_BT: Tensor, idx_K: Tensor
+    sae: nn.Module,
+    gate: Gate,
+    x_BTD: Tensor,
+    f_BTK: Tensor,
+    edit_BT: Tensor,
+    idx_K: Tensor,
+    directions_KD: Tensor | None = None,
 ) -> Tensor:
+    value_K = torch.as_tensor(
+        gate.values if gate.values is not None else [gate.value] * len(gate.features),
+        dtype=f_BTK.dtype,
+        device=f_BTK.device,
+    )
     if gate.scope == "token":
-        df_BTK = gate.value - f_BTK
+        df_BTK = value_K - f_BTK
     else:
-        df_BTK = torch.where(f_BTK > 0, torch.full_like(f_BTK, gate.value), f_BTK) - f_BTK
+        df_BTK = torch.where(f_BTK > 0, value_K.expand_as(f_BTK), f_BTK) - f_BTK
     df_BTK = df_BTK.masked_fill(~edit_BT.unsqueeze(-1), 0)
-    dx_BTD = df_BTK @ sae.W_dec[idx_K]
+    dx_BTD = df_BTK @ (sae.W_dec[idx_K] if directions_KD is None else directions_KD.to(sae.W_dec.dtype))
     wide = torch.promote_types(x_BTD.dtype, dx_BTD.dtype)
     return x_BTD.to(wide) + dx_BTD.to(wide)
 
@@ -217,10 +238,12 @@ def gated(
     hook_name: str | None = None,
     bos_token_id: int | None = None,
     record: list[list[float]] | None = None,
+    directions_KD: Tensor | None = None,
 ) -> Iterator[None]:
     """Install the gated clamp at `sae.hook_name` (or `hook_name`) for every forward inside the block.
 
-    `record`, if given, receives each forward's per-row statistics (for tests and diagnostics)."""
+    `record`, if given, receives each forward's per-row statistics (for tests and diagnostics);
+    `directions_KD` replaces the features' decoder rows in the edit (the random-direction control)."""
     hook, idx_K = _check(model, sae, gate, hook_name)
     bos = bos_token_id if bos_token_id is not None else getattr(text_config(model), "bos_token_id", None)
     seen: dict = {"ids": None, "mask": None, "fresh": True}
@@ -254,7 +277,7 @@ def gated(
         edit_BT = fire_B[:, None] & counted_BT & (f_BTK > 0).any(-1)
         if not bool(edit_BT.any()):
             return x_BTD
-        return _edited(sae, gate, x_BTD, f_BTK, edit_BT, idx_K)
+        return _edited(sae, gate, x_BTD, f_BTK, edit_BT, idx_K, directions_KD)
 
     body = model.get_decoder() if hasattr(model, "get_decoder") else model
     pre = body.register_forward_pre_hook(remember, with_kwargs=True)

@@ -46,6 +46,8 @@ from unlearn import checks
 from unlearn.checks import check_model_path, finite_float, finite_floats, positive_int, positive_ints
 from unlearn.clamp_controls import CONTROLS, EditStats, feature_info, random_rotation, with_controls
 from unlearn.errors import UnlearnError
+from unlearn.gate_points import DEFAULT_FPR, calibrate_gate, check_gates
+from unlearn.gates import Gate, gated
 from unlearn.hooks import edit, hook_width, text_config
 from unlearn.models import LoadedModel, load_model, model_spec
 from unlearn.presets import DEFAULT_PRESET
@@ -227,6 +229,13 @@ class InterveneConfig:
     """Control points beside each point: random-features, random-direction (empty list: none)."""
     seed: int = 0
     """Seed of the random-direction rotation (random features are drawn, seeded, at selection)."""
+    gates: list[str] = field(default_factory=lambda: ["none"])
+    """Gates to sweep for clamp points: none (static), dsg (Muhamed et al.'s ρ over real tokens), window
+    (max over 16-token windows; a prefix cannot dilute it), cusum (Page's CUSUM of the evidence)."""
+    gate_fpr: float = DEFAULT_FPR
+    """Target false-positive rate of each gate on the dev retain questions (sets its threshold)."""
+    split: str | None = None
+    """Question split to score: dev (tuning), test (reporting) or all; default: the preset's."""
     protocol: str | None = None
     """Evaluation protocol instead of the preset's: letter, cloze or lm-eval."""
     forget_tasks: list[str] | None = None
@@ -265,6 +274,21 @@ def grid(
     return list(points.values())
 
 
+def with_gates(
+    points: list[tuple[str, Mode, int, float]], gates: Sequence[str], controls: Sequence[str]
+) -> list[tuple[str, Mode, int, float, str | None, str]]:
+    """Each clamp point once per gate (`<id>_gate-<kind>`; `none` keeps the static id), each followed by
+    its control points; zero and scale points are static only."""
+    out = []
+    for gate in gates:
+        for pid, mode, n, scale in points:
+            if gate != "none" and mode != "clamp":
+                continue
+            gid = pid if gate == "none" else f"{pid}_gate-{gate}"
+            out += [(*p, gate) for p in with_controls([(gid, mode, n, scale)], controls)]
+    return out
+
+
 def check_intervene_flags(cfg: InterveneConfig) -> None:
     """Everything checkable before the model loads: modes, counts ≥ 1, finite scales, feature ids,
     the run id (re-use needs --resume or --overwrite) and a local --model path."""
@@ -275,6 +299,7 @@ def check_intervene_flags(cfg: InterveneConfig) -> None:
     positive_ints(cfg.n_features, "--n-features")
     if cfg.n_features is not None and not cfg.n_features:
         raise UnlearnError("--n-features is empty: pass counts such as 10,20,50")
+    check_gates(cfg.gates, finite_float(cfg.gate_fpr, "--gate-fpr"))
     finite_floats(cfg.scales, "--scale")
     if not cfg.scales:
         raise UnlearnError("--scale is empty: pass values such as -20 or -5,-20,-50")
@@ -386,8 +411,8 @@ def run_intervene(
     sizes = cfg.n_features or ([len(ranked)] if cfg.feature_ids else [20])
     if max(sizes) > len(ranked):
         log.warning("only %d ranked features; larger n use all of them", len(ranked))
-    points = with_controls(
-        grid(cfg.modes, sorted({min(n, len(ranked)) for n in sizes}), cfg.scales), cfg.controls
+    points = with_gates(
+        grid(cfg.modes, sorted({min(n, len(ranked)) for n in sizes}), cfg.scales), cfg.gates, cfg.controls
     )
     unit = cfg.clamp_unit or (getattr(preset, "clamp_unit", None) if preset else None) or "absolute"
     if unit not in CLAMP_UNITS:
@@ -397,7 +422,7 @@ def run_intervene(
 
         overrides = {"protocol": cfg.protocol, "forget": cfg.forget_tasks, "retain": cfg.retain_tasks,
                      "known_only": cfg.known_only, "permutations": cfg.permutations, "limit": cfg.limit,
-                     "batch_size": cfg.batch_size}  # fmt: skip
+                     "batch_size": cfg.batch_size, "split": cfg.split}  # fmt: skip
         ecfg = eval_config_from_preset(preset, **overrides)
         if not ecfg.forget and not ecfg.retain:
             raise UnlearnError("No evaluation tasks: pass --forget-tasks and --retain-tasks (or a --preset).")
@@ -420,10 +445,10 @@ def run_intervene(
     rotation_DD = None
     if "random-direction" in cfg.controls:
         rotation_DD = random_rotation(sae.d_in, cfg.seed, dtype=sae.W_dec.dtype, device=sae.W_dec.device)
-    plan = ClampPlan(unit, typical, control_ids, control_typical, rotation_DD, cfg.seed)
+    plan = ClampPlan(unit, typical, control_ids, control_typical, rotation_DD, cfg.seed, cfg.gate_fpr)
     layer = int(hook.split(".")[1]) if hook.startswith("blocks.") else None
     config = {"layer": layer, "grid": {"modes": cfg.modes, "n_features": sizes, "scales": cfg.scales},
-              "controls": cfg.controls, "seed": cfg.seed}  # fmt: skip
+              "controls": cfg.controls, "seed": cfg.seed, "gates": cfg.gates, "gate_fpr": cfg.gate_fpr}  # fmt: skip
     with _open_run(cfg, identity, config) as run:
         _sweep(run.path, lm, sae, suite, points, ranked, hook, selection, plan, console)
     return run.path
@@ -438,11 +463,13 @@ class ClampPlan(NamedTuple):
     control_typical: list[float] | None
     rotation_DD: Tensor | None  # random orthogonal map for the random-direction control
     seed: int
+    gate_fpr: float  # target false-positive rate of gated points
 
 
 def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan: ClampPlan, console) -> None:
     """Baseline, then each grid point not yet in the folder; a point's JSON is its last file."""
-    unit, typical, control_ids, control_typical, rotation_DD, seed = plan
+    unit, typical, control_ids, control_typical, rotation_DD, seed, gate_fpr = plan
+    calibrated_gates: dict[tuple, Gate] = {}  # a real point and its direction control share one gate
     if (run_dir / "baseline.json").exists():
         base = EvalBlock.from_dict(read_json(run_dir / "baseline.json"))
     else:
@@ -455,7 +482,7 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan:
     console.print(point_table("unhooked", base, None))
     thr = selection.retain_threshold if selection else None
     rank_by = selection.rank_by if selection else None
-    for pid, mode, n, scale, control in points:
+    for pid, mode, n, scale, control, gate_kind in points:
         path = run_dir / "points" / f"{pid}.json"
         if path.exists():
             log.info("skipping %s (done)", pid)
@@ -469,9 +496,19 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan:
         dirs = None
         if control == "random-direction":
             dirs = sae.W_dec[torch.as_tensor(feats, dtype=torch.long, device=sae.W_dec.device)] @ rotation_DD
-        edit_stats = EditStats()
-        with torch.inference_mode(), clamp(lm.model, sae, feats, mode, value, hook_name=hook,
-                                           directions_KD=dirs, stats=edit_stats):  # fmt: skip
+        edit_stats, gate = EditStats(), None
+        if gate_kind == "none":
+            hooked = clamp(
+                lm.model, sae, feats, mode, value, hook_name=hook, directions_KD=dirs, stats=edit_stats
+            )
+        else:
+            key = (gate_kind, tuple(feats), tuple(values))
+            if key not in calibrated_gates:
+                raw = Gate(gate_kind, features=tuple(feats), values=tuple(values))
+                calibrated_gates[key] = calibrate_gate(lm, sae, raw, suite, fpr=gate_fpr, hook_name=hook)
+            gate = calibrated_gates[key]
+            hooked = gated(lm.model, sae, gate, hook_name=hook, directions_KD=dirs)
+        with torch.inference_mode(), hooked:
             outcome = suite.run(lm.model, desc=pid)
         if getattr(outcome, "questions", None) is not None and len(outcome.questions):
             write_table(run_dir / "questions" / f"{pid}.csv", outcome.questions)
@@ -480,11 +517,14 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan:
                           "clamp_unit": unit, "clamp_values": values,
                           "typical_activation": [float(m) for m in mus[:n]] or None,
                           "seed": seed if control == "random-direction" else None,
-                          "edit": edit_stats.as_dict(), "metrics": outcome.block})  # fmt: skip
+                          "gate": gate.to_json() if gate else None,
+                          "edit": edit_stats.as_dict() if gate is None else None, "metrics": outcome.block})  # fmt: skip
         write_table(run_dir / "summary.csv", summary_frame(run_dir))
         size = edit_stats.as_dict()
         title = (f"{pid} ({len(feats)} features at {hook}; edited {size['edited_frac']:.1%} of tokens, "
-                 f"mean ||Δx||/||x|| {size['rel_norm']:.3f})")  # fmt: skip
+                 f"mean ||Δx||/||x|| {size['rel_norm']:.3f})") if gate is None else (
+                 f"{pid} ({len(feats)} features at {hook}; gate τ={gate.threshold:.3g}, "
+                 f"firing rates {', '.join(f'{k} {v:.2f}' for k, v in gate.measured_fpr.items())})")  # fmt: skip
         console.print(point_table(title, outcome.block, base))
     write_table(run_dir / "summary.csv", summary_frame(run_dir))
 
@@ -510,6 +550,15 @@ def intervene_command(
         str, typer.Option(help="Control points: random-features,random-direction, or none.")
     ] = "random-features,random-direction",
     n_features: Annotated[str | None, typer.Option(help="Top-n feature count(s), e.g. 10,20,50.")] = None,
+    gate: Annotated[
+        str, typer.Option("--gate", "--gates", help="none (static), dsg, window, cusum (comma list).")
+    ] = "none",
+    gate_fpr: Annotated[
+        float, typer.Option(help="Target false-positive rate of gates on dev retain questions.")
+    ] = DEFAULT_FPR,
+    split: Annotated[
+        str | None, typer.Option(help="Questions scored: dev (tuning), test (reporting), all.")
+    ] = None,
     mode: Annotated[
         str, typer.Option("--mode", "--modes", help="clamp, zero, scale (comma list).")
     ] = "clamp",
@@ -548,7 +597,8 @@ def intervene_command(
         protocol=protocol, forget_tasks=_split(forget_tasks), retain_tasks=_split(retain_tasks),
         known_only=known_only, permutations=permutations, limit=limit, batch_size=batch_size, run_id=run_id,
         resume=resume, overwrite=overwrite, device=device, dtype=dtype, clamp_unit=clamp_unit,
-        controls=[] if controls.strip() == "none" else _split(controls),
+        controls=[] if controls.strip() == "none" else _split(controls), gates=_split(gate),
+        gate_fpr=gate_fpr, split=split,
     )  # fmt: skip
     console = Console()
     run_dir = run_intervene(cfg, console=console)

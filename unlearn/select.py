@@ -12,6 +12,7 @@ and its topic-detection AUROC on held-out questions (`feature_checks`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,7 +41,7 @@ from unlearn.feature_stats import (
 from unlearn.hooks import hook_width
 from unlearn.models import LoadedModel, load_model, model_spec
 from unlearn.paths import resolve_data_path, results_dir
-from unlearn.presets import DEFAULT_PRESET, Preset
+from unlearn.presets import DEFAULT_PRESET, Preset, get_preset
 from unlearn.results import (
     check_new_run,
     is_complete,
@@ -115,8 +116,9 @@ class SelectConfig:
     """Drop features firing on more than this fraction of retain tokens."""
     n_features: int = 50
     """How many ranked features to keep per topic (intervene takes the top n of them)."""
-    rank_by: RankBy = "freq"
-    """Rank surviving features by forget frequency (`freq`, the paper) or forget/retain `ratio`."""
+    rank_by: RankBy | None = None
+    """Rank surviving features by forget frequency (`freq`, the paper) or forget/retain `ratio`
+    (default: the preset's `select.rank_by`, else `freq`)."""
     max_tokens: int = 60_000
     """Tokens (BOS excluded) read from each source; sized so the default run takes a few CPU minutes."""
     max_length: int = 128
@@ -213,6 +215,9 @@ def check_select_flags(cfg: SelectConfig) -> None:
 def run_select(cfg: SelectConfig, *, lm: LoadedModel | None = None, sae: SAE | None = None) -> Path:
     """Stats pass on each topic's forget text and on the retain text, selection, context pass; writes
     `results/select-features/<run-id>/` and returns it."""
+    if cfg.rank_by is None:
+        preset_rule = get_preset(cfg.preset).select.get("rank_by") if cfg.preset else None
+        cfg = dataclasses.replace(cfg, rank_by=preset_rule or "freq")
     if cfg.rank_by not in ("freq", "ratio"):
         raise UnlearnError(f"--rank-by must be freq or ratio, not {cfg.rank_by!r}.")
     check_select_flags(cfg)
@@ -433,7 +438,9 @@ def select_features_command(
     ] = None,
     retain_threshold: Annotated[float, typer.Option(help="Max retain firing frequency.")] = 0.01,
     n_features: Annotated[int, typer.Option(help="Features kept per topic.")] = 50,
-    rank_by: Annotated[str, typer.Option(help="freq (paper) or ratio.")] = "freq",
+    rank_by: Annotated[
+        str | None, typer.Option(help="freq (paper) or ratio (default: the preset's, else freq).")
+    ] = None,
     max_tokens: Annotated[int, typer.Option(help="Tokens read per source.")] = 60_000,
     max_length: Annotated[int, typer.Option(help="Tokens per sequence.")] = 128,
     batch_tokens: Annotated[int, typer.Option(help="Token slots per forward.")] = 2048,
