@@ -17,16 +17,19 @@ def test_demo_quick_runs_offline_to_a_report(tmp_path, monkeypatch):
     for name in ("report.md", "report.html", "combined.csv"):
         assert (report_dir / name).stat().st_size > 0
     assert list(report_dir.glob("*.png"))
-    sweeps = {}
-    for sweep in (tmp_path / "intervene").iterdir():
-        points = {p.stem: read_json(p) for p in (sweep / "points").glob("*.json")}
-        sweeps[next(iter(points.values()))["rank_by"]] = points
-        base = EvalBlock.from_dict(read_json(sweep / "baseline.json"))
-        assert base.forget_acc == 1.0 and base.retain_acc == 1.0  # known subsets, unhooked
-    assert set(sweeps["freq"]) == {"zero_n20", "clamp_n20_s-20"}
-    assert set(sweeps["ratio"]) == {"clamp_n20_s-20"}  # same counters, re-ranked
-    selections = sorted((tmp_path / "select-features").iterdir())
-    assert read_json(selections[1] / "config.json")["counters_from"] == str(selections[0])
+    (sweep,) = (tmp_path / "intervene").iterdir()
+    points = {p.stem: read_json(p) for p in (sweep / "points").glob("*.json")}
+    base = EvalBlock.from_dict(read_json(sweep / "baseline.json"))
+    assert base.forget_acc == 1.0 and base.retain_acc == 1.0  # known subsets, unhooked
+    assert base.split == "test"  # reported on the test half; selection read dev text
+    static, gated = "clamp_n20_s-20", "clamp_n20_s-20_gate-window"
+    assert set(points) == {"zero_n20", static, gated} | {
+        f"{p}_ctrl-{c}" for p in (static, gated) for c in ("features", "direction")
+    }
+    assert points[f"{static}_ctrl-features"]["control"] == "random-features"
+    assert points[gated]["gate"]["kind"] == "window" and points[gated]["gate"]["target_fpr"] == 0.05
+    (selection,) = (tmp_path / "select-features").iterdir()
+    assert read_json(selection / "features.json")["topics"]["bio"]["auroc"] is not None
     (rmu,) = (tmp_path / "rmu-baseline").iterdir()
     assert {"before", "after"} <= set(read_json(rmu / "metrics.json"))
     assert (rmu / "weights.safetensors").exists()

@@ -278,14 +278,16 @@ def with_gates(
     points: list[tuple[str, Mode, int, float]], gates: Sequence[str], controls: Sequence[str]
 ) -> list[tuple[str, Mode, int, float, str | None, str]]:
     """Each clamp point once per gate (`<id>_gate-<kind>`; `none` keeps the static id), each followed by
-    its control points; zero and scale points are static only."""
+    its control points. Zero and scale points are static only, and zero ablation gets no controls: it is
+    the null edit the paper reports, and its controls would only repeat it."""
     out = []
     for gate in gates:
         for pid, mode, n, scale in points:
             if gate != "none" and mode != "clamp":
                 continue
             gid = pid if gate == "none" else f"{pid}_gate-{gate}"
-            out += [(*p, gate) for p in with_controls([(gid, mode, n, scale)], controls)]
+            ctl = [] if mode == "zero" else controls
+            out += [(*p, gate) for p in with_controls([(gid, mode, n, scale)], ctl)]
     return out
 
 
@@ -354,21 +356,23 @@ def _diff(a: float | None, b: float | None) -> float | None:
 
 
 def point_table(title: str, block: EvalBlock, base: EvalBlock | None) -> Table:
-    """Per task (and pooled): accuracy now and, against the unhooked model, its value and the change
-    (red where it moved the wrong way: forget up, retain down)."""
+    """Per task (and pooled): accuracy now with its 95% bootstrap interval and, against the unhooked
+    model, its value and the change (red where it moved the wrong way: forget up, retain down); the
+    report adds paired intervals on the changes."""
     table = Table(title=title)
-    for col in ("task", "role", "n", "acc", "unhooked", "change")[: 6 if base else 4]:
+    for col in ("task", "role", "n", "acc [95% CI]", "unhooked", "change")[: 6 if base else 4]:
         table.add_column(col, justify="left" if col in ("task", "role") else "right")
     before = {(s.task, s.role): s.acc for s in base.scores} if base else {}
-    rows = [(s.task, s.role, str(s.n), s.acc, before.get((s.task, s.role))) for s in block.scores]
-    rows += [("pooled", "forget", "", block.forget_acc, base.forget_acc if base else None),
-             ("pooled", "retain", "", block.retain_acc, base.retain_acc if base else None)]  # fmt: skip
-    for task, role, n, acc, b in rows:
+    rows = [(s.task, s.role, str(s.n), s.acc, s.ci, before.get((s.task, s.role))) for s in block.scores]
+    rows += [("pooled", "forget", "", block.forget_acc, block.forget_ci, base.forget_acc if base else None),
+             ("pooled", "retain", "", block.retain_acc, block.retain_ci, base.retain_acc if base else None)]  # fmt: skip
+    for task, role, n, acc, ci, b in rows:
         fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+        shown = fmt(acc) + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
         change = _diff(acc, b)
         style = "red" if change and ((role == "retain") == (change < 0)) else None
         extra = [fmt(b), "-" if change is None else f"{change:+.3f}"] if base else []
-        table.add_row(task, role, n, fmt(acc), *extra, style=style)
+        table.add_row(task, role, n, shown, *extra, style=style)
     return table
 
 

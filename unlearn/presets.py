@@ -33,6 +33,8 @@ class Preset:
     eval: dict[str, Any] = field(default_factory=dict)
     select: dict[str, Any] = field(default_factory=dict)
     rmu: dict[str, Any] = field(default_factory=dict)
+    demo: dict[str, Any] = field(default_factory=dict)
+    """`unlearn demo` settings chosen on the dev split (e.g. `scales`)."""
 
 
 @cache

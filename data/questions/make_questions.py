@@ -91,7 +91,22 @@ def build(src: Path) -> dict[str, list[dict]]:
     """Rows of every set under `src` (one folder per set), keyed by set name, in sorted order."""
     sets = {folder.name: parse_set(folder) for folder in sorted(src.iterdir()) if folder.is_dir()}
     check_unique([item for items in sets.values() for item in items])
-    return {name: to_rows(items, random.Random(f"{SEED}:{name}")) for name, items in sets.items()}
+    return {
+        name: interleave(to_rows(items, random.Random(f"{SEED}:{name}"))) for name, items in sets.items()
+    }
+
+
+def interleave(rows: list[dict]) -> list[dict]:
+    """Subjects round-robin (each keeping its order), so that the first N rows of a multi-subject set,
+    which `--limit N` takes, cover every subject evenly."""
+    by_subject: dict[str, list[dict]] = {}
+    for row in rows:
+        by_subject.setdefault(row["subject"], []).append(row)
+    queues = list(by_subject.values())
+    out = []
+    for i in range(max(map(len, queues))):
+        out += [q[i] for q in queues if i < len(q)]
+    return out
 
 
 def main() -> None:
