@@ -56,6 +56,12 @@ def parse_args(argv=None):
     p.add_argument("--max-length", type=ints, default=[64])
     p.add_argument("--mask-padding", action="store_true", help="Farrell et al.'s masked loss")
     p.add_argument("--mask-bos", action="store_true", help="leave BOS out of both losses")
+    p.add_argument(
+        "--param-pattern",
+        default=None,
+        help="regex of trained parameters per layer ({layer}); e.g. also the MLP's output norm, which on "
+        "Gemma 3 caps how far down_proj alone can move the residual",
+    )
     p.add_argument("--forget", default="offline:bio@dev")
     p.add_argument("--retain", default="offline:retain@dev")
     p.add_argument("--eval-limit", type=int, default=None, help="at most N questions per task")
@@ -101,7 +107,11 @@ def main(argv=None) -> None:
     torch.set_num_threads(args.threads)
     preset = get_preset(args.preset)
     base_cfg = RMUConfig(
-        preset=args.preset, eval=False, mask_padding=args.mask_padding or None, mask_bos=args.mask_bos or None
+        preset=args.preset,
+        eval=False,
+        mask_padding=args.mask_padding or None,
+        mask_bos=args.mask_bos or None,
+        param_pattern=args.param_pattern,
     )
     lm = load_model(model_spec(args.preset, None), device=None, dtype=None)
     d_model = text_config(lm.model).hidden_size
@@ -131,7 +141,7 @@ def main(argv=None) -> None:
         rows.append({
             "layer": cfg.layer, "c_rel": cfg.steering_coeff_rel if cfg.steering_coeff_rel else math.nan,
             "c": cfg.steering_coeff, "alpha": cfg.alpha, "lr": cfg.lr, "steps": steps, "bs": cfg.batch_size,
-            "len": cfg.max_length, "mask": bool(cfg.mask_padding), "mask_bos": bool(cfg.mask_bos), "forget": after.forget_acc,
+            "len": cfg.max_length, "params": cfg.param_pattern, "mask": bool(cfg.mask_padding), "mask_bos": bool(cfg.mask_bos), "forget": after.forget_acc,
             "retain": after.retain_acc, "forget_drop": base["forget"] - after.forget_acc,
             "retain_drop": base["retain"] - after.retain_acc, "retain_rel": after.retain_acc / base["retain"],
             "loss_ratio": summary["final_over_initial"], "converged": summary["converged"],

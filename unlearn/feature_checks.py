@@ -79,14 +79,21 @@ def control_info(forget: FeatureStats, retain: FeatureStats, ids: list[int], *, 
     }
 
 
-def held_out_sources(preset) -> tuple[list[str], list[str]]:
-    """The preset's first forget and all retain evaluation sources, each on its `@test` split."""
+def held_out_sources(preset, topic_text: str | Sequence[str] = ()) -> tuple[list[str], list[str]]:
+    """Held-out forget and retain questions for a topic's detection AUROC, each on its `@test` split.
+
+    Forget: the question set the topic's selection text reads on `@dev` (`questions:offline:chem@dev` ->
+    `offline:chem@test`), else the preset's first evaluation forget source; retain: the preset's
+    evaluation retain sources."""
     ev = preset.eval if preset else {}
 
     def test_split(src: str) -> str:
         return src if split_part(src)[1] else f"{src}@test"
 
-    return [test_split(s) for s in ev.get("forget", [])[:1]], [test_split(s) for s in ev.get("retain", [])]
+    texts = [topic_text] if isinstance(topic_text, str) else list(topic_text)
+    own = [split_part(t.removeprefix("questions:"))[0] for t in texts if t.startswith("questions:")]
+    forget = [f"{own[0]}@test"] if own else [test_split(s) for s in ev.get("forget", [])[:1]]
+    return forget, [test_split(s) for s in ev.get("retain", [])]
 
 
 def question_chunks(sources: Sequence[str], tokenizer, max_length: int) -> list[list[int]]:

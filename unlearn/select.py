@@ -286,9 +286,9 @@ def run_select(cfg: SelectConfig, *, lm: LoadedModel | None = None, sae: SAE | N
                 topics[topic] = {"features": ids, "source": source, "tokens": forget.n_tokens,
                                  "typical_activation": info.pop("typical_activation"), "controls": info,
                                  "stats": stats}  # fmt: skip
-        held_forget, held_retain = held_out_sources(preset)
-        held_forget, held_retain = cfg.auroc_forget or held_forget, cfg.auroc_retain or held_retain
         for t in topics.values():
+            held_forget, held_retain = held_out_sources(preset, t["source"])
+            held_forget, held_retain = cfg.auroc_forget or held_forget, cfg.auroc_retain or held_retain
             t["detection"] = (
                 selection_auroc(
                     lm, sae, hook, t["features"], held_forget, held_retain, batch_tokens=cfg.batch_tokens
