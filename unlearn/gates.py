@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from unlearn.errors import UnlearnError
-from unlearn.hooks import edit, forward_to, hook_width, text_config
+from unlearn.hooks import edit, forward_to, sae_site, text_config
 
 GateKind = Literal["none", "dsg", "window", "cusum"]
 GATE_KINDS: tuple[str, ...] = get_args(GateKind)
@@ -212,21 +212,7 @@ def _cache_is_empty(kwargs: dict) -> bool:
 
 
 def _check(model: nn.Module, sae: nn.Module, gate: Gate, hook_name: str | None) -> tuple[str, Tensor]:
-    hook = hook_name or getattr(sae, "hook_name", None)
-    if not hook:
-        raise UnlearnError("The SAE has no hook point recorded; pass --hook (e.g. blocks.6.hook_resid_post).")
-    width = hook_width(model, hook)
-    if sae.d_in != width:
-        raise UnlearnError(
-            f"SAE d_in {sae.d_in} != width {width} of {hook}: pass an SAE trained for this model and hook "
-            "point (--sae), or the hook point it was trained at (--hook)."
-        )
-    idx_K = torch.as_tensor(gate.features, dtype=torch.long, device=sae.W_dec.device).flatten()
-    if idx_K.numel() and not (0 <= int(idx_K.min()) and int(idx_K.max()) < sae.d_sae):
-        raise UnlearnError(
-            f"Gate feature ids must lie in 0..{sae.d_sae - 1} for this SAE; got {idx_K.tolist()}."
-        )
-    return hook, idx_K
+    return sae_site(model, sae, gate.features, hook_name)
 
 
 @contextmanager

@@ -86,6 +86,27 @@ def hook_width(model: nn.Module, name: str) -> int:
     return text_config(model).hidden_size
 
 
+def sae_site(model: nn.Module, sae: nn.Module, features, hook_name: str | None) -> tuple[str, Tensor]:
+    """The hook point an SAE edit acts at (`hook_name`, else the SAE's) and its feature ids as a long
+    tensor on the SAE's device, after checking the SAE fits that point and the ids fit the SAE: the one
+    check every clamp and gate runs before installing a hook."""
+    import torch
+
+    hook = hook_name or getattr(sae, "hook_name", None)
+    if not hook:
+        raise UnlearnError("The SAE has no hook point recorded; pass --hook (e.g. blocks.6.hook_resid_post).")
+    width = hook_width(model, hook)
+    if sae.d_in != width:
+        raise UnlearnError(
+            f"SAE d_in {sae.d_in} != width {width} of {hook}: pass an SAE trained for this model and hook "
+            "point (--sae), or the hook point it was trained at (--hook)."
+        )
+    idx_K = torch.as_tensor(features, dtype=torch.long, device=sae.W_dec.device).flatten()
+    if idx_K.numel() and not (0 <= int(idx_K.min()) and int(idx_K.max()) < sae.d_sae):
+        raise UnlearnError(f"Feature ids must lie in 0..{sae.d_sae - 1} for this SAE; got {idx_K.tolist()}.")
+    return hook, idx_K
+
+
 def _install(module: nn.Module, side: str, fn: Callable[[Tensor], Tensor | None]):
     """Register `fn(act) -> new act | None` on a module's input or output; returns the handle."""
     if side == "output":

@@ -48,7 +48,7 @@ from unlearn.clamp_controls import CONTROLS, EditStats, feature_info, random_rot
 from unlearn.errors import UnlearnError
 from unlearn.gate_points import DEFAULT_FPR, calibrate_gate, check_gates
 from unlearn.gates import Gate, gated
-from unlearn.hooks import edit, hook_width, text_config
+from unlearn.hooks import edit, sae_site, text_config
 from unlearn.models import LoadedModel, load_model, model_spec
 from unlearn.presets import DEFAULT_PRESET
 from unlearn.results import (
@@ -148,18 +148,7 @@ def clamp(
     rows (`clamped`). `stats` accumulates the edit's size over every forward run inside the block.
     """
     mode = check_mode(mode)
-    hook = hook_name or getattr(sae, "hook_name", None)
-    if not hook:
-        raise UnlearnError("The SAE has no hook point recorded; pass --hook (e.g. blocks.6.hook_resid_post).")
-    width = hook_width(model, hook)
-    if sae.d_in != width:
-        raise UnlearnError(
-            f"SAE d_in {sae.d_in} != width {width} of {hook}: pass an SAE trained for this model and hook "
-            "point (--sae), or the hook point it was trained at (--hook)."
-        )
-    idx_K = torch.as_tensor(features, dtype=torch.long, device=sae.W_dec.device).flatten()
-    if idx_K.numel() and not (0 <= int(idx_K.min()) and int(idx_K.max()) < sae.d_sae):
-        raise UnlearnError(f"Feature ids must lie in 0..{sae.d_sae - 1} for this SAE; got {idx_K.tolist()}.")
+    hook, idx_K = sae_site(model, sae, features, hook_name)
     bos = bos_token_id if bos_token_id is not None else _bos_id(model)
     seen: dict[str, Tensor | None] = {"input_ids": None, "attention_mask": None}
 
