@@ -249,3 +249,15 @@ def test_few_shot_and_padding_rewrite_only_the_question_text(tokenizer):
     assert padded(qs, prefix)[0].question.endswith("\n\nWhich organ pumps blood?")
     with pytest.raises(UnlearnError, match="--pad-tokens"):
         padding_text(tokenizer, TEXTS[:1], 10_000)
+
+
+def test_relearn_texts_qa_are_solved_dev_questions_disjoint_from_test():
+    from unlearn.attacks.relearn import relearn_texts
+    from unlearn.data import load_questions
+
+    texts = relearn_texts("qa:offline:bio@dev", 5)
+    dev = load_questions("offline:bio@dev")[:5]
+    assert texts == [f"Question: {q.question.strip()}\nAnswer: {q.choices[q.answer]}" for q in dev]
+    test_q = {q.question for q in load_questions("offline:bio@test")}
+    assert not test_q & {q.question for q in dev}
+    assert len(relearn_texts("offline:retain", 3)) == 3

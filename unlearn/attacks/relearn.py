@@ -57,6 +57,18 @@ def trainable_names(
     return names
 
 
+def relearn_texts(source: str, k: int) -> list[str]:
+    """The first `k` texts of a source; `qa:<question source>` gives solved questions in the cloze layout
+    (`Question: …\nAnswer: <answer>`), the "accessible facts" of Deeb & Roger (arXiv 2410.08827)."""
+    from unlearn.data import iter_texts, load_questions
+    from unlearn.prompts import cloze_context, cloze_continuation
+
+    if source.startswith("qa:"):
+        qs = load_questions(source.removeprefix("qa:"), limit=k)
+        return [cloze_context(q.question) + cloze_continuation(q.choices[q.answer]) for q in qs]
+    return list(iter_texts(source, limit_docs=k))
+
+
 def _batches(tokenizer, texts: Sequence[str], batch_size: int, max_length: int, steps: int, seed: int):
     """`steps` batches cycling through the texts in a seeded shuffled order (k < batch_size repeats)."""
     order = list(range(len(texts)))

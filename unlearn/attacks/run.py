@@ -60,8 +60,9 @@ class AttackConfig:
     relearn_lr: float = 1e-4
     relearn_layers: list[int] | None = None
     """Layers whose MLP and attention matrices are fine-tuned (default: the edited layer and the next)."""
-    relearn_forget: str = "questions:offline:bio@dev"
-    """Forget-topic texts, disjoint from the test questions."""
+    relearn_forget: str = "qa:offline:bio@dev"
+    """Forget-topic texts, disjoint from the test questions (`qa:<questions>`: solved dev questions; or a
+    text source such as offline:bio-forget)."""
     relearn_retain: str = "offline:retain"
     relearn_batch: int = 4
     relearn_max_length: int = 64
@@ -243,6 +244,10 @@ def attack_command(
     relearn_layers: Annotated[
         str | None, typer.Option(help="Layers fine-tuned (default: edited + next).")
     ] = None,
+    relearn_forget: Annotated[
+        str, typer.Option(help="Forget-topic texts: qa:<questions> (solved) or a text source.")
+    ] = "qa:offline:bio@dev",
+    relearn_retain: Annotated[str, typer.Option(help="Unrelated texts for relearning.")] = "offline:retain",
     shots: Annotated[int, typer.Option(help="Retain Q&A pairs prepended (few-shot).")] = 5,
     pad_tokens: Annotated[int, typer.Option(help="Unrelated tokens prepended (padding).")] = 100,
     direction_tokens: Annotated[
@@ -262,6 +267,7 @@ def attack_command(
         scale=scale, attacks=_strs(attacks) or [], forget_tasks=_strs(forget_tasks),
         retain_tasks=_strs(retain_tasks), known_only=known_only, limit=limit, relearn_k=_ints(relearn_k) or [],
         relearn_steps=_ints(relearn_steps) or [], relearn_lr=relearn_lr, relearn_layers=_ints(relearn_layers),
+        relearn_forget=relearn_forget, relearn_retain=relearn_retain,
         shots=shots, pad_tokens=pad_tokens, direction_tokens=direction_tokens, probe_layers=_ints(probe_layers),
         seed=seed, run_id=run_id, device=device, dtype=dtype,
     )  # fmt: skip

@@ -12,7 +12,7 @@ import numpy as np
 from unlearn.attacks.direction import ablated, dominant_direction, edit_differences
 from unlearn.attacks.probe import choice_activations, probe_accuracy
 from unlearn.attacks.prompting import few_shot, padded, padding_text, rewritten
-from unlearn.attacks.relearn import relearned, trainable_names
+from unlearn.attacks.relearn import relearn_texts, relearned, trainable_names
 from unlearn.attacks.state import Target, clamp_target, rmu_target
 from unlearn.data import iter_texts, load_questions
 from unlearn.errors import UnlearnError
@@ -55,7 +55,7 @@ def relearn(r: _Runner) -> None:
     params = trainable_names(lm.model, layers)
     for corpus, source in (("forget", cfg.relearn_forget), ("retain", cfg.relearn_retain)):
         for k in cfg.relearn_k:
-            texts = list(iter_texts(source, limit_docs=k))
+            texts = relearn_texts(source, k)
             for steps in cfg.relearn_steps:
                 start = time.perf_counter()
                 with r.target(lm.model), relearned(lm.model, lm.tokenizer, texts, params=params, steps=steps,
@@ -117,7 +117,7 @@ def direction_attack(r: _Runner) -> None:
 def probe_attack(r: _Runner) -> None:
     cfg, lm = r.cfg, r.lm
     forget = [t for t in r.suite.tasks if t.role == "forget"]
-    train_src = cfg.probe_train or [t.name.replace("@test", "@dev") for t in forget]
+    train_src = cfg.probe_train or [src.replace("@test", "@dev") for src in r.suite.cfg.forget]
     train = [q for s in train_src for q in load_questions(s, limit=cfg.limit)]
     test = [q for t in forget for q in t.scored]
     if {(q.source, q.index) for q in train} & {
