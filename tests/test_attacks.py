@@ -261,3 +261,27 @@ def test_relearn_texts_qa_are_solved_dev_questions_disjoint_from_test():
     test_q = {q.question for q in load_questions("offline:bio@test")}
     assert not test_q & {q.question for q in dev}
     assert len(relearn_texts("offline:retain", 3)) == 3
+
+
+def test_gated_target_installs_the_gate_instead_of_the_plain_clamp(tiny):
+    from contextlib import contextmanager
+
+    from unlearn.intervene import clamp
+
+    model = tiny("gemma3").model
+    sae = tiny_sae(64)
+    entered = []
+
+    @contextmanager
+    def gate(m):
+        entered.append(m)
+        with clamp(m, sae, [0, 1], "clamp", -5.0, hook_name=HOOK):
+            yield
+
+    target = clamp_target(sae, [0, 1], gate=gate)
+    hooks = n_hooks(model)
+    with target(model):
+        assert entered == [model] and n_hooks(model) == hooks + 2
+        assert not any(p.requires_grad for p in sae.parameters())
+    assert n_hooks(model) == hooks and target.name.startswith("gated")
+    torch.testing.assert_close(target.decoder_basis_DK, sae.W_dec[[0, 1]].T)
