@@ -8,6 +8,7 @@ bit-identical (weight fingerprint) after every attack.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -26,6 +27,8 @@ from unlearn.errors import UnlearnError
 from unlearn.evaluate import EvalOutcome, EvalSuite
 from unlearn.models import LoadedModel
 from unlearn.stats import bootstrap_ci
+
+log = logging.getLogger(__name__)
 
 ATTACKS = ("hook-removal", "relearn", "few-shot", "padding", "direction", "probe")
 
@@ -128,6 +131,8 @@ class _Runner:
             )
             row[role], row[f"{role}_recovered"] = _acc(values), rec._asdict() if rec else None
         self.rows.append(row)
+        forget = row["forget"]
+        log.info("%s %s: forget %s (%s)", attack, setting, f"{forget['value']:.3f}" if forget else "-", cost)
         return row
 
     def evaluate(self, desc: str, suite: EvalSuite | None = None) -> EvalOutcome:
