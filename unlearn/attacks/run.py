@@ -1,0 +1,280 @@
+"""`unlearn attack`: every attack on one unlearned state, written to `results/attack/<run-id>/`.
+
+Rows: per attack, forget/retain accuracy after it and the recovered fraction (`recovery.py`) with a paired
+bootstrap interval; costs (wall seconds, optimizer steps, tokens) beside each. The model is checked to be
+bit-identical (weight fingerprint) after every attack.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import torch
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from unlearn.attacks.recovery import recovered_fraction
+from unlearn.attacks.state import Target
+from unlearn.errors import UnlearnError
+from unlearn.evaluate import EvalOutcome, EvalSuite
+from unlearn.models import LoadedModel
+from unlearn.stats import bootstrap_ci
+
+log = logging.getLogger(__name__)
+
+ATTACKS = ("hook-removal", "relearn", "few-shot", "padding", "direction", "probe")
+
+
+@dataclass
+class AttackConfig:
+    preset: str | None = None
+    """Model preset (default `gemma-3-270m`): model, SAE and evaluation tasks."""
+    model: str | None = None
+    """Hub id, local folder or .gguf file instead of the preset's model."""
+    target: str = "clamp"
+    """`clamp` (top features of a select-features run, clamped) or `rmu:<run folder or id>`."""
+    features: str | None = None
+    """select-features run folder or features.json (default: the latest run)."""
+    topic: str | None = None
+    n_features: int = 20
+    mode: str = "clamp"
+    scale: float = -20.0
+    attacks: list[str] = field(default_factory=lambda: list(ATTACKS))
+    """Any of: hook-removal, relearn, few-shot, padding, direction, probe."""
+    forget_tasks: list[str] | None = None
+    """Test questions whose accuracy the method lowers (default: the preset's forget sets, `@test`)."""
+    retain_tasks: list[str] | None = None
+    """Side-effect questions (default: the preset's retain sets, `@test`)."""
+    known_only: bool = True
+    limit: int | None = None
+    """At most this many questions per source (a quick run)."""
+    batch_size: int = 16
+    relearn_k: list[int] = field(default_factory=lambda: [10, 100])
+    """Numbers of relearning texts (each run twice: forget-topic texts and unrelated retain texts)."""
+    relearn_steps: list[int] = field(default_factory=lambda: [10])
+    relearn_lr: float = 1e-4
+    relearn_layers: list[int] | None = None
+    """Layers whose MLP and attention matrices are fine-tuned (default: the edited layer and the next)."""
+    relearn_forget: str = "qa:offline:bio@dev"
+    """Forget-topic texts, disjoint from the test questions (`qa:<questions>`: solved dev questions; or a
+    text source such as offline:bio-forget)."""
+    relearn_retain: str = "offline:retain"
+    relearn_batch: int = 4
+    relearn_max_length: int = 64
+    shots: int = 5
+    """Solved retain questions prepended to each test question (few-shot)."""
+    shot_source: str = "offline:retain@dev"
+    pad_tokens: int = 100
+    pad_source: str = "offline:retain"
+    direction_text: str = "offline:bio-forget"
+    direction_tokens: int = 2048
+    probe_layers: list[int] | None = None
+    """Residual layers for probes (default: three around the edited layer)."""
+    probe_train: list[str] | None = None
+    """Questions the probes are fitted on (default: the forget sets' `@dev` halves)."""
+    seed: int = 0
+    run_id: str | None = None
+    device: str | None = None
+    dtype: str | None = None
+
+
+def _test_split(sources: list[str]) -> list[str]:
+    return [s if "@" in s else f"{s}@test" for s in sources]
+
+
+def _role_values(outcome: EvalOutcome, role: str) -> np.ndarray:
+    frame = outcome.questions
+    if frame is None or not len(frame):
+        return np.zeros(0)
+    rows = frame[frame["role"] == role]
+    col = "frac_correct" if "frac_correct" in rows else "correct"
+    return rows[col].to_numpy(dtype=np.float64)
+
+
+def _acc(values: np.ndarray) -> dict | None:
+    return bootstrap_ci(values)._asdict() if values.size else None
+
+
+class _Runner:
+    """Shared state of one attack run: the model, the suite, and the base / unlearned outcomes."""
+
+    def __init__(
+        self, lm: LoadedModel, suite: EvalSuite, target: Target, cfg: AttackConfig, console: Console
+    ):
+        self.lm, self.suite, self.target, self.cfg, self.console = lm, suite, target, cfg, console
+        self.rows: list[dict] = []
+        with torch.inference_mode():
+            self.base = suite.run(lm.model, desc="base")
+            with target(lm.model):
+                self.unlearned = suite.run(lm.model, desc=target.name)
+        self.add("base", {}, self.base, {})
+        self.add("unlearned", {}, self.unlearned, {})
+
+    def add(self, attack: str, setting: dict, outcome: EvalOutcome | None, cost: dict, **extra) -> dict:
+        """Append a row: accuracies after the attack and the recovered fraction of each role's gap."""
+        row = {"attack": attack, "setting": setting, "cost": cost, **extra}
+        for role in ("forget", "retain"):
+            values = _role_values(outcome, role) if outcome else np.zeros(0)
+            b, u = _role_values(self.base, role), _role_values(self.unlearned, role)
+            rec = (
+                recovered_fraction(b, u, values, seed=self.cfg.seed)
+                if values.size and b.size == values.size
+                else None
+            )
+            row[role], row[f"{role}_recovered"] = _acc(values), rec._asdict() if rec else None
+        self.rows.append(row)
+        forget = row["forget"]
+        log.info("%s %s: forget %s (%s)", attack, setting, f"{forget['value']:.3f}" if forget else "-", cost)
+        return row
+
+    def evaluate(self, desc: str, suite: EvalSuite | None = None) -> EvalOutcome:
+        with torch.inference_mode():
+            return (suite or self.suite).run(self.lm.model, desc=desc)
+
+
+def run_attack(
+    cfg: AttackConfig,
+    *,
+    lm: LoadedModel | None = None,
+    suite: EvalSuite | None = None,
+    unlearned: Target | Callable | None = None,
+    console: Console | None = None,
+) -> Path:
+    """Run `cfg.attacks` on one unlearned state and write `results/attack/<run-id>/`."""
+    from unlearn.attacks import steps
+    from unlearn.evaluate import eval_config_from_preset, prepare_eval, weight_fingerprint
+    from unlearn.models import load_model, model_spec
+    from unlearn.results import new_run_dir, write_json
+
+    console = console or Console()
+    unknown = [a for a in cfg.attacks if a not in ATTACKS]
+    if unknown:
+        raise UnlearnError(f"Unknown attacks {unknown}; use any of: {', '.join(ATTACKS)}.")
+    lm = lm or load_model(model_spec(cfg.preset, cfg.model), device=cfg.device, dtype=cfg.dtype)
+    if suite is None:
+        ev = lm.preset.eval if lm.preset else {}
+        forget = cfg.forget_tasks or _test_split(list(ev.get("forget", [])))
+        retain = cfg.retain_tasks or _test_split(list(ev.get("retain", [])))
+        ecfg = eval_config_from_preset(lm.preset, forget=forget, retain=retain, known_only=cfg.known_only,
+                                       limit=cfg.limit, batch_size=cfg.batch_size)  # fmt: skip
+        if not ecfg.forget:
+            raise UnlearnError(
+                "No forget questions: pass --forget-tasks (e.g. offline:bio@test) or a --preset."
+            )
+        suite = prepare_eval(lm, ecfg)  # known subsets from the untouched model
+    target = unlearned if isinstance(unlearned, Target) else steps.build_target(cfg, lm, unlearned)
+    fingerprint = weight_fingerprint(lm.model)
+    start = time.perf_counter()
+    runner = _Runner(lm, suite, target, cfg, console)
+    for attack in cfg.attacks:
+        steps.ATTACK_FUNCS[attack](runner)
+        if weight_fingerprint(lm.model) != fingerprint:
+            raise RuntimeError(f"attack {attack} left the model modified")
+    run_dir = new_run_dir("attack", cfg.run_id)
+    write_json(run_dir / "config.json", {
+        "command": "attack", **dataclasses.asdict(cfg), "target_name": target.name, "target_kind": target.kind,
+        "hook": target.hook, "model": str(lm.source), "tasks": [t.name for t in suite.tasks],
+        "eval": dataclasses.asdict(suite.cfg),
+    })  # fmt: skip
+    write_json(run_dir / "metrics.json", {"target": target.name, "kind": target.kind, "rows": runner.rows,
+                                          "wall_seconds": time.perf_counter() - start})  # fmt: skip
+    console.print(attack_table(runner.rows, f"Attacks on {target.name} ({target.kind})"))
+    return run_dir
+
+
+def _fmt(cell: dict | None, pct: bool = True) -> str:
+    if not cell:
+        return "–"
+    k = 100 if pct else 1
+    return f"{cell['value'] * k:.1f} [{cell['low'] * k:.1f}, {cell['high'] * k:.1f}]" if pct else (
+        f"{cell['value']:.2f} [{cell['low']:.2f}, {cell['high']:.2f}]")  # fmt: skip
+
+
+def attack_table(rows: list[dict], title: str) -> Table:
+    """Per attack: forget / retain accuracy (%), recovered fraction of the forget gap, cost."""
+    table = Table(title=title)
+    for col in ("attack", "setting", "forget %", "retain %", "recovered (forget)", "cost"):
+        table.add_column(col)
+    for r in rows:
+        setting = ", ".join(f"{k}={v}" for k, v in r["setting"].items())
+        cost = ", ".join(f"{k} {v:.0f}" if isinstance(v, float) else f"{k} {v}" for k, v in r["cost"].items())
+        extra = r.get("note") or ""
+        if "probe" in r:
+            extra = "probe acc base/unlearned: " + ", ".join(
+                f"L{layer} {b * 100:.0f}/{u * 100:.0f}" for layer, b, u in r["probe"]["per_layer"]
+            )
+        table.add_row(r["attack"], setting, _fmt(r.get("forget")), _fmt(r.get("retain")),
+                      _fmt(r.get("forget_recovered"), pct=False), cost + (f" ({extra})" if extra else ""))  # fmt: skip
+    return table
+
+
+def _ints(text: str | None) -> list[int] | None:
+    return [int(x) for x in text.split(",") if x.strip()] if text else None
+
+
+def _strs(text: str | None) -> list[str] | None:
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+def attack_command(
+    target: Annotated[
+        str, typer.Option(help="clamp (top features of a select-features run) or rmu:<run>.")
+    ] = "clamp",
+    attacks: Annotated[str, typer.Option(help=f"Comma list of: {', '.join(ATTACKS)}.")] = ",".join(ATTACKS),
+    preset: Annotated[str | None, typer.Option(help="Model preset (default gemma-3-270m).")] = None,
+    model: Annotated[str | None, typer.Option(help="Model instead of the preset's.")] = None,
+    features: Annotated[str | None, typer.Option(help="select-features run (default: latest).")] = None,
+    n_features: Annotated[int, typer.Option(help="Top-n features clamped.")] = 20,
+    mode: Annotated[str, typer.Option(help="clamp, zero or scale.")] = "clamp",
+    scale: Annotated[float, typer.Option(help="Clamp value / factor.")] = -20.0,
+    forget_tasks: Annotated[
+        str | None, typer.Option(help="Forget test questions (default preset's @test).")
+    ] = None,
+    retain_tasks: Annotated[
+        str | None, typer.Option(help="Retain test questions (default preset's @test).")
+    ] = None,
+    known_only: Annotated[bool, typer.Option(help="Score only questions the base model knows.")] = True,
+    limit: Annotated[int | None, typer.Option(help="At most this many questions per source.")] = None,
+    relearn_k: Annotated[str, typer.Option(help="Relearning text counts, comma list.")] = "10,100",
+    relearn_steps: Annotated[str, typer.Option(help="Relearning optimizer steps, comma list.")] = "10",
+    relearn_lr: Annotated[float, typer.Option(help="AdamW learning rate for relearning.")] = 1e-4,
+    relearn_layers: Annotated[
+        str | None, typer.Option(help="Layers fine-tuned (default: edited + next).")
+    ] = None,
+    relearn_forget: Annotated[
+        str, typer.Option(help="Forget-topic texts: qa:<questions> (solved) or a text source.")
+    ] = "qa:offline:bio@dev",
+    relearn_retain: Annotated[str, typer.Option(help="Unrelated texts for relearning.")] = "offline:retain",
+    shots: Annotated[int, typer.Option(help="Retain Q&A pairs prepended (few-shot).")] = 5,
+    pad_tokens: Annotated[int, typer.Option(help="Unrelated tokens prepended (padding).")] = 100,
+    direction_tokens: Annotated[
+        int, typer.Option(help="Forget tokens to estimate the edit direction.")
+    ] = 2048,
+    probe_layers: Annotated[
+        str | None, typer.Option(help="Probe layers (default: three around the edit).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed for text order, shots and probes.")] = 0,
+    run_id: Annotated[str | None, typer.Option(help="Run folder name.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
+    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16, ...")] = None,
+) -> None:
+    """Attack an unlearned state: is the knowledge gone, or only hidden? Writes results/attack/<run-id>/."""
+    cfg = AttackConfig(
+        preset=preset, model=model, target=target, features=features, n_features=n_features, mode=mode,
+        scale=scale, attacks=_strs(attacks) or [], forget_tasks=_strs(forget_tasks),
+        retain_tasks=_strs(retain_tasks), known_only=known_only, limit=limit, relearn_k=_ints(relearn_k) or [],
+        relearn_steps=_ints(relearn_steps) or [], relearn_lr=relearn_lr, relearn_layers=_ints(relearn_layers),
+        relearn_forget=relearn_forget, relearn_retain=relearn_retain,
+        shots=shots, pad_tokens=pad_tokens, direction_tokens=direction_tokens, probe_layers=_ints(probe_layers),
+        seed=seed, run_id=run_id, device=device, dtype=dtype,
+    )  # fmt: skip
+    run_dir = run_attack(cfg)
+    Console().print(f"Attack results written to {run_dir}")
