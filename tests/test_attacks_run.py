@@ -36,8 +36,8 @@ def setup(tiny, tmp_path, monkeypatch):
     suite = EvalSuite(lm.tokenizer, EvalConfig(protocol="cloze", batch_size=8),
                       [EvalTask("bio", "forget", BIO), EvalTask("retain", "retain", RETAIN)], False)  # fmt: skip
     train = tmp_path / "train.jsonl"
-    train.write_text("".join(json.dumps({"question": q.question + " (dev)", "choices": q.choices,
-                                         "answer": q.answer}) + "\n" for q in BIO * 3))  # fmt: skip
+    train.write_text("".join(json.dumps({"question": f"{q.question} (dev {i})", "choices": q.choices,
+                                         "answer": q.answer}) + "\n" for i, q in enumerate(BIO * 3)))  # fmt: skip
     cfg = AttackConfig(relearn_k=[2], relearn_steps=[2], relearn_layers=[1], shots=2, pad_tokens=16,
                        direction_tokens=64, probe_layers=[1, 2], probe_train=[str(train)])  # fmt: skip
     return lm, suite, cfg

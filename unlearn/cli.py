@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.logging import RichHandler
 
 from unlearn import demo, eval_run, info, intervene, report, rmu, select, train_sae
+from unlearn.attacks import run as attack
 from unlearn.errors import UnlearnError
 
 app = typer.Typer(
@@ -31,6 +32,7 @@ app.command("eval")(eval_run.eval_command)
 app.command("select-features")(select.select_features_command)
 app.command("intervene")(intervene.intervene_command)
 app.command("rmu-baseline")(rmu.rmu_baseline_command)
+app.command("attack")(attack.attack_command)
 app.command("report")(report.report_command)
 app.command("train-sae")(train_sae.train_sae_command)
 app.command("demo")(demo.demo_command)
