@@ -12,7 +12,7 @@ def test_demo_quick_runs_offline_to_a_report(tmp_path, monkeypatch):
     from unlearn.demo import DemoConfig, run_demo
 
     monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path))
-    report_dir = run_demo(DemoConfig(quick=True, scales=[-20.0]))
+    report_dir = run_demo(DemoConfig(quick=True, scales=[-20.0], n_features=[20]))
 
     for name in ("report.md", "report.html", "combined.csv"):
         assert (report_dir / name).stat().st_size > 0

@@ -31,8 +31,8 @@ class DemoConfig:
     scales: list[float] | None = None
     """Clamp values swept by `intervene` (default: the preset's `demo.scales`, chosen on dev; zero
     ablation always runs beside them)."""
-    n_features: list[int] = field(default_factory=lambda: [20])
-    """Numbers of clamped features swept by `intervene`."""
+    n_features: list[int] | None = None
+    """Numbers of clamped features swept by `intervene` (default: the preset's `demo.n_features`, else 20)."""
     gates: list[str] = field(default_factory=lambda: ["none", "window"])
     """Static clamping and a dilution-resistant gate (each with its random-feature and random-direction
     controls)."""
@@ -47,6 +47,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
     console = console or Console()
     preset = get_preset(cfg.preset)
     scales = cfg.scales or list(preset.demo.get("scales", [-20.0]))
+    n_features = cfg.n_features or list(preset.demo.get("n_features", [20]))
     limit = 40 if cfg.quick else None
     start = time.perf_counter()
     lm = load_model(cfg.preset)
@@ -57,7 +58,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
     gates = ",".join(cfg.gates)
     console.print(Rule(f"2/4  unlearn intervene --modes zero,clamp --gate {gates} (with controls)"))
     sweep = InterveneConfig(preset=cfg.preset, features=str(select_dir), modes=["zero", "clamp"],
-                            n_features=cfg.n_features, scales=scales, gates=cfg.gates, limit=limit)  # fmt: skip
+                            n_features=n_features, scales=scales, gates=cfg.gates, limit=limit)  # fmt: skip
     run_intervene(sweep, lm=lm, console=console)
     del lm  # RMU loads its own copy and changes its weights
     console.print(Rule("3/4  unlearn rmu-baseline"))
@@ -75,7 +76,9 @@ def demo_command(
     scales: str = typer.Option(
         "", help="Clamp values for intervene, comma-separated (default: the preset's)."
     ),
-    n_features: str = typer.Option("20", help="Feature counts for intervene, comma-separated."),
+    n_features: str = typer.Option(
+        "", help="Feature counts for intervene, comma-separated (default: the preset's)."
+    ),
     gates: str = typer.Option("none,window", help="Gates swept beside static clamping."),
     quick: bool = typer.Option(False, help="Shrink every step (smoke test)."),
 ) -> None:
@@ -84,7 +87,7 @@ def demo_command(
         DemoConfig(
             preset=preset,
             scales=[float(s) for s in scales.split(",")] if scales.strip() else None,
-            n_features=[int(n) for n in n_features.split(",")],
+            n_features=[int(n) for n in n_features.split(",")] if n_features.strip() else None,
             gates=[g.strip() for g in gates.split(",") if g.strip()],
             quick=quick,
         )

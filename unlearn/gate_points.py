@@ -41,8 +41,11 @@ def _questions(suite, role: str, part: str) -> list:
     return [q for s in sources for q in load_questions(with_split(s, part), limit=suite.cfg.limit)]
 
 
-def calibrate_gate(lm, sae, gate: Gate, suite, *, fpr: float, hook_name: str) -> Gate:
-    """`gate` with τ set on the dev retain questions and firing rates measured on the scored questions."""
+def calibrate_gate(
+    lm, sae, gate: Gate, suite, *, fpr: float, hook_name: str, benign: Sequence[str] = ()
+) -> Gate:
+    """`gate` with τ set on the dev retain questions and firing rates measured on the scored questions and
+    on `benign` question sources (benign biology that should not be blocked; only the gate is run)."""
     split = getattr(suite.cfg, "split", "all")
     dev = _questions(suite, "retain", "dev" if split != "all" else "all")
     if split == "all":
@@ -57,5 +60,13 @@ def calibrate_gate(lm, sae, gate: Gate, suite, *, fpr: float, hook_name: str) ->
             rates[f"{role}_{split}"] = firing_rate(
                 gate_scores(lm, sae, gate, scored, hook_name=hook_name), gate.threshold
             )
+    for source in benign:
+        from unlearn.data import load_questions
+        from unlearn.evaluate import with_split
+
+        qs = load_questions(with_split(source, split), limit=suite.cfg.limit)
+        rates[f"benign:{source}"] = firing_rate(
+            gate_scores(lm, sae, gate, qs, hook_name=hook_name), gate.threshold
+        )
     log.info("gate %s: τ=%.4g, firing rates %s", gate.kind, gate.threshold, rates)
     return gate.replace(measured_fpr=rates)

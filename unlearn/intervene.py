@@ -498,7 +498,10 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan:
             key = (gate_kind, tuple(feats), tuple(values))
             if key not in calibrated_gates:
                 raw = Gate(gate_kind, features=tuple(feats), values=tuple(values))
-                calibrated_gates[key] = calibrate_gate(lm, sae, raw, suite, fpr=gate_fpr, hook_name=hook)
+                benign = lm.preset.eval.get("benign", []) if lm.preset else []
+                calibrated_gates[key] = calibrate_gate(
+                    lm, sae, raw, suite, fpr=gate_fpr, hook_name=hook, benign=benign
+                )
             gate = calibrated_gates[key]
             hooked = gated(lm.model, sae, gate, hook_name=hook, directions_KD=dirs)
         with torch.inference_mode(), hooked:
