@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+from unlearn.data import load_questions
 from unlearn.errors import UnlearnError
+from unlearn.evaluate import with_split
 from unlearn.gates import GATE_KINDS, Gate, calibrated, firing_rate, gate_scores
 
 log = logging.getLogger(__name__)
@@ -34,9 +36,6 @@ def check_gates(kinds: Sequence[str], fpr: float) -> list[str]:
 
 def _questions(suite, role: str, part: str) -> list:
     """The suite's questions of one role on `part` ("dev" for calibration, the suite's own split else)."""
-    from unlearn.data import load_questions
-    from unlearn.evaluate import with_split
-
     sources = {"forget": suite.cfg.forget, "retain": suite.cfg.retain, "other": suite.cfg.other}[role]
     return [q for s in sources for q in load_questions(with_split(s, part), limit=suite.cfg.limit)]
 
@@ -61,9 +60,6 @@ def calibrate_gate(
                 gate_scores(lm, sae, gate, scored, hook_name=hook_name), gate.threshold
             )
     for source in benign:
-        from unlearn.data import load_questions
-        from unlearn.evaluate import with_split
-
         qs = load_questions(with_split(source, split), limit=suite.cfg.limit)
         rates[f"benign:{source}"] = firing_rate(
             gate_scores(lm, sae, gate, qs, hook_name=hook_name), gate.threshold
