@@ -450,7 +450,7 @@ def test_intervene_command_with_the_real_evaluator(tiny_folder, tmp_path, monkey
     run_dir = tmp_path / "intervene" / "cli"
     assert sorted(p.stem for p in (run_dir / "points").glob("*.json")) == [
         "clamp_n2_s-50", "clamp_n2_s-50_ctrl-direction", "clamp_n4_s-50", "clamp_n4_s-50_ctrl-direction",
-        "zero_n2", "zero_n4"]  # fmt: skip  (zero ablation: no controls)
+        "zero_n2", "zero_n4"]  # fmt: skip
     point = read_json(run_dir / "points" / "clamp_n4_s-50.json")
     tasks = {s["task"] for s in point["metrics"]["scores"]}
     assert "offline:bio" in tasks and any(t.startswith("offline:retain") for t in tasks)

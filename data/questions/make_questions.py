@@ -91,9 +91,7 @@ def build(src: Path) -> dict[str, list[dict]]:
     """Rows of every set under `src` (one folder per set), keyed by set name, in sorted order."""
     sets = {folder.name: parse_set(folder) for folder in sorted(src.iterdir()) if folder.is_dir()}
     check_unique([item for items in sets.values() for item in items])
-    return {
-        name: interleave(to_rows(items, random.Random(f"{SEED}:{name}"))) for name, items in sets.items()
-    }
+    return {name: interleave(to_rows(items, random.Random(f"{SEED}:{name}"))) for name, items in sets.items()}
 
 
 def interleave(rows: list[dict]) -> list[dict]:
