@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from unlearn.errors import UnlearnError
-from unlearn.hooks import edit, forward_to, sae_site, text_config
+from unlearn.hooks import edit_with_inputs, forward_to, sae_site, text_config
 
 GateKind = Literal["none", "dsg", "window", "cusum"]
 GATE_KINDS: tuple[str, ...] = get_args(GateKind)
@@ -199,16 +199,13 @@ def _edited(
     return x_BTD.to(wide) + dx_BTD.to(wide)
 
 
-def _cache_is_empty(kwargs: dict) -> bool:
-    """True when this forward starts a sequence: no KV cache, or an empty one (transformers 5 passes it as
-    `cache`, older versions as `past_key_values`), and no 2D mask reaching back before its tokens."""
-    ids, mask = kwargs.get("input_ids"), kwargs.get("attention_mask")
+def _cache_is_empty(inputs: dict) -> bool:
+    """True when this forward starts a sequence: nothing was in the KV cache when it began (see
+    `edit_with_inputs`), and no 2D mask reaches back before its tokens."""
+    ids, mask = inputs.get("input_ids"), inputs.get("attention_mask")
     if torch.is_tensor(ids) and torch.is_tensor(mask) and mask.dim() == 2 and mask.shape[1] > ids.shape[-1]:
         return False
-    past = kwargs.get("cache", kwargs.get("past_key_values"))
-    if past is None or not hasattr(past, "get_seq_length"):
-        return True
-    return int(past.get_seq_length()) == 0
+    return inputs.get("past_length", 0) == 0
 
 
 def _check(model: nn.Module, sae: nn.Module, gate: Gate, hook_name: str | None) -> tuple[str, Tensor]:
@@ -232,28 +229,21 @@ def gated(
     `directions_KD` replaces the features' decoder rows in the edit (the random-direction control)."""
     hook, idx_K = _check(model, sae, gate, hook_name)
     bos = bos_token_id if bos_token_id is not None else getattr(text_config(model), "bos_token_id", None)
-    seen: dict = {"ids": None, "mask": None, "fresh": True}
     history: dict[str, Tensor | None] = {"e": None, "real": None}
 
-    def remember(_mod, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args and torch.is_tensor(args[0]) else None)
-        seen["ids"] = ids if torch.is_tensor(ids) and not ids.is_floating_point() else None
-        seen["mask"] = kwargs.get("attention_mask")
-        seen["fresh"] = _cache_is_empty(kwargs)
-
-    def fn(x_BTD: Tensor) -> Tensor:
+    def fn(x_BTD: Tensor, seen: dict) -> Tensor:
         if gate.kind == "none" or idx_K.numel() == 0:
             return x_BTD
-        ids_BT = seen["ids"]
+        ids_BT = seen["input_ids"]
         shape = x_BTD.shape[:-1]
-        real_BT = real_tokens(seen["mask"], shape, x_BTD.device)
+        real_BT = real_tokens(seen.get("attention_mask"), shape, x_BTD.device)
         counted_BT = real_BT.clone()
         if bos is not None and ids_BT is not None and ids_BT.shape == shape:
             counted_BT &= ids_BT.to(x_BTD.device) != bos
         f_BTK = sae.encode_subset(x_BTD, idx_K)
         e_BT = token_evidence(gate, f_BTK, counted_BT)
         old_e, old_real = history["e"], history["real"]
-        if seen["fresh"] or old_e is None or old_e.shape[0] != shape[0]:
+        if _cache_is_empty(seen) or old_e is None or old_e.shape[0] != shape[0]:
             old_e, old_real = e_BT[:, :0], real_BT[:, :0]
         history["e"], history["real"] = torch.cat([old_e, e_BT], 1), torch.cat([old_real, real_BT], 1)
         stats = sequence_stats(gate, history["e"], history["real"])
@@ -265,13 +255,8 @@ def gated(
             return x_BTD
         return _edited(sae, gate, x_BTD, f_BTK, edit_BT, idx_K, directions_KD)
 
-    body = model.get_decoder() if hasattr(model, "get_decoder") else model
-    pre = body.register_forward_pre_hook(remember, with_kwargs=True)
-    try:
-        with edit(model, hook, fn):
-            yield
-    finally:
-        pre.remove()
+    with edit_with_inputs(model, hook, fn):
+        yield
 
 
 # --- calibration -----------------------------------------------------------------------------------------

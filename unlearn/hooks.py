@@ -150,6 +150,34 @@ class _StopForward(Exception):
 
 
 @contextmanager
+def edit_with_inputs(model: nn.Module, name: str, fn: Callable[[Tensor, dict], Tensor]) -> Iterator[None]:
+    """`edit`, with `fn(act, inputs)` also given the decoder body's keyword arguments of the current
+    forward (token ids always under `input_ids`, None when embeddings were passed; `past_length` = tokens
+    already in the KV cache when the forward began, read before the layers fill it): what a hook needs to
+    leave BOS alone, tell real tokens from padding, or know a generation step from a new prompt. A pre-hook on the decoder body records them,
+    since every forward runs it, the scorers' head-less ones too; both hooks go in `finally`."""
+    import torch
+
+    seen: dict = {"input_ids": None}
+
+    def remember(_mod, args, kwargs):
+        seen.clear()
+        seen.update(kwargs)
+        ids = kwargs.get("input_ids", args[0] if args and torch.is_tensor(args[0]) else None)
+        seen["input_ids"] = ids if torch.is_tensor(ids) and not ids.is_floating_point() else None
+        past = kwargs.get("cache", kwargs.get("past_key_values"))  # transformers 5 / 4 name
+        seen["past_length"] = int(past.get_seq_length()) if hasattr(past, "get_seq_length") else 0
+
+    body = model.get_decoder() if hasattr(model, "get_decoder") else model
+    pre = body.register_forward_pre_hook(remember, with_kwargs=True)
+    try:
+        with edit(model, name, lambda act: fn(act, seen)):
+            yield
+    finally:
+        pre.remove()
+
+
+@contextmanager
 def capture(
     model: nn.Module, names: Sequence[str], *, detach: bool = True, stop: bool = False
 ) -> Iterator[dict[str, Tensor]]:

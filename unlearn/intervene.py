@@ -48,7 +48,7 @@ from unlearn.clamp_controls import CONTROLS, EditStats, feature_info, random_rot
 from unlearn.errors import UnlearnError
 from unlearn.gate_points import DEFAULT_FPR, calibrate_gate, check_gates
 from unlearn.gates import Gate, gated
-from unlearn.hooks import edit, sae_site, text_config
+from unlearn.hooks import edit_with_inputs, sae_site, text_config
 from unlearn.models import LoadedModel, load_model, model_spec
 from unlearn.presets import DEFAULT_PRESET
 from unlearn.results import (
@@ -150,15 +150,8 @@ def clamp(
     mode = check_mode(mode)
     hook, idx_K = sae_site(model, sae, features, hook_name)
     bos = bos_token_id if bos_token_id is not None else _bos_id(model)
-    seen: dict[str, Tensor | None] = {"input_ids": None, "attention_mask": None}
 
-    def remember_ids(_mod, args, kwargs):
-        ids = kwargs.get("input_ids", args[0] if args and torch.is_tensor(args[0]) else None)
-        seen["input_ids"] = ids if torch.is_tensor(ids) and not ids.is_floating_point() else None
-        mask = kwargs.get("attention_mask")
-        seen["attention_mask"] = mask if torch.is_tensor(mask) and mask.dim() == 2 else None
-
-    def fn(x_BTD: Tensor) -> Tensor:
+    def fn(x_BTD: Tensor, seen: dict) -> Tensor:
         if idx_K.numel() == 0:
             return x_BTD
         ids_BT = seen["input_ids"]
@@ -168,7 +161,8 @@ def clamp(
         out_BTD = clamped(sae, x_BTD, idx_K, mode, scale, protect_BT, directions_KD=directions_KD)
         if stats is not None:
             real_BT = torch.ones(x_BTD.shape[:-1], dtype=torch.bool, device=x_BTD.device)
-            mask_BT = seen["attention_mask"]
+            mask_BT = seen.get("attention_mask")
+            mask_BT = mask_BT if torch.is_tensor(mask_BT) and mask_BT.dim() == 2 else None
             if mask_BT is not None and mask_BT.shape == real_BT.shape:
                 real_BT &= mask_BT.bool().to(x_BTD.device)
             if protect_BT is not None:
@@ -176,14 +170,8 @@ def clamp(
             stats.update(x_BTD, out_BTD, real_BT)
         return out_BTD
 
-    # On the decoder body, which every forward runs, also the scorers' head-less ones.
-    body = model.get_decoder() if hasattr(model, "get_decoder") else model
-    pre = body.register_forward_pre_hook(remember_ids, with_kwargs=True)
-    try:
-        with edit(model, hook, fn):
-            yield
-    finally:
-        pre.remove()
+    with edit_with_inputs(model, hook, fn):
+        yield
 
 
 # --- the sweep -----------------------------------------------------------------------------------------
