@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -313,6 +314,14 @@ def test_cloze_known_rule_equals_direct_computation_of_its_three_conditions(tiny
         assert out.block.forget_acc_all == pytest.approx(f.correct.mean())
         lo, hi = out.block.forget_ci_all
         assert lo <= out.block.forget_acc_all <= hi
+
+        # without the mutual-information pass: the same known subset (the rule still scores the prior),
+        # the same answers, and no prior columns or acc_mi
+        lean = prepare_eval(lm, dataclasses.replace(cfg, mutual_info=False))
+        np.testing.assert_array_equal(np.concatenate([t.known for t in lean.tasks]), got)
+        lean_df = lean.run(lm.model).questions
+        np.testing.assert_array_equal(lean_df["pred"], df["pred"])
+        assert "prior_ll_0" not in lean_df and "correct_mi" not in lean_df
 
 
 def test_cloze_known_excludes_each_failed_condition():

@@ -31,7 +31,8 @@ class EvalRunConfig:
     permutations: bool = False
     known_only: bool = False
     chat_template: bool | None = None
-    batch_size: int = 16
+    batch_size: int | None = None
+    """Sequences per forward pass (default: the preset's `eval.batch_size`, else 16)."""
     limit: int | None = None
     rmu: str | None = None
     """An `rmu-baseline` run folder whose trained weights are loaded into the model after the known
@@ -144,7 +145,9 @@ def eval_command(
     chat_template: Annotated[
         bool | None, typer.Option("--chat-template/--no-chat-template", help="Default: the preset's.")
     ] = None,
-    batch_size: Annotated[int, typer.Option(help="Sequences per forward pass.")] = 16,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Sequences per forward pass (default: the preset's, else 16).")
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="At most N questions per source.")] = None,
     rmu: Annotated[
         str | None, typer.Option(help="results/rmu-baseline/<id>: evaluate the RMU-trained weights.")

@@ -9,6 +9,7 @@ RMU-trained model can never reuse or pollute it.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from typing import TYPE_CHECKING
@@ -98,7 +99,10 @@ def known_mask(lm: LoadedModel, task: EvalTask, cfg: EvalConfig, *, chat_templat
     else:
         from unlearn.evaluate import score_questions
 
-        frame = score_questions(lm.model, lm.tokenizer, task.questions, cfg, chat_template=chat_template)
+        with_prior = dataclasses.replace(cfg, mutual_info=True)  # the cloze rule needs the answer prior
+        frame = score_questions(
+            lm.model, lm.tokenizer, task.questions, with_prior, chat_template=chat_template
+        )
         known = (
             cloze_known(frame, cfg.known_margin)
             if cfg.protocol == "cloze"

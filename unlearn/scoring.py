@@ -264,14 +264,23 @@ def score_cloze(
         for batch in _batches(len(group), lengths, batch_size):
             batch_rows = [rows[group[i]] for i in batch]
             reads = [read for row in batch_rows for read in row[2]]
+            # a row's choices all read its last context token: compute each position's logits once
+            unique = [sorted({p for read in row[2] for p in read[2]}) for row in batch_rows]
             hidden = head.hidden_at(
                 [row[0] for row in batch_rows],
-                [[p for read in row[2] for p in read[2]] for row in batch_rows],
+                unique,
                 [row[1] for row in batch_rows] if group is packed else None,
             )
-            logprobs_NV = torch.log_softmax(head.logits(torch.cat(hidden)), dim=-1)
-            tgt = torch.tensor([t for read in reads for t in read[3]], device=logprobs_NV.device)
-            picked = logprobs_NV.gather(1, tgt[:, None])[:, 0].double().cpu()
+            logits_NV = head.logits(torch.cat(hidden))
+            log_z_N = torch.logsumexp(logits_NV, dim=-1)
+            slot, offset = [], 0
+            for row, uniq in zip(batch_rows, unique, strict=True):
+                where = {p: offset + k for k, p in enumerate(uniq)}
+                slot += [where[p] for _, _, positions, _ in row[2] for p in positions]
+                offset += len(uniq)
+            slot_t = torch.tensor(slot, device=logits_NV.device)
+            tgt = torch.tensor([t for read in reads for t in read[3]], device=logits_NV.device)
+            picked = (logits_NV[slot_t, tgt] - log_z_N[slot_t]).double().cpu()
             start = 0
             for qi, ci, _, targets in reads:
                 ll_N4[qi, ci] = picked[start : start + len(targets)].sum().item()

@@ -56,7 +56,8 @@ class AttackConfig:
     known_only: bool = True
     limit: int | None = None
     """At most this many questions per source (a quick run)."""
-    batch_size: int = 16
+    batch_size: int | None = None
+    """Sequences per forward pass (default: the preset's `eval.batch_size`, else 16)."""
     relearn_k: list[int] = field(default_factory=lambda: [10, 100])
     """Numbers of relearning texts (each run twice: forget-topic texts and unrelated retain texts)."""
     relearn_steps: list[int] = field(default_factory=lambda: [10])
