@@ -279,3 +279,70 @@ def test_packed_cloze_scoring_sees_the_same_statistics_at_any_batch_size(tiny):
     np.testing.assert_allclose(out[1], out[3], rtol=1e-4, atol=1e-4)
     changed = ~np.isclose(out[3], plain, rtol=0, atol=1e-6).all(1)
     assert changed.any() and not changed.all(), "the gate must fire on some questions only"
+
+
+def test_weighted_sum_evidence_is_the_dense_weighted_sum(tiny):
+    """`sum` evidence with weights = Σ_k w_k · relu-encoded f_k on counted tokens (BOS 0), float64."""
+    from unlearn.gates import token_evidence
+
+    lm = tiny("gemma3")
+    sae = firing_sae(lm)
+    x = _resid(lm, _inputs(lm)).double()
+    weights = (0.5, 2.0, 1.0, 3.0, 0.25)
+    gate = Gate("window", features=FEATURES, evidence="sum", weights=weights)
+    counted = torch.ones(x.shape[:2], dtype=torch.bool)
+    counted[:, 0] = False
+    got = token_evidence(gate, sae.encode_subset(x, torch.tensor(FEATURES)), counted)
+    f = sae.encode(x)[..., list(FEATURES)]
+    want = sum(w * f[..., k] for k, w in enumerate(weights)) * counted
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+    with pytest.raises(UnlearnError, match="one per feature"):
+        Gate("window", features=FEATURES, evidence="sum", weights=(1.0,))
+
+
+def test_dry_run_records_what_the_live_gate_sees_and_edits_nothing(tiny):
+    from unlearn.gates import FiringLog
+
+    lm = tiny("gemma3")
+    sae = firing_sae(lm).float()
+    inputs = _inputs(lm)
+    gate = Gate("window", threshold=0.0, features=FEATURES, value=-50.0, window=4)
+    dry, live = FiringLog(), FiringLog()
+    with torch.no_grad():
+        plain = lm.model(**inputs).logits
+        with gated(lm.model, sae, gate, record=dry, dry_run=True):
+            dry.start("retain")
+            dried = lm.model(**inputs).logits
+        with gated(lm.model, sae, gate, record=live):
+            live.start("retain")
+            fired = lm.model(**inputs).logits
+    assert torch.equal(dried, plain) and not torch.equal(fired, plain)
+    assert dry.stats == live.stats and set(dry.stats) == {"retain"}
+    stats = np.array(dry.stats["retain"])
+    assert dry.rates(0.0, "_test") == {"retain_test": float((stats > 0).mean())}
+
+
+def test_calibration_on_forwarded_cloze_sequences_meets_the_target_on_them(tiny):
+    """τ is set from the packed sequences the cloze scorer really forwards: with continuous (weighted
+    sum) evidence the firing rate on those same sequences is exactly ⌊fpr·n⌋ / n."""
+    from types import SimpleNamespace
+
+    from conftest import Q
+
+    from unlearn.evaluate import EvalConfig
+    from unlearn.gate_points import forwarded_stats
+    from unlearn.gates import calibrated
+
+    lm = tiny("gemma3")
+    sae = firing_sae(lm, frac=0.4).float()
+    words = ["heart", "blood", "cell", "DNA", "liver", "lung", "bone", "nerve", "skin", "eye"]
+    qs = [Q(f"{words[i]} {words[(3 * i) % 10]}?", ["a", "b", "c", "d"], 0) for i in range(10)]
+    suite = SimpleNamespace(cfg=EvalConfig(protocol="cloze", mutual_info=False), chat_template=False)
+    gate = Gate("window", features=FEATURES, evidence="sum", weights=(1.0,) * 5, window=4, value=-30.0)
+    stats = forwarded_stats(lm, sae, gate, suite, qs, hook_name=HOOK)
+    assert len(stats) == len(qs)  # one packed row per question
+    desc = sorted(stats, reverse=True)
+    for fpr in (0.0, 0.1, 0.3):
+        k = math.floor(fpr * len(qs) + 1e-9)
+        rate = firing_rate(stats, calibrated(gate, stats, fpr).threshold)
+        assert rate <= k / len(qs) and (rate == k / len(qs) or desc[k - 1] == desc[k]), (fpr, desc)

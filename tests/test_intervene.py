@@ -316,7 +316,7 @@ class FakeSuite:
         with torch.no_grad():
             self.ref = lm.model(**self.inputs).logits
 
-    def run(self, model, *, desc=None):
+    def run(self, model, *, desc=None, on_task=None):
         from unlearn.evaluate import EvalOutcome
         from unlearn.results import EvalBlock, TaskScore
 

@@ -3,6 +3,8 @@ topic feature is selected first while a feature that fires everywhere is dropped
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -12,7 +14,14 @@ from unlearn.feature_stats import FeatureStats, accumulate, token_chunks
 from unlearn.hooks import forward_to
 from unlearn.results import read_json
 from unlearn.saes import SAE
-from unlearn.select import SelectConfig, _parse_sources, read_selection, run_select, select_features
+from unlearn.select import (
+    SelectConfig,
+    _parse_sources,
+    log_odds_F,
+    read_selection,
+    run_select,
+    select_features,
+)
 
 FORGET = [
     "The heart pumps blood. A cell of the heart has a nucleus, and the cell beats.",
@@ -46,6 +55,26 @@ def test_selection_rule_matches_numpy_reference():
         order = sorted(np.nonzero(score)[0], key=lambda i: (-ratio[i], -forget[i], i))
         got = select_features(f, r, retain_threshold=thr, n_features=20, rank_by="ratio")
         assert got == [int(i) for i in order[:20]]
+
+
+def test_log_odds_rank_is_the_lower_bound_of_the_2x2_log_odds_ratio():
+    """Reference: the textbook 2x2 table per feature, in plain Python floats."""
+    rng = np.random.default_rng(1)
+    n_f, n_r = 1000, 800
+    forget = rng.integers(0, 40, 200) / n_f
+    retain = rng.integers(0, 10, 200) / n_r
+    f, r = _stats(forget, n_f), _stats(retain, n_r)
+    got = log_odds_F(f, r, z=1.0).numpy()
+    for i in range(200):
+        a, c = forget[i] * n_f + 0.5, retain[i] * n_r + 0.5
+        b, d = n_f - forget[i] * n_f + 0.5, n_r - retain[i] * n_r + 0.5
+        want = math.log(a * d / (b * c)) - math.sqrt(1 / a + 1 / b + 1 / c + 1 / d)
+        assert got[i] == pytest.approx(want, rel=1e-12, abs=1e-12)
+    # 150 sightings against 20 outrank 8 against none, which `ratio` puts first (6.4 vs 6.0)
+    fg, rt = _stats([8 / n_f, 150 / n_f], n_f), _stats([0.0, 20 / n_r], n_r)
+    kw = {"n_features": 2, "retain_threshold": 0.05}
+    assert select_features(fg, rt, rank_by="log-odds", **kw) == [1, 0]
+    assert select_features(fg, rt, rank_by="ratio", **kw) == [0, 1]
 
 
 def test_token_chunks_cover_the_text_with_bos_windows(tokenizer):

@@ -1,12 +1,15 @@
-"""Gated points of an intervene sweep: a gate calibrated on dev retain questions, its firing rates on the
-evaluation's own questions, and the context manager that installs it.
+"""Gated points of an intervene sweep: a gate calibrated on dev retain questions, its firing rates on what
+the evaluation really forwards, and on benign biology.
 
 The threshold τ is chosen for a target false-positive rate on the *dev* half of the retain questions
-(`calibrate_threshold`), then the gate's firing rate is measured on the questions the point is scored
-on (test retain = the false-positive rate a reader should trust; test forget = how much of the topic
-the gate catches; the biology-adjacent `other` set = how often benign biology is blocked). Dynamic SAE
-Guardrails (Muhamed et al., arXiv 2504.08192) calibrate on WikiText at the 95th percentile; calibrating
-on held-out questions of the evaluated kind is what makes the measured rate match the target.
+(`calibrate_threshold`), from the statistics the gate computes on the very sequences the scorer forwards
+(a dry run of the gate under the point's own protocol: for cloze, each packed question + answers
+sequence), so the rate measured later on test retain questions is comparable with the target. Firing
+rates on the scored questions are recorded during the point's own evaluation (`FiringLog`): test retain
+= the false-positive rate a reader should trust, test forget = how much of the topic the gate catches;
+the biology-adjacent `benign` sets (scored with the gate alone) = how often benign biology is blocked.
+Dynamic SAE Guardrails (Muhamed et al., arXiv 2504.08192) calibrate on WikiText at the 95th percentile;
+calibrating on held-out questions of the evaluated kind is what makes the measured rate match the target.
 """
 
 from __future__ import annotations
@@ -14,10 +17,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 
+import torch
+
 from unlearn.data import load_questions
 from unlearn.errors import UnlearnError
-from unlearn.evaluate import with_split
-from unlearn.gates import GATE_KINDS, Gate, calibrated, firing_rate, gate_scores
+from unlearn.evaluate import score_questions, with_split
+from unlearn.gates import GATE_KINDS, FiringLog, Gate, calibrated, firing_rate, gated
 
 log = logging.getLogger(__name__)
 
@@ -40,29 +45,38 @@ def _questions(suite, role: str, part: str) -> list:
     return [q for s in sources for q in load_questions(with_split(s, part), limit=suite.cfg.limit)]
 
 
+def forwarded_stats(lm, sae, gate: Gate, suite, questions: Sequence, *, hook_name: str) -> list[float]:
+    """The gate's statistic on every sequence the suite's scorer forwards for `questions` (gate dry run)."""
+    record = FiringLog()
+    with torch.inference_mode(), gated(lm.model, sae, gate, hook_name=hook_name, record=record, dry_run=True):
+        score_questions(lm.model, lm.tokenizer, questions, suite.cfg, chat_template=suite.chat_template)
+    return record.all_stats()
+
+
 def calibrate_gate(
     lm, sae, gate: Gate, suite, *, fpr: float, hook_name: str, benign: Sequence[str] = ()
 ) -> Gate:
-    """`gate` with τ set on the dev retain questions and firing rates measured on the scored questions and
-    on `benign` question sources (benign biology that should not be blocked; only the gate is run)."""
+    """`gate` with τ set on the dev retain questions and its firing rate on `benign` question sources
+    (benign biology that should not be blocked; only the gate is run)."""
     split = getattr(suite.cfg, "split", "all")
     dev = _questions(suite, "retain", "dev" if split != "all" else "all")
     if split == "all":
         log.warning("no dev/test split: the gate is calibrated on the questions it is scored on")
     if not dev:
         raise UnlearnError("Calibrating a gate needs retain questions; pass --retain-tasks or a preset.")
-    gate = calibrated(gate, gate_scores(lm, sae, gate, dev, hook_name=hook_name), fpr)
+    gate = calibrated(gate, forwarded_stats(lm, sae, gate, suite, dev, hook_name=hook_name), fpr)
     rates = dict(gate.measured_fpr or {})
-    for role in ("retain", "other", "forget"):
-        scored = [q for t in suite.tasks if t.role == role for q in t.questions]
-        if scored:
-            rates[f"{role}_{split}"] = firing_rate(
-                gate_scores(lm, sae, gate, scored, hook_name=hook_name), gate.threshold
-            )
     for source in benign:
         qs = load_questions(with_split(source, split), limit=suite.cfg.limit)
         rates[f"benign:{source}"] = firing_rate(
-            gate_scores(lm, sae, gate, qs, hook_name=hook_name), gate.threshold
+            forwarded_stats(lm, sae, gate, suite, qs, hook_name=hook_name), gate.threshold
         )
     log.info("gate %s: τ=%.4g, firing rates %s", gate.kind, gate.threshold, rates)
     return gate.replace(measured_fpr=rates)
+
+
+def with_scored_rates(gate: Gate, record: FiringLog, split: str) -> Gate:
+    """`gate` with the firing rates recorded while its point was scored (`<role>_<split>`)."""
+    return gate.replace(
+        measured_fpr={**(gate.measured_fpr or {}), **record.rates(gate.threshold, f"_{split}")}
+    )

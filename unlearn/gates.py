@@ -3,8 +3,10 @@ calibrated threshold (Dynamic SAE Guardrails, Muhamed et al., arXiv 2504.08192, 
 `aashiqmuhamed/DynamicSAEGuardrails` `utils/intervention.py`), plus statistics a prefix cannot dilute.
 
 Per token t of a sequence, the evidence e_t is 1 if any of the N selected features is > 0 (`any`, their
-rule) or the summed activation of those features (`sum`); BOS positions have e_t = 0 (their code zeroes
-BOS), padding is not part of the sequence. Per sequence, the statistic is
+rule) or the summed activation of those features (`sum`), each times its `weights` entry (1 / its typical
+activation: every feature then counts in the same unit, and the statistic is continuous, so a quantile
+threshold hits its target rate instead of sitting on a tie of `any`'s k / window values); BOS positions
+have e_t = 0 (their code zeroes BOS), padding is not part of the sequence. Per sequence, the statistic is
 
 - `dsg`: ρ = Σ e_t / (number of real tokens, BOS included). At batch size 1 this is exactly their ρ
   (active tokens / padded length); counting real tokens only makes it independent of padding.
@@ -63,6 +65,8 @@ class Gate:
     drift: float = 0.25
     """`cusum`: evidence subtracted per token (k)."""
     evidence: Evidence = "any"
+    weights: tuple[float, ...] | None = None
+    """`sum` evidence: one multiplier per feature (e.g. 1 / typical activation); None = 1."""
     scope: Scope = "token"
     target_fpr: float | None = None
     """The false-positive rate `threshold` was calibrated for (recorded, not used)."""
@@ -81,6 +85,13 @@ class Gate:
         if not math.isfinite(self.threshold):
             raise UnlearnError(f"Gate threshold must be finite, got {self.threshold}.")
         object.__setattr__(self, "features", tuple(int(i) for i in self.features))
+        if self.weights is not None:
+            object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
+            if len(self.weights) != len(self.features) or not all(map(math.isfinite, self.weights)):
+                raise UnlearnError(
+                    f"Gate weights must be finite, one per feature: {len(self.features)} features, "
+                    f"weights {list(self.weights)}."
+                )
         if self.values is not None:
             object.__setattr__(self, "values", tuple(float(v) for v in self.values))
             if len(self.values) != len(self.features) or not all(map(math.isfinite, self.values)):
@@ -96,6 +107,7 @@ class Gate:
         data = dataclasses.asdict(self)
         data["features"] = list(self.features)
         data["values"] = None if self.values is None else list(self.values)
+        data["weights"] = None if self.weights is None else list(self.weights)
         return data
 
     @classmethod
@@ -164,8 +176,35 @@ def real_tokens(mask, shape: torch.Size, device) -> Tensor:
 
 def token_evidence(gate: Gate, f_BTK: Tensor, counted_BT: Tensor) -> Tensor:
     """Per-token evidence (float64), 0 where not `counted` (BOS, padding)."""
-    e_BT = (f_BTK > 0).any(-1).double() if gate.evidence == "any" else f_BTK.clamp(min=0).sum(-1).double()
+    if gate.evidence == "any":
+        e_BT = (f_BTK > 0).any(-1).double()
+    else:
+        f_BTK = f_BTK.clamp(min=0).double()
+        if gate.weights is not None:
+            f_BTK = f_BTK * torch.tensor(gate.weights, dtype=torch.float64, device=f_BTK.device)
+        e_BT = f_BTK.sum(-1)
     return e_BT * counted_BT
+
+
+class FiringLog:
+    """Each forward's per-sequence gate statistics, grouped under the label set by `start` (e.g. a task's
+    role): pass it as `gated(record=...)` and read the rates of what the model actually saw."""
+
+    def __init__(self) -> None:
+        self.stats: dict[str, list[float]] = {}
+        self._label = "all"
+
+    def start(self, label: str) -> None:
+        self._label = label
+
+    def append(self, stats: list[float]) -> None:
+        self.stats.setdefault(self._label, []).extend(stats)
+
+    def all_stats(self) -> list[float]:
+        return [s for group in self.stats.values() for s in group]
+
+    def rates(self, threshold: float, suffix: str = "") -> dict[str, float]:
+        return {f"{label}{suffix}": firing_rate(s, threshold) for label, s in self.stats.items()}
 
 
 def sequence_stats(gate: Gate, e_BT: Tensor, real_BT: Tensor) -> list[float]:
@@ -220,13 +259,15 @@ def gated(
     *,
     hook_name: str | None = None,
     bos_token_id: int | None = None,
-    record: list[list[float]] | None = None,
+    record: list[list[float]] | FiringLog | None = None,
     directions_KD: Tensor | None = None,
+    dry_run: bool = False,
 ) -> Iterator[None]:
     """Install the gated clamp at `sae.hook_name` (or `hook_name`) for every forward inside the block.
 
-    `record`, if given, receives each forward's per-row statistics (for tests and diagnostics);
-    `directions_KD` replaces the features' decoder rows in the edit (the random-direction control)."""
+    `record`, if given, receives each forward's per-row statistics (calibration, firing rates, tests);
+    `directions_KD` replaces the features' decoder rows in the edit (the random-direction control);
+    `dry_run` records without ever editing (calibration on the sequences a scorer really forwards)."""
     hook, idx_K = _check(model, sae, gate, hook_name)
     bos = bos_token_id if bos_token_id is not None else getattr(text_config(model), "bos_token_id", None)
     history: dict[str, Tensor | None] = {"e": None, "real": None}
@@ -249,6 +290,8 @@ def gated(
         stats = sequence_stats(gate, history["e"], history["real"])
         if record is not None:
             record.append(stats)
+        if dry_run:
+            return x_BTD
         fire_B = torch.tensor([s > gate.threshold for s in stats], device=x_BTD.device)
         edit_BT = fire_B[:, None] & counted_BT & (f_BTK > 0).any(-1)
         if not bool(edit_BT.any()):

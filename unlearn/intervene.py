@@ -46,8 +46,8 @@ from unlearn import checks
 from unlearn.checks import check_model_path, finite_float, finite_floats, positive_int, positive_ints
 from unlearn.clamp_controls import CONTROLS, EditStats, feature_info, random_rotation, with_controls
 from unlearn.errors import UnlearnError
-from unlearn.gate_points import DEFAULT_FPR, calibrate_gate, check_gates
-from unlearn.gates import Gate, gated
+from unlearn.gate_points import DEFAULT_FPR, calibrate_gate, check_gates, with_scored_rates
+from unlearn.gates import FiringLog, Gate, gated
 from unlearn.hooks import edit_with_inputs, sae_site, text_config
 from unlearn.models import LoadedModel, load_model, model_spec
 from unlearn.presets import DEFAULT_PRESET
@@ -435,6 +435,15 @@ def run_intervene(
     return run.path
 
 
+def gate_evidence(kind: str, typical: Sequence[float]) -> dict:
+    """Evidence of a sweep's gate: `dsg` keeps the paper's rule (a token counts if any feature fires);
+    `window` and `cusum` sum the features' activations in units of their typical activation (continuous,
+    so τ meets its target rate; `gates` module docstring). Without typical activations: the paper's rule."""
+    if kind == "dsg" or not typical:
+        return {}
+    return {"evidence": "sum", "weights": tuple(1.0 / max(float(m), 1e-12) for m in typical)}
+
+
 class ClampPlan(NamedTuple):
     """How each point's clamp values and controls are made (from the selection, fixed for the run)."""
 
@@ -477,7 +486,7 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan:
         dirs = None
         if control == "random-direction":
             dirs = sae.W_dec[torch.as_tensor(feats, dtype=torch.long, device=sae.W_dec.device)] @ rotation_DD
-        edit_stats, gate = EditStats(), None
+        edit_stats, gate, record = EditStats(), None, FiringLog()
         if gate_kind == "none":
             hooked = clamp(
                 lm.model, sae, feats, mode, value, hook_name=hook, directions_KD=dirs, stats=edit_stats
@@ -485,15 +494,22 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan:
         else:
             key = (gate_kind, tuple(feats), tuple(values))
             if key not in calibrated_gates:
-                raw = Gate(gate_kind, features=tuple(feats), values=tuple(values))
+                raw = Gate(
+                    gate_kind,
+                    features=tuple(feats),
+                    values=tuple(values),
+                    **gate_evidence(gate_kind, mus[:n]),
+                )
                 benign = lm.preset.eval.get("benign", []) if lm.preset else []
                 calibrated_gates[key] = calibrate_gate(
                     lm, sae, raw, suite, fpr=gate_fpr, hook_name=hook, benign=benign
                 )
             gate = calibrated_gates[key]
-            hooked = gated(lm.model, sae, gate, hook_name=hook, directions_KD=dirs)
+            hooked = gated(lm.model, sae, gate, hook_name=hook, directions_KD=dirs, record=record)
         with torch.inference_mode(), hooked:
-            outcome = suite.run(lm.model, desc=pid)
+            outcome = suite.run(lm.model, desc=pid, on_task=lambda t, log=record: log.start(t.role))
+        if gate is not None:
+            gate = with_scored_rates(gate, record, suite.cfg.split)
         if getattr(outcome, "questions", None) is not None and len(outcome.questions):
             write_table(run_dir / "questions" / f"{pid}.csv", outcome.questions)
         write_json(path, {"mode": mode, "scale": None if mode == "zero" else scale, "n_features": n,

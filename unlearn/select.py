@@ -16,7 +16,7 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 import pandas as pd
 import torch
@@ -55,7 +55,12 @@ from unlearn.saes import SAE, check_compatible, load_sae
 
 log = logging.getLogger(__name__)
 
-RankBy = Literal["freq", "ratio"]
+RankBy = Literal["freq", "ratio", "log-odds"]
+
+LOG_ODDS_Z = 1.0
+"""`log-odds` ranks by the log odds ratio minus this many standard errors. Chosen on dev (embedded
+default, 50 features, detection AUROC on dev questions): z = 0 / 0.5 / 1 / 1.64 / 2 gave 0.785 / 0.855 /
+0.899 / 0.879 / 0.870; ranking by `ratio` gave 0.840, by `freq` 0.716."""
 
 
 def ratio_F(forget: FeatureStats, retain: FeatureStats) -> Tensor:
@@ -64,6 +69,19 @@ def ratio_F(forget: FeatureStats, retain: FeatureStats) -> Tensor:
     themselves instead of all tying at infinity."""
     floor = 1.0 / max(retain.n_tokens, 1)
     return forget.freq_F / retain.freq_F.clamp(min=floor)
+
+
+def log_odds_F(forget: FeatureStats, retain: FeatureStats, z: float = LOG_ODDS_Z) -> Tensor:
+    """Lower confidence bound of each feature's forget-vs-retain log odds ratio of firing per token:
+    `log OR - z * SE`, with the Haldane-Anscombe +0.5 correction and Woolf's standard error
+    `sqrt(sum 1/cell)` (Agresti, *Categorical Data Analysis*, §3.1). A feature seen 5 times on forget
+    and never on retain text no longer outranks one seen 100 times against 2: the bound pays for the
+    rare feature's uncertainty, as the z-scored log-odds of Monroe, Colaresi & Quinn (2008) do."""
+    a = forget.fire_count_F.double().cpu() + 0.5
+    b = forget.n_tokens - forget.fire_count_F.double().cpu() + 0.5
+    c = retain.fire_count_F.double().cpu() + 0.5
+    d = retain.n_tokens - retain.fire_count_F.double().cpu() + 0.5
+    return (a / b).log() - (c / d).log() - z * (1 / a + 1 / b + 1 / c + 1 / d).sqrt()
 
 
 def select_features(
@@ -77,7 +95,9 @@ def select_features(
     """Feature ids, best first: retain freq ≤ threshold, forget freq > 0, ranked by `rank_by`
     (ties broken by forget frequency, then by id)."""
     forget_freq, retain_freq = forget.freq_F.cpu(), retain.freq_F.cpu()
-    score = forget_freq if rank_by == "freq" else ratio_F(forget, retain).cpu()
+    scores = {"freq": lambda: forget_freq, "ratio": lambda: ratio_F(forget, retain).cpu(),
+              "log-odds": lambda: log_odds_F(forget, retain)}  # fmt: skip
+    score = scores[rank_by]()
     ok = (retain_freq <= retain_threshold) & (forget_freq > 0)
     ids = torch.nonzero(ok).flatten().tolist()
     ids.sort(key=lambda i: (-float(score[i]), -float(forget_freq[i]), i))
@@ -117,8 +137,8 @@ class SelectConfig:
     n_features: int = 50
     """How many ranked features to keep per topic (intervene takes the top n of them)."""
     rank_by: RankBy | None = None
-    """Rank surviving features by forget frequency (`freq`, the paper) or forget/retain `ratio`
-    (default: the preset's `select.rank_by`, else `freq`)."""
+    """Rank surviving features by forget frequency (`freq`, the paper), forget/retain `ratio`, or the
+    lower bound of their `log-odds` ratio (`log_odds_F`; default: the preset's `select.rank_by`, else `freq`)."""
     max_tokens: int = 60_000
     """Tokens (BOS excluded) read from each source; sized so the default run takes a few CPU minutes."""
     max_length: int = 128
@@ -218,8 +238,8 @@ def run_select(cfg: SelectConfig, *, lm: LoadedModel | None = None, sae: SAE | N
     if cfg.rank_by is None:
         preset_rule = get_preset(cfg.preset).select.get("rank_by") if cfg.preset else None
         cfg = dataclasses.replace(cfg, rank_by=preset_rule or "freq")
-    if cfg.rank_by not in ("freq", "ratio"):
-        raise UnlearnError(f"--rank-by must be freq or ratio, not {cfg.rank_by!r}.")
+    if cfg.rank_by not in get_args(RankBy):
+        raise UnlearnError(f"--rank-by must be one of {', '.join(get_args(RankBy))}, not {cfg.rank_by!r}.")
     check_select_flags(cfg)
     lm = lm or load_model(model_spec(cfg.preset, cfg.model), device=cfg.device, dtype=cfg.dtype)
     preset = lm.preset  # None when --model names a non-preset model
@@ -439,7 +459,7 @@ def select_features_command(
     retain_threshold: Annotated[float, typer.Option(help="Max retain firing frequency.")] = 0.01,
     n_features: Annotated[int, typer.Option(help="Features kept per topic.")] = 50,
     rank_by: Annotated[
-        str | None, typer.Option(help="freq (paper) or ratio (default: the preset's, else freq).")
+        str | None, typer.Option(help="freq (paper), ratio or log-odds (default: the preset's, else freq).")
     ] = None,
     max_tokens: Annotated[int, typer.Option(help="Tokens read per source.")] = 60_000,
     max_length: Annotated[int, typer.Option(help="Tokens per sequence.")] = 128,
