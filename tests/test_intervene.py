@@ -533,6 +533,7 @@ def test_gated_point_is_calibrated_on_retain_and_leaves_unfired_questions_bit_id
         feature_ids=[5], scales=[-50.0], clamp_unit="absolute", controls=[], gates=["none", "window"],
         gate_fpr=0.0, protocol="cloze", forget_tasks=[str(paths["forget"])],
         retain_tasks=[str(paths["retain"])], known_only=False, split="all",
+        dilution=[0, 6], dilution_questions=4, dilution_text=f"questions:{paths['retain']}",
     )  # fmt: skip
     run_dir = run_intervene(cfg, lm=lm, sae=sae)
     gated = read_json(run_dir / "points" / "clamp_n1_s-50_gate-window.json")
@@ -546,3 +547,14 @@ def test_gated_point_is_calibrated_on_retain_and_leaves_unfired_questions_bit_id
     np.testing.assert_array_equal(gate_q.loc[retain, ll].to_numpy(), base.loc[retain, ll].to_numpy())
     assert not np.allclose(gate_q.loc[forget, ll].to_numpy(), base.loc[forget, ll].to_numpy())
     assert not np.allclose(static_q.loc[retain, ll].to_numpy(), base.loc[retain, ll].to_numpy())
+    # the dilution check: the unhooked model and each real clamp point at every prefix length; at N = 0
+    # the unhooked accuracy is the baseline's own on those questions, and a gated point records its firing
+    dil = {p.stem: read_json(p) for p in (run_dir / "dilution").glob("*.json")}
+    assert set(dil) == {"baseline", "clamp_n1_s-50", "clamp_n1_s-50_gate-window"}
+    assert dil["baseline"]["prefix_tokens"] == [0, 6] and len(dil["baseline"]["acc"]) == 2
+    first4 = base[forget].head(4)
+    assert dil["baseline"]["acc"][0] == pytest.approx(first4.correct.mean())
+    gated_dil = dil["clamp_n1_s-50_gate-window"]
+    assert gated_dil["fired"][0] > 0.5  # the forget questions are full of the feature's token
+    assert dil["clamp_n1_s-50"]["fired"] == [None, None] and all(0 <= f <= 1 for f in gated_dil["fired"])
+    assert gated_dil["acc"][0] == pytest.approx(gate_q[forget].head(4).correct.mean())

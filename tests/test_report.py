@@ -454,3 +454,40 @@ def test_report_shows_intervals_splits_claims_and_auroc(tmp_path: Path):
     )
     with pytest.raises(UnlearnError, match="split"):
         run_report(ReportConfig(results=root, out=tmp_path / "x", split="train"), console=quiet)
+
+
+def test_gate_and_dilution_tables_read_completed_runs_only(tmp_path: Path):
+    from unlearn.gates import Gate
+    from unlearn.report_extras import dilution_table, extra_tables, gate_table
+
+    gate = Gate("window", 0.3125, features=(1, 2), target_fpr=0.05,
+                measured_fpr={"dev": 0.05, "retain_test": 0.04, "forget_test": 0.5})  # fmt: skip
+    for name, done in (("done", True), ("killed", False)):
+        run = tmp_path / "intervene" / name
+        write_json(run / "points" / "clamp_n2_s-5_gate-window.json", {"gate": gate.to_json(), "metrics": {}})
+        write_json(run / "points" / "clamp_n2_s-5.json", {"gate": None, "metrics": {}})
+        base = {
+            "prefix_tokens": [0, 100],
+            "acc": [1.0, 0.9],
+            "ci": [[1.0, 1.0], [0.8, 1.0]],
+            "fired": [None, None],
+        }
+        write_json(run / "dilution" / "baseline.json", base)
+        write_json(run / "dilution" / "clamp_n2_s-5_gate-window.json",
+                   {"point": "clamp_n2_s-5_gate-window", "prefix_tokens": [0, 100], "acc": [0.5, 0.75],
+                    "ci": [[0.4, 0.6], [0.6, 0.9]], "fired": [0.5, 0.25]})  # fmt: skip
+        if done:
+            mark_complete(run)
+    gates = gate_table(tmp_path)
+    assert list(gates["point"]) == ["clamp_n2_s-5_gate-window"] and list(gates["run"]) == ["done"]
+    row = gates.iloc[0]
+    assert row["τ"] == "0.3125" and row["target FPR"] == "5.0%" and row["fires: retain_test"] == "4.0%"
+    dil = dilution_table(tmp_path)
+    assert list(dil["point"]) == ["unhooked", "clamp_n2_s-5_gate-window"]
+    gated = dil.iloc[1]
+    assert gated["forget @N=100"] == "0.750 [0.600, 0.900]" and gated["fires @N=0"] == "50.0%"
+    assert gated["max rise vs N=0"] == "+0.250"
+    assert [t for t, _, _ in extra_tables(tmp_path)] == [
+        "Gates: thresholds and firing rates",
+        "Dilution check",
+    ]

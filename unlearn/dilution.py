@@ -4,33 +4,43 @@ A gate that averages evidence over the sequence (the ρ of Dynamic SAE Guardrail
 switched off by enough benign text before the question; a max-over-windows or CUSUM statistic is not, as a
 function of per-token evidence (the prefix still changes the question's own activations, which is what
 this check measures). The prefixed questions are ordinary questions, so every evaluator scores them
-unchanged; `firing_vs_prefix` is the cheap part (truncated forwards, no scoring).
+unchanged: `accuracy_vs_prefix` scores them under a point's hook (and unhooked, since the prefix alone
+also moves the model), recording how often the gate fired; `firing_vs_prefix` is the cheap part
+(truncated forwards, no scoring).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import AbstractContextManager
 
 import numpy as np
+import torch
 from torch import nn
 
 from unlearn.errors import UnlearnError
-from unlearn.gates import Gate, firing_rate, gate_scores
+from unlearn.gates import FiringLog, Gate, firing_rate, gate_scores
 from unlearn.hooks import text_config
+from unlearn.stats import bootstrap_ci
 
 PREFIX_TOKENS: tuple[int, ...] = (0, 100, 400, 1600)
 SEPARATOR = "\n\n"
 """Between the filler and the question, so the question still starts a paragraph."""
 
 
-def filler_tokens(texts: Iterable[str], tokenizer, n_tokens: int) -> list[int]:
-    """The first `n_tokens` token ids of the concatenated texts (no special tokens)."""
+def filler_tokens(
+    texts: Iterable[str], tokenizer, n_tokens: int, *, at_least: int | None = None
+) -> list[int]:
+    """The first `n_tokens` token ids of the concatenated texts (no special tokens); with `at_least`, a
+    shorter text still serves if it holds that many."""
     ids: list[int] = []
     for text in texts:
         ids += tokenizer.encode(text.strip() + "\n", add_special_tokens=False)
         if len(ids) >= n_tokens:
             return ids[:n_tokens]
+    if at_least is not None and len(ids) >= at_least:
+        return ids
     raise UnlearnError(
         f"The filler source holds only {len(ids)} tokens, fewer than the {n_tokens} the dilution check needs; "
         "pass a larger text source (e.g. offline:retain)."
@@ -95,3 +105,47 @@ def summarise(rates: dict[str, dict[int, float]]) -> dict[str, dict[str, float]]
         base = by_n[ns[0]]
         summary[name] = {"base": base, "max_drop": float(np.max([base - by_n[n] for n in ns]))}
     return summary
+
+
+HookFactory = Callable[[FiringLog], AbstractContextManager]
+"""Builds a point's hook, recording gate statistics into the log it is given (static hooks ignore it)."""
+
+
+def capped_prefixes(model: nn.Module, questions: Sequence, tokenizer, ns: Sequence[int]) -> list[int]:
+    """The requested prefix lengths, each capped by what the model's context allows (deduplicated)."""
+    cap = max_prefix(model, questions, tokenizer)
+    return sorted({min(int(n), cap) for n in ns})
+
+
+def prefixed_sets(lm, questions: Sequence, filler_texts: Iterable[str], ns: Sequence[int]) -> dict[int, list]:
+    """Per (capped) N, the questions with N filler tokens before them; shared by every state scored."""
+    used = capped_prefixes(lm.model, questions, lm.tokenizer, ns)
+    filler = filler_tokens(filler_texts, lm.tokenizer, max(4 * max(used), 400), at_least=max(max(used), 1))
+    return {n: prefixed_questions(questions, filler, n, lm.tokenizer) for n in used}
+
+
+def accuracy_vs_prefix(
+    sets: dict[int, list],
+    score: Callable[[list], np.ndarray],
+    hook: HookFactory | None = None,
+    threshold: float | None = None,
+) -> dict:
+    """Accuracy (with a 95% bootstrap interval) per prefix length N of `score(questions) -> correct (n,)`
+    run under `hook` (None: unhooked), and, for a gate of this `threshold`, its firing rate on the
+    sequences forwarded."""
+    out: dict = {"prefix_tokens": [], "acc": [], "ci": [], "fired": []}
+    for n, qs in sets.items():
+        record = FiringLog()
+        with torch.inference_mode():
+            if hook is None:
+                correct = score(qs)
+            else:
+                with hook(record):
+                    correct = score(qs)
+        ci = bootstrap_ci(correct.astype(float))
+        stats = record.all_stats()
+        out["prefix_tokens"].append(n)
+        out["acc"].append(float(correct.mean()))
+        out["ci"].append([ci.low, ci.high])
+        out["fired"].append(None if threshold is None or not stats else firing_rate(stats, threshold))
+    return out

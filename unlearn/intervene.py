@@ -45,7 +45,9 @@ from torch import Tensor, nn
 from unlearn import checks
 from unlearn.checks import check_model_path, finite_float, finite_floats, positive_int, positive_ints
 from unlearn.clamp_controls import CONTROLS, EditStats, feature_info, random_rotation, with_controls
+from unlearn.dilution import accuracy_vs_prefix, prefixed_sets
 from unlearn.errors import UnlearnError
+from unlearn.evaluate import score_questions
 from unlearn.gate_points import DEFAULT_FPR, calibrate_gate, check_gates, with_scored_rates
 from unlearn.gates import FiringLog, Gate, gated
 from unlearn.hooks import edit_with_inputs, sae_site, text_config
@@ -211,6 +213,14 @@ class InterveneConfig:
     (max over 16-token windows; a prefix cannot dilute it), cusum (Page's CUSUM of the evidence)."""
     gate_fpr: float = DEFAULT_FPR
     """Target false-positive rate of each gate on the dev retain questions (sets its threshold)."""
+    dilution: list[int] = field(default_factory=list)
+    """Dilution check (`unlearn.dilution`): prefix lengths N in tokens (e.g. 0,100,400,1600) of retain
+    text put before the known forget questions; each clamp point (not its controls) and the unhooked
+    model are scored at every N. Empty: no check."""
+    dilution_questions: int = 40
+    """Known forget questions the dilution check scores (the first of the split, in file order)."""
+    dilution_text: str | None = None
+    """Filler text source for the dilution check (default: the preset's `select.retain_text`)."""
     split: str | None = None
     """Question split to score: dev (tuning), test (reporting) or all; default: the preset's."""
     protocol: str | None = None
@@ -279,6 +289,8 @@ def check_intervene_flags(cfg: InterveneConfig) -> None:
     if cfg.n_features is not None and not cfg.n_features:
         raise UnlearnError("--n-features is empty: pass counts such as 10,20,50")
     check_gates(cfg.gates, finite_float(cfg.gate_fpr, "--gate-fpr"))
+    positive_ints(cfg.dilution, "--dilution", minimum=0)
+    positive_int(cfg.dilution_questions, "--dilution-questions")
     finite_floats(cfg.scales, "--scale")
     if not cfg.scales:
         raise UnlearnError("--scale is empty: pass values such as -20 or -5,-20,-50")
@@ -426,10 +438,13 @@ def run_intervene(
     rotation_DD = None
     if "random-direction" in cfg.controls:
         rotation_DD = random_rotation(sae.d_in, cfg.seed, dtype=sae.W_dec.dtype, device=sae.W_dec.device)
-    plan = ClampPlan(unit, typical, control_ids, control_typical, rotation_DD, cfg.seed, cfg.gate_fpr)
+    plan = ClampPlan(unit, typical, control_ids, control_typical, rotation_DD, cfg.seed, cfg.gate_fpr,
+                     (cfg.dilution, cfg.dilution_questions, cfg.dilution_text))  # fmt: skip
     layer = int(hook.split(".")[1]) if hook.startswith("blocks.") else None
     config = {"layer": layer, "grid": {"modes": cfg.modes, "n_features": sizes, "scales": cfg.scales},
-              "controls": cfg.controls, "seed": cfg.seed, "gates": cfg.gates, "gate_fpr": cfg.gate_fpr}  # fmt: skip
+              "controls": cfg.controls, "seed": cfg.seed, "gates": cfg.gates, "gate_fpr": cfg.gate_fpr,
+              "dilution": {"prefix_tokens": cfg.dilution, "questions": cfg.dilution_questions,
+                           "text": cfg.dilution_text}}  # fmt: skip
     with _open_run(cfg, identity, config) as run:
         _sweep(run.path, lm, sae, suite, points, ranked, hook, selection, plan, console)
     return run.path
@@ -444,6 +459,49 @@ def gate_evidence(kind: str, typical: Sequence[float]) -> dict:
     return {"evidence": "sum", "weights": tuple(1.0 / max(float(m), 1e-12) for m in typical)}
 
 
+class Diluter:
+    """The dilution check of a sweep (`unlearn.dilution`): the prefixed question sets and the unhooked
+    model's accuracy on them are made once; each clamp point adds `dilution/<point>.json`."""
+
+    def __init__(self, run_dir: Path, lm, suite, ns: list[int], n_questions: int, filler) -> None:
+        from unlearn.feature_checks import iter_sources
+
+        self.run_dir, self.lm, self.suite = run_dir, lm, suite
+        forget = [q for t in suite.tasks if t.role == "forget" for q in t.scored][:n_questions]
+        if not forget:
+            raise UnlearnError("The dilution check needs known forget questions; none are known.")
+        source = filler or (lm.preset.select.get("retain_text") if lm.preset else None)
+        if not source:
+            raise UnlearnError(
+                "The dilution check needs filler text: pass --dilution-text (e.g. offline:retain)."
+            )
+        self.sets = prefixed_sets(lm, forget, iter_sources(source), ns)
+        self.filler = source
+        path = run_dir / "dilution" / "baseline.json"
+        self.base = read_json(path) if path.exists() else accuracy_vs_prefix(self.sets, self._score)
+        write_json(path, self.base | {"filler": self.filler})
+
+    def _score(self, questions: list):
+        cfg = dataclasses.replace(self.suite.cfg, mutual_info=False)
+        frame = score_questions(self.lm.model, self.lm.tokenizer, questions, cfg,
+                                chat_template=self.suite.chat_template)  # fmt: skip
+        return frame["correct"].to_numpy(dtype=bool)
+
+    def point(self, pid: str, hook_for, threshold: float | None) -> None:
+        path = self.run_dir / "dilution" / f"{pid}.json"
+        if path.exists():
+            return
+        result = accuracy_vs_prefix(self.sets, self._score, hook_for, threshold)
+        write_json(path, {"point": pid, **result, "base": self.base, "filler": self.filler})
+        log.info(
+            "dilution %s: acc %s, fired %s at N = %s",
+            pid,
+            result["acc"],
+            result["fired"],
+            result["prefix_tokens"],
+        )
+
+
 class ClampPlan(NamedTuple):
     """How each point's clamp values and controls are made (from the selection, fixed for the run)."""
 
@@ -454,11 +512,13 @@ class ClampPlan(NamedTuple):
     rotation_DD: Tensor | None  # random orthogonal map for the random-direction control
     seed: int
     gate_fpr: float  # target false-positive rate of gated points
+    dilution: tuple[list[int], int, str | list[str] | None] = ([], 40, None)  # prefix N, questions, filler
 
 
 def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan: ClampPlan, console) -> None:
     """Baseline, then each grid point not yet in the folder; a point's JSON is its last file."""
-    unit, typical, control_ids, control_typical, rotation_DD, seed, gate_fpr = plan
+    unit, typical, control_ids, control_typical, rotation_DD, seed, gate_fpr, dilution = plan
+    dilute = Diluter(run_dir, lm, suite, *dilution) if dilution[0] else None
     calibrated_gates: dict[tuple, Gate] = {}  # a real point and its direction control share one gate
     if (run_dir / "baseline.json").exists():
         base = EvalBlock.from_dict(read_json(run_dir / "baseline.json"))
@@ -487,11 +547,7 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan:
         if control == "random-direction":
             dirs = sae.W_dec[torch.as_tensor(feats, dtype=torch.long, device=sae.W_dec.device)] @ rotation_DD
         edit_stats, gate, record = EditStats(), None, FiringLog()
-        if gate_kind == "none":
-            hooked = clamp(
-                lm.model, sae, feats, mode, value, hook_name=hook, directions_KD=dirs, stats=edit_stats
-            )
-        else:
+        if gate_kind != "none":
             key = (gate_kind, tuple(feats), tuple(values))
             if key not in calibrated_gates:
                 raw = Gate(
@@ -505,11 +561,27 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan:
                     lm, sae, raw, suite, fpr=gate_fpr, hook_name=hook, benign=benign
                 )
             gate = calibrated_gates[key]
-            hooked = gated(lm.model, sae, gate, hook_name=hook, directions_KD=dirs, record=record)
-        with torch.inference_mode(), hooked:
+
+        def hook_for(
+            log: FiringLog,
+            stats: EditStats | None = None,
+            feats=feats,
+            value=value,
+            dirs=dirs,
+            gate=gate,
+            mode=mode,
+        ):
+            if gate is None:
+                return clamp(lm.model, sae, feats, mode, value, hook_name=hook, directions_KD=dirs,
+                             stats=stats if stats is not None else EditStats())  # fmt: skip
+            return gated(lm.model, sae, gate, hook_name=hook, directions_KD=dirs, record=log)
+
+        with torch.inference_mode(), hook_for(record, edit_stats):
             outcome = suite.run(lm.model, desc=pid, on_task=lambda t, log=record: log.start(t.role))
         if gate is not None:
             gate = with_scored_rates(gate, record, suite.cfg.split)
+        if dilute is not None and control is None and mode == "clamp":
+            dilute.point(pid, hook_for, gate.threshold if gate else None)
         if getattr(outcome, "questions", None) is not None and len(outcome.questions):
             write_table(run_dir / "questions" / f"{pid}.csv", outcome.questions)
         write_json(path, {"mode": mode, "scale": None if mode == "zero" else scale, "n_features": n,
@@ -559,6 +631,15 @@ def intervene_command(
     split: Annotated[
         str | None, typer.Option(help="Questions scored: dev (tuning), test (reporting), all.")
     ] = None,
+    dilution: Annotated[
+        str, typer.Option(help="Dilution check: prefix lengths in tokens, e.g. 0,100,400,1600 (empty: none).")
+    ] = "",
+    dilution_questions: Annotated[
+        int, typer.Option(help="Known forget questions the dilution check scores.")
+    ] = 40,
+    dilution_text: Annotated[
+        str | None, typer.Option(help="Filler text source (default: the preset's select.retain_text).")
+    ] = None,
     mode: Annotated[
         str, typer.Option("--mode", "--modes", help="clamp, zero, scale (comma list).")
     ] = "clamp",
@@ -598,7 +679,8 @@ def intervene_command(
         known_only=known_only, permutations=permutations, limit=limit, batch_size=batch_size, run_id=run_id,
         resume=resume, overwrite=overwrite, device=device, dtype=dtype, clamp_unit=clamp_unit,
         controls=[] if controls.strip() == "none" else _split(controls), gates=_split(gate),
-        gate_fpr=gate_fpr, split=split,
+        gate_fpr=gate_fpr, split=split, dilution=_split(dilution, int, "--dilution") or [],
+        dilution_questions=dilution_questions, dilution_text=dilution_text,
     )  # fmt: skip
     console = Console()
     run_dir = run_intervene(cfg, console=console)

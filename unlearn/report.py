@@ -27,6 +27,7 @@ from unlearn.checks import writable_dir
 from unlearn.errors import UnlearnError
 from unlearn.paths import results_dir
 from unlearn.report_collect import BASELINE_METHODS, METHODS, Collection, collect, collect_runs, pareto_mask
+from unlearn.report_extras import extra_tables
 from unlearn.results import new_run_dir, write_bytes, write_json, write_table
 
 __all__ = [
@@ -212,7 +213,7 @@ def run_report(cfg: ReportConfig, console: Console | None = None) -> Path:
         f"Split shown: {cfg.split}. claim ✓ = forget Δ interval below 0 and, where the run has a control "
         "point, forget below the control's with a paired interval below 0.",
         overview=overview, reasons=rr.separation_reasons(points), sections=sections, published=published,
-        features=c.features, notes=c.notes,
+        features=c.features, notes=c.notes, extras=extra_tables(results),
     )  # fmt: skip
     rr.print_console(console, doc)
     run_cfg = {"command": "report", "preset": cfg.preset, "model": None, "results": str(results)}

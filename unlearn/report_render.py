@@ -234,6 +234,8 @@ def print_console(console: Console, doc: Document) -> None:
                 scores_table(s.scores), f"Section {s.number}: SAEBench unlearning score per sweep"
             )
             console.print(table)
+    for title, _, table in doc.extras:
+        console.print(rich_table(table, title))
     for model, table, _ in doc.published:
         console.print(
             rich_table(table.drop(columns=["source"]), f"Published numbers for {model} (see report)")
@@ -270,6 +272,7 @@ class Document:
     published: list[tuple[str, pd.DataFrame, str]]  # (model, table, note)
     features: pd.DataFrame
     notes: list[str]
+    extras: list[tuple[str, str, pd.DataFrame]] = field(default_factory=list)  # (title, intro, table)
 
 
 def render_markdown(doc: Document) -> str:
@@ -287,6 +290,8 @@ def render_markdown(doc: Document) -> str:
             intro = "**SAEBench unlearning score** per sweep (points with retain ≥ 0.99: 1 − min forget):\n"
             out += [intro, md_table(scores_table(s.scores))]
         out += [f"![{name}]({name})\n" for name in s.plots]
+    for title, intro, table in doc.extras:
+        out += [f"## {title}\n", intro + "\n", md_table(table)]
     for model, table, note in doc.published:
         out += [f"## Published numbers: {model}\n", note + "\n", md_table(table)]
     if not doc.features.empty:
@@ -329,6 +334,8 @@ def render_html(doc: Document) -> str:
             data = base64.b64encode(png).decode()
             out.append(f"<img alt='{e(name)}' src='data:image/png;base64,{data}'>")
         out.append("</div>")
+    for title, intro, table in doc.extras:
+        out += [f"<h2>{e(title)}</h2><p>{e(intro)}</p>", html_table(table)]
     for model, table, note in doc.published:
         out += [f"<h2>Published numbers: {e(model)}</h2><p>{e(note)}</p>", html_table(table)]
     if not doc.features.empty:
