@@ -346,3 +346,30 @@ def test_calibration_on_forwarded_cloze_sequences_meets_the_target_on_them(tiny)
         k = math.floor(fpr * len(qs) + 1e-9)
         rate = firing_rate(stats, calibrated(gate, stats, fpr).threshold)
         assert rate <= k / len(qs) and (rate == k / len(qs) or desc[k - 1] == desc[k]), (fpr, desc)
+
+
+@pytest.mark.parametrize("protocol,mutual_info", [("cloze", True), ("cloze", False), ("letter", False)])
+def test_forwarded_stats_equal_what_the_real_scorer_forwards(tiny, protocol, mutual_info):
+    """The calibration's fast path (sequences rebuilt, forwards stopped at the hook) sees exactly the
+    statistics the gate records while the real scorer runs."""
+    from types import SimpleNamespace
+
+    from conftest import Q
+
+    from unlearn.evaluate import EvalConfig, score_questions
+    from unlearn.gate_points import forwarded_stats
+    from unlearn.gates import FiringLog
+
+    lm = tiny("gemma3")
+    sae = firing_sae(lm, frac=0.3).float()
+    qs = [Q("Which organ pumps blood?", ["heart", "liver", "the kidney", "lung"], 0),
+          Q("What do mitochondria make for the cell and the body?", ["ATP", "DNA", "genes", "virus"], 1),
+          Q("Where is DNA?", ["nucleus", "heart", "liver", "lung"], 2)]  # fmt: skip
+    cfg = EvalConfig(protocol=protocol, mutual_info=mutual_info, batch_size=2)
+    gate = Gate("window", features=FEATURES, evidence="sum", window=4, value=-30.0)
+    fast = forwarded_stats(lm, sae, gate, SimpleNamespace(cfg=cfg, chat_template=False), qs, hook_name=HOOK)
+    real = FiringLog()
+    with torch.no_grad(), gated(lm.model, sae, gate, record=real, dry_run=True):
+        score_questions(lm.model, lm.tokenizer, qs, cfg, chat_template=False)
+    assert sorted(fast) == pytest.approx(sorted(real.all_stats()), rel=1e-9, abs=1e-9)
+    assert len(fast) >= len(qs) * (2 if mutual_info else 1)  # a row per choice past the sliding window

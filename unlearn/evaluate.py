@@ -40,9 +40,9 @@ from unlearn.known import (  # noqa: F401  (PROMPT_VERSION, cloze_known, weight_
 )
 from unlearn.models import LoadedModel
 from unlearn.presets import Preset
-from unlearn.prompts import QuestionLike, answer_prior
+from unlearn.prompts import QuestionLike, answer_prior, encode_prompt, letter_prompt
 from unlearn.results import EvalBlock, TaskScore
-from unlearn.scoring import ALL_ORDERS, make_letter_scorer, score_cloze, score_letter
+from unlearn.scoring import ALL_ORDERS, cloze_rows, make_letter_scorer, score_cloze, score_letter
 from unlearn.stats import bootstrap_ci, outcome_column, stratified_bootstrap_ci
 
 log = logging.getLogger(__name__)
@@ -303,6 +303,31 @@ def score_questions(
     else:
         raise UnlearnError(f"Unknown protocol {cfg.protocol!r}; use letter, cloze or lm-eval.")
     return frame
+
+
+Sequence_ = tuple[list[int], list[int] | None]
+
+
+def forwarded_sequences(
+    model: nn.Module, tokenizer, questions: Sequence[QuestionLike], cfg: EvalConfig, *, chat_template: bool
+) -> list[Sequence_] | None:
+    """The token sequences (with packed segment ids, or None) that `score_questions` forwards for these
+    questions: cloze packed rows (and the answer-prior rows with `mutual_info`), letter prompts (one per
+    order). None for lm-eval, whose requests are built inside lm-eval."""
+    if cfg.protocol == "cloze":
+        asked = list(questions) + ([answer_prior(q) for q in questions] if cfg.mutual_info else [])
+        return [(ids, seg) for ids, seg, _ in cloze_rows(asked, tokenizer, model)]
+    if cfg.protocol == "letter":
+        orders = ALL_ORDERS if cfg.permutations else [(0, 1, 2, 3)]
+        return [
+            (
+                encode_prompt(letter_prompt(q, tokenizer, chat_template=chat_template, order=o), tokenizer),
+                None,
+            )
+            for q in questions
+            for o in orders
+        ]
+    return None
 
 
 def prepare_eval(lm: LoadedModel, cfg: EvalConfig) -> EvalSuite:

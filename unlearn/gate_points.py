@@ -21,8 +21,10 @@ import torch
 
 from unlearn.data import load_questions
 from unlearn.errors import UnlearnError
-from unlearn.evaluate import score_questions, with_split
+from unlearn.evaluate import forwarded_sequences, score_questions, with_split
 from unlearn.gates import GATE_KINDS, FiringLog, Gate, calibrated, firing_rate, gated
+from unlearn.hooks import forward_to
+from unlearn.scoring import Head
 
 log = logging.getLogger(__name__)
 
@@ -46,10 +48,23 @@ def _questions(suite, role: str, part: str) -> list:
 
 
 def forwarded_stats(lm, sae, gate: Gate, suite, questions: Sequence, *, hook_name: str) -> list[float]:
-    """The gate's statistic on every sequence the suite's scorer forwards for `questions` (gate dry run)."""
+    """The gate's statistic on every sequence the suite's scorer forwards for `questions` (a dry run of
+    the gate on those very sequences, batched as the scorer does, each forward stopped at the hook)."""
     record = FiringLog()
+    cfg, chat = suite.cfg, suite.chat_template
+    seqs = forwarded_sequences(lm.model, lm.tokenizer, questions, cfg, chat_template=chat)
     with torch.inference_mode(), gated(lm.model, sae, gate, hook_name=hook_name, record=record, dry_run=True):
-        score_questions(lm.model, lm.tokenizer, questions, suite.cfg, chat_template=suite.chat_template)
+        if seqs is None:  # lm-eval builds its own requests: score them for real
+            score_questions(lm.model, lm.tokenizer, questions, cfg, chat_template=chat)
+        else:
+            head = Head(lm.model)
+            head.pad_id = lm.tokenizer.pad_token_id or 0
+            for group in ([q for q in seqs if q[1] is not None], [q for q in seqs if q[1] is None]):
+                group.sort(key=lambda q: -len(q[0]))
+                for start in range(0, len(group), cfg.batch_size):
+                    batch = group[start : start + cfg.batch_size]
+                    segments = [seg for _, seg in batch] if batch[0][1] is not None else None
+                    forward_to(lm.model, [hook_name], **head.inputs([ids for ids, _ in batch], segments))
     return record.all_stats()
 
 

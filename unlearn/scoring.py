@@ -64,18 +64,9 @@ class Head:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
 
-    @torch.no_grad()
-    def hidden_at(
-        self,
-        seqs: Sequence[Sequence[int]],
-        positions: Sequence[Sequence[int]],
-        segments: Sequence[Sequence[int]] | None = None,
-    ) -> list[Tensor]:
-        """Final hidden states (after the last norm) of each sequence at the given positions.
-
-        With `segments` (see `pack_choices`), each sequence is a packed one: segment-0 tokens form a
-        shared context and a token of segment k > 0 sees that context and the earlier tokens of its own
-        segment only, at the positions it would have without the other segments."""
+    def inputs(self, seqs: Sequence[Sequence[int]], segments: Sequence[Sequence[int]] | None = None) -> dict:
+        """Model inputs for right-padded sequences; with `segments`, the packed 4D mask and position ids
+        (see `hidden_at`)."""
         device = self.weight_VD.device
         T = max(len(s) for s in seqs)
         ids_BT = torch.full((len(seqs), T), self.pad_id, dtype=torch.long)
@@ -93,7 +84,21 @@ class Head:
                 "attention_mask": _segment_mask(seg_BT, dtype).to(device),
                 "position_ids": _segment_positions(seg_BT).to(device),
             }
-        inputs = {"input_ids": ids_BT.to(device), "attention_mask": mask_BT.to(device), **extra}
+        return {"input_ids": ids_BT.to(device), "attention_mask": mask_BT.to(device), **extra}
+
+    @torch.no_grad()
+    def hidden_at(
+        self,
+        seqs: Sequence[Sequence[int]],
+        positions: Sequence[Sequence[int]],
+        segments: Sequence[Sequence[int]] | None = None,
+    ) -> list[Tensor]:
+        """Final hidden states (after the last norm) of each sequence at the given positions.
+
+        With `segments` (see `pack_choices`), each sequence is a packed one: segment-0 tokens form a
+        shared context and a token of segment k > 0 sees that context and the earlier tokens of its own
+        segment only, at the positions it would have without the other segments."""
+        inputs = self.inputs(seqs, segments)
         out = self.body(**inputs, use_cache=False)
         hidden_BTD = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         return [hidden_BTD[b, list(pos)] for b, pos in enumerate(positions)]
@@ -221,6 +226,30 @@ def score_letter(
     return {"pred": original[:, 0], "correct": original == answers, "scores": scores[:, 0].numpy()}
 
 
+ClozeRow = tuple[list[int], list[int] | None, list[tuple[int, int, list[int], list[int]]]]
+"""(token ids, segment ids or None, [(question, choice, read positions, target ids)])."""
+
+
+def cloze_rows(questions: Sequence[QuestionLike], tokenizer, model: nn.Module) -> list[ClozeRow]:
+    """The sequences `score_cloze` forwards: one packed row per question (`pack_choices`), or one row per
+    choice where the packed row would be longer than the model's sliding attention window."""
+    window = getattr(text_config(model), "sliding_window", None) or math.inf
+    rows: list[ClozeRow] = []
+    for qi, q in enumerate(questions):
+        pairs = [encode_pair(cloze_context(q.question), cloze_continuation(c), tokenizer) for c in q.choices]
+        ctx, conts = pairs[0][0], [cont for _, cont in pairs]  # encode_pair: ctx is the same for all
+        ids, segments, reads = pack_choices(ctx, conts)
+        if len(ids) <= window:
+            rows.append(
+                (ids, segments, [(qi, ci, r, t) for ci, (r, t) in enumerate(zip(reads, conts, strict=True))])
+            )
+        else:  # one sequence per choice
+            for ci, (c, cont) in enumerate(pairs):
+                seq = (c + cont)[:-1]
+                rows.append((seq, None, [(qi, ci, list(range(len(c) - 1, len(seq))), cont)]))
+    return rows
+
+
 @torch.no_grad()
 def score_cloze(
     questions: Sequence[QuestionLike],
@@ -241,21 +270,7 @@ def score_cloze(
     Returns `ll` (n, 4), `pred`, `pred_norm` (n,)."""
     head = Head(model)
     head.pad_id = tokenizer.pad_token_id or 0
-    window = getattr(text_config(model), "sliding_window", None) or math.inf
-    # rows: (ids, segments or None, [(question, choice, read positions, targets)])
-    rows: list[tuple[list[int], list[int] | None, list[tuple[int, int, list[int], list[int]]]]] = []
-    for qi, q in enumerate(questions):
-        pairs = [encode_pair(cloze_context(q.question), cloze_continuation(c), tokenizer) for c in q.choices]
-        ctx, conts = pairs[0][0], [cont for _, cont in pairs]  # encode_pair: ctx is the same for all
-        ids, segments, reads = pack_choices(ctx, conts)
-        if len(ids) <= window:
-            rows.append(
-                (ids, segments, [(qi, ci, r, t) for ci, (r, t) in enumerate(zip(reads, conts, strict=True))])
-            )
-        else:  # one sequence per choice
-            for ci, (c, cont) in enumerate(pairs):
-                seq = (c + cont)[:-1]
-                rows.append((seq, None, [(qi, ci, list(range(len(c) - 1, len(seq))), cont)]))
+    rows = cloze_rows(questions, tokenizer, model)
     ll_N4 = np.zeros((len(questions), 4))
     packed = [i for i, r in enumerate(rows) if r[1] is not None]
     plain = [i for i, r in enumerate(rows) if r[1] is None]
