@@ -558,3 +558,63 @@ def test_gated_point_is_calibrated_on_retain_and_leaves_unfired_questions_bit_id
     assert gated_dil["fired"][0] > 0.5  # the forget questions are full of the feature's token
     assert dil["clamp_n1_s-50"]["fired"] == [None, None] and all(0 <= f <= 1 for f in gated_dil["fired"])
     assert gated_dil["acc"][0] == pytest.approx(gate_q[forget].head(4).correct.mean())
+
+
+@pytest.mark.parametrize("protocol", ["cloze", "letter"])
+def test_reuse_scores_only_touched_questions_and_equals_a_full_evaluation(tiny, tmp_path, protocol):
+    """`Reuse` (score the questions a hook touches, copy the rest from the unhooked frame) against the
+    plain path (everything scored under the hook): the same predictions and log-likelihoods, for a static
+    clamp, a gated clamp and a random-direction control; and the gate's firing log sees every question."""
+    from unlearn.evaluate import EvalConfig, Reuse, forwarded_sequences, prepare_eval, touched_questions
+    from unlearn.gates import FiringLog, Gate, gated
+    from unlearn.intervene import clamp
+
+    lm = tiny("gemma3")
+    rows = [{"question": f"Which organ {i} beats{' heart' * (i % 3)}?", "choices": ["liver", "lung", "eye", "ear"],
+             "answer": i % 4} for i in range(9)]  # fmt: skip
+    path = tmp_path / "q.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    suite = prepare_eval(
+        lm, EvalConfig(forget=[str(path)], protocol=protocol, mutual_info=False, batch_size=4)
+    )
+    # feature 5 fires where the residual is close to the " heart" token's of question 1 as it is forwarded
+    (ids, _, _), *_ = forwarded_sequences(lm.model, lm.tokenizer, suite.tasks[0].questions[1:2], suite.cfg,
+                                          chat_template=suite.chat_template)  # fmt: skip
+    heart = lm.tokenizer(" heart", add_special_tokens=False)["input_ids"][0]
+    v = forward_to(lm.model, [HOOK], input_ids=torch.tensor([ids]))[HOOK][0, ids.index(heart)]
+    sae = random_sae(64, 32, "standard", dtype=torch.float32, hook_name=HOOK)
+    with torch.no_grad():
+        sae.W_enc[:, 5] = v / v.norm()
+        sae.b_enc[5] = -0.9 * v.norm()
+    with torch.inference_mode():
+        base = suite.run(lm.model)
+    rotation = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(0)))[0]
+    gate = Gate("window", 0.0, features=(5,), value=-40.0, window=4)
+    hooks = {
+        "static": lambda log=None: clamp(lm.model, sae, [5], "clamp", -40.0, hook_name=HOOK),
+        "direction": lambda log=None: clamp(lm.model, sae, [5], "clamp", -40.0, hook_name=HOOK,
+                                            directions_KD=sae.W_dec[[5]] @ rotation),
+        "gated": lambda log=None: gated(lm.model, sae, gate, hook_name=HOOK, record=log),
+    }  # fmt: skip
+    cols = ["pred", "correct"] + ([f"ll_{k}" for k in range(4)] if protocol == "cloze" else [])
+    for name, hook in hooks.items():
+        full_log, reuse_log = FiringLog(), FiringLog()
+        with torch.inference_mode(), hook(full_log):
+            full = suite.run(lm.model).questions
+        with torch.inference_mode():
+            reuse = Reuse(
+                base.questions, lambda live, h=hook, log=reuse_log: h(log if live else FiringLog()), HOOK
+            )
+            got = suite.run(lm.model, reuse=reuse).questions
+        np.testing.assert_array_equal(got["pred"], full["pred"], err_msg=name)
+        for c in cols[2:]:
+            np.testing.assert_allclose(got[c].astype(float), full[c].astype(float), rtol=1e-5, atol=1e-5)
+        if name == "gated":
+            assert sorted(reuse_log.all_stats()) == pytest.approx(sorted(full_log.all_stats()))
+        touched = touched_questions(lm.model, lm.tokenizer, suite.tasks[0].questions, suite.cfg,
+                                    chat_template=suite.chat_template, reuse=reuse)  # fmt: skip
+        assert touched.any() and not touched.all(), (name, touched, "the hook must touch some questions only")
+        if protocol == "cloze":  # the full path leaves exactly the untouched questions bit-identical
+            ll = [f"ll_{k}" for k in range(4)]
+            same = (full[ll].to_numpy() == base.questions[ll].to_numpy()).all(1)
+            np.testing.assert_array_equal(same, ~touched)

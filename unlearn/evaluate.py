@@ -21,16 +21,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, fields
 from typing import Literal
 
 import numpy as np
 import pandas as pd
+import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from unlearn.checks import check_question_lengths, model_context
 from unlearn.errors import UnlearnError
+from unlearn.hooks import capture, forward_to
 from unlearn.known import (  # noqa: F401  (PROMPT_VERSION, cloze_known, weight_fingerprint: re-exported)
     PROMPT_VERSION,
     answer_margin,
@@ -42,7 +45,7 @@ from unlearn.models import LoadedModel
 from unlearn.presets import Preset
 from unlearn.prompts import QuestionLike, answer_prior, encode_prompt, letter_prompt
 from unlearn.results import EvalBlock, TaskScore
-from unlearn.scoring import ALL_ORDERS, cloze_rows, make_letter_scorer, score_cloze, score_letter
+from unlearn.scoring import ALL_ORDERS, Head, cloze_rows, make_letter_scorer, score_cloze, score_letter
 from unlearn.stats import bootstrap_ci, outcome_column, stratified_bootstrap_ci
 
 log = logging.getLogger(__name__)
@@ -194,15 +197,18 @@ class EvalSuite:
         self.tokenizer, self.cfg, self.tasks, self.chat_template = tokenizer, cfg, tasks, chat_template
 
     def run(
-        self, model: nn.Module | LoadedModel, *, desc: str | None = None, on_task: Callable | None = None
+        self,
+        model: nn.Module | LoadedModel,
+        *,
+        desc: str | None = None,
+        on_task: Callable | None = None,
+        reuse: Reuse | None = None,
     ) -> EvalOutcome:
-        """Score every task; `on_task(task)` is called before each (e.g. to label a gate's FiringLog)."""
+        """Score every task; `on_task(task)` is called before each (e.g. to label a gate's FiringLog).
+        With `reuse`, the suite installs the hook itself and scores only the questions it touches."""
         model = model.model if isinstance(model, LoadedModel) else model
         cfg, protocol = self.cfg, protocol_name(self.cfg)
-        per_q = 24 if protocol == "letter-perm24" else 1
-        if cfg.protocol == "cloze":
-            per_q = 8 if cfg.mutual_info else 4
-        total = sum(len(t.questions) for t in self.tasks) * per_q
+        total = sum(len(t.questions) for t in self.tasks) * self._per_question
         scores, frames = [], []
         columns = [
             TextColumn("[bold]{task.description}"),
@@ -217,14 +223,12 @@ class EvalSuite:
                     on_task(task)
                 if task.known is not None and not task.known.any():
                     log.warning("task %s: the unhooked model knows none of its questions", task.name)
-                frame = score_questions(
-                    model,
-                    self.tokenizer,
-                    task.questions,
-                    cfg,
-                    chat_template=self.chat_template,
-                    progress=lambda n: bar.advance(job, n),
-                )
+                advance = lambda n: bar.advance(job, n)  # noqa: E731
+                if reuse is None:
+                    frame = score_questions(model, self.tokenizer, task.questions, cfg,
+                                            chat_template=self.chat_template, progress=advance)  # fmt: skip
+                else:
+                    frame = self._reused(model, task, reuse, advance)
                 frame.insert(0, "role", task.role)
                 frame.insert(0, "task", task.name)
                 frame["known"] = task.known if task.known is not None else None
@@ -232,6 +236,43 @@ class EvalSuite:
                 scores.append(task_score(frame, task, protocol, self._subset))
         table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         return EvalOutcome(block=block_from_frame(scores, table), questions=table)
+
+    def _reused(self, model, task: EvalTask, reuse: Reuse, advance) -> pd.DataFrame:
+        """`task`'s frame under the hook: its touched questions scored, the rest the unhooked model's."""
+        cfg, chat = self.cfg, self.chat_template
+        touched = touched_questions(
+            model, self.tokenizer, task.questions, cfg, chat_template=chat, reuse=reuse
+        )
+        if touched is None:  # lm-eval: score everything under the live hook
+            with reuse.hook(True):
+                return score_questions(model, self.tokenizer, task.questions, cfg, chat_template=chat,
+                                       progress=advance)  # fmt: skip
+        base = reuse.base[reuse.base["task"] == task.name].drop(columns=["task", "role", "known"])
+        base = base.reset_index(drop=True)
+        if len(base) != len(task.questions) or list(base["index"]) != [
+            getattr(q, "index", i) for i, q in enumerate(task.questions)
+        ]:
+            raise UnlearnError(
+                f"the baseline frame does not match task {task.name}'s questions; rerun the baseline"
+            )
+        frame = base.copy()
+        picked = [q for q, t in zip(task.questions, touched, strict=True) if t]
+        if picked:
+            with reuse.hook(False):
+                scored = score_questions(
+                    model, self.tokenizer, picked, cfg, chat_template=chat, progress=advance
+                )
+            for col in scored.columns:
+                frame.loc[touched, col] = scored[col].to_numpy()
+        advance(int((~touched).sum()) * self._per_question)
+        return frame
+
+    @property
+    def _per_question(self) -> int:
+        """Progress units per question: the sequences (cloze: choices) a question costs."""
+        if self.cfg.protocol == "cloze":
+            return 8 if self.cfg.mutual_info else 4
+        return 24 if protocol_name(self.cfg) == "letter-perm24" else 1
 
     @property
     def _subset(self) -> str:
@@ -305,29 +346,76 @@ def score_questions(
     return frame
 
 
-Sequence_ = tuple[list[int], list[int] | None]
+Forwarded = tuple[list[int], list[int] | None, int]
+"""A sequence the scorer forwards: token ids, packed segment ids (or None), the question's index."""
 
 
 def forwarded_sequences(
     model: nn.Module, tokenizer, questions: Sequence[QuestionLike], cfg: EvalConfig, *, chat_template: bool
-) -> list[Sequence_] | None:
-    """The token sequences (with packed segment ids, or None) that `score_questions` forwards for these
-    questions: cloze packed rows (and the answer-prior rows with `mutual_info`), letter prompts (one per
-    order). None for lm-eval, whose requests are built inside lm-eval."""
+) -> list[Forwarded] | None:
+    """The token sequences that `score_questions` forwards for these questions: cloze packed rows (and the
+    answer-prior rows with `mutual_info`), letter prompts (one per order). None for lm-eval, whose
+    requests are built inside lm-eval."""
+    n = len(questions)
     if cfg.protocol == "cloze":
         asked = list(questions) + ([answer_prior(q) for q in questions] if cfg.mutual_info else [])
-        return [(ids, seg) for ids, seg, _ in cloze_rows(asked, tokenizer, model)]
+        return [(ids, seg, reads[0][0] % n) for ids, seg, reads in cloze_rows(asked, tokenizer, model)]
     if cfg.protocol == "letter":
         orders = ALL_ORDERS if cfg.permutations else [(0, 1, 2, 3)]
+        prompt = lambda q, o: letter_prompt(q, tokenizer, chat_template=chat_template, order=o)  # noqa: E731
         return [
-            (
-                encode_prompt(letter_prompt(q, tokenizer, chat_template=chat_template, order=o), tokenizer),
-                None,
-            )
-            for q in questions
-            for o in orders
+            (encode_prompt(prompt(q, o), tokenizer), None, i) for i, q in enumerate(questions) for o in orders
         ]
     return None
+
+
+def forward_batches(model: nn.Module, tokenizer, seqs: list[Forwarded], batch_size: int):
+    """Model inputs for `seqs`, packed and plain rows apart (as the scorers batch them), longest first:
+    yields (inputs, (B, T) real-token mask, question index per row)."""
+    head = Head(model)
+    head.pad_id = tokenizer.pad_token_id or 0
+    for group in ([q for q in seqs if q[1] is not None], [q for q in seqs if q[1] is None]):
+        group = sorted(group, key=lambda q: -len(q[0]))
+        for start in range(0, len(group), batch_size):
+            batch = group[start : start + batch_size]
+            segments = [seg for _, seg, _ in batch] if batch[0][1] is not None else None
+            inputs = head.inputs([ids for ids, _, _ in batch], segments)
+            T = inputs["input_ids"].shape[1]
+            real_BT = torch.arange(T)[None, :] < torch.tensor([len(ids) for ids, _, _ in batch])[:, None]
+            yield inputs, real_BT, [qi for _, _, qi in batch]
+
+
+@dataclass
+class Reuse:
+    """Score only the questions a hook touches and take the others from the unhooked model's frame.
+
+    Exact: a hook that leaves every real token of a question's sequences unchanged at its site leaves the
+    rest of the forward, and so the scores, bit-identical (`gates` and `intervene` test this). The
+    touched questions are found by a forward to the hook layer only, with the hook installed
+    (`hook(True)`: the hook whose logs and statistics count, seeing every sequence); they are then scored
+    under `hook(False)` (logs discarded)."""
+
+    base: pd.DataFrame
+    """The unhooked model's per-question frame (`EvalOutcome.questions`) on the same suite."""
+    hook: Callable[[bool], AbstractContextManager]
+    hook_name: str
+
+
+def touched_questions(model, tokenizer, questions, cfg: EvalConfig, *, chat_template: bool, reuse: Reuse):
+    """Bool per question: does the hook change any real token of any sequence it forwards? None when the
+    sequences are not known ahead (lm-eval)."""
+    seqs = forwarded_sequences(model, tokenizer, questions, cfg, chat_template=chat_template)
+    if seqs is None:
+        return None
+    touched = np.zeros(len(questions), dtype=bool)
+    with torch.inference_mode(), capture(model, [reuse.hook_name]) as before, reuse.hook(True):
+        for inputs, real_BT, qidx in forward_batches(model, tokenizer, seqs, cfg.batch_size):
+            after = forward_to(model, [reuse.hook_name], **inputs)[reuse.hook_name]
+            x = before[reuse.hook_name]
+            changed_B = ((after != x).any(-1) & real_BT.to(after.device)).any(-1).cpu().numpy()
+            for qi, c in zip(qidx, changed_B, strict=True):
+                touched[qi] |= bool(c)
+    return touched
 
 
 def prepare_eval(lm: LoadedModel, cfg: EvalConfig) -> EvalSuite:

@@ -21,10 +21,9 @@ import torch
 
 from unlearn.data import load_questions
 from unlearn.errors import UnlearnError
-from unlearn.evaluate import forwarded_sequences, score_questions, with_split
+from unlearn.evaluate import forward_batches, forwarded_sequences, score_questions, with_split
 from unlearn.gates import GATE_KINDS, FiringLog, Gate, calibrated, firing_rate, gated
 from unlearn.hooks import forward_to
-from unlearn.scoring import Head
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +56,8 @@ def forwarded_stats(lm, sae, gate: Gate, suite, questions: Sequence, *, hook_nam
         if seqs is None:  # lm-eval builds its own requests: score them for real
             score_questions(lm.model, lm.tokenizer, questions, cfg, chat_template=chat)
         else:
-            head = Head(lm.model)
-            head.pad_id = lm.tokenizer.pad_token_id or 0
-            for group in ([q for q in seqs if q[1] is not None], [q for q in seqs if q[1] is None]):
-                group.sort(key=lambda q: -len(q[0]))
-                for start in range(0, len(group), cfg.batch_size):
-                    batch = group[start : start + cfg.batch_size]
-                    segments = [seg for _, seg in batch] if batch[0][1] is not None else None
-                    forward_to(lm.model, [hook_name], **head.inputs([ids for ids, _ in batch], segments))
+            for inputs, _, _ in forward_batches(lm.model, lm.tokenizer, seqs, cfg.batch_size):
+                forward_to(lm.model, [hook_name], **inputs)
     return record.all_stats()
 
 

@@ -47,7 +47,7 @@ from unlearn.checks import check_model_path, finite_float, finite_floats, positi
 from unlearn.clamp_controls import CONTROLS, EditStats, feature_info, random_rotation, with_controls
 from unlearn.dilution import accuracy_vs_prefix, prefixed_sets
 from unlearn.errors import UnlearnError
-from unlearn.evaluate import score_questions
+from unlearn.evaluate import EvalSuite, Reuse, score_questions
 from unlearn.gate_points import DEFAULT_FPR, calibrate_gate, check_gates, with_scored_rates
 from unlearn.gates import FiringLog, Gate, gated
 from unlearn.hooks import edit_with_inputs, sae_site, text_config
@@ -520,15 +520,20 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan:
     unit, typical, control_ids, control_typical, rotation_DD, seed, gate_fpr, dilution = plan
     dilute = Diluter(run_dir, lm, suite, *dilution) if dilution[0] else None
     calibrated_gates: dict[tuple, Gate] = {}  # a real point and its direction control share one gate
+    base_frame = None  # per-question baseline: paired deltas, and the scores of questions a hook leaves alone
     if (run_dir / "baseline.json").exists():
         base = EvalBlock.from_dict(read_json(run_dir / "baseline.json"))
+        if (run_dir / "questions" / "baseline.csv").exists():
+            base_frame = pd.read_csv(run_dir / "questions" / "baseline.csv")
     else:
         with torch.inference_mode():
             base_out = suite.run(lm.model, desc="baseline")
         base = base_out.block
         if getattr(base_out, "questions", None) is not None and len(base_out.questions):  # paired deltas
             write_table(run_dir / "questions" / "baseline.csv", base_out.questions)
+            base_frame = base_out.questions
         write_json(run_dir / "baseline.json", base)
+    reusable = isinstance(suite, EvalSuite) and base_frame is not None
     console.print(point_table("unhooked", base, None))
     thr = selection.retain_threshold if selection else None
     rank_by = selection.rank_by if selection else None
@@ -576,8 +581,14 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan:
                              stats=stats if stats is not None else EditStats())  # fmt: skip
             return gated(lm.model, sae, gate, hook_name=hook, directions_KD=dirs, record=log)
 
-        with torch.inference_mode(), hook_for(record, edit_stats):
-            outcome = suite.run(lm.model, desc=pid, on_task=lambda t, log=record: log.start(t.role))
+        label = lambda t, log=record: log.start(t.role)  # noqa: E731
+        if reusable:  # score only the questions the hook touches (exact; `evaluate.Reuse`)
+            live = lambda on, log=record, st=edit_stats, mk=hook_for: mk(log, st) if on else mk(FiringLog())  # noqa: E731
+            with torch.inference_mode():
+                outcome = suite.run(lm.model, desc=pid, on_task=label, reuse=Reuse(base_frame, live, hook))
+        else:
+            with torch.inference_mode(), hook_for(record, edit_stats):
+                outcome = suite.run(lm.model, desc=pid, on_task=label)
         if gate is not None:
             gate = with_scored_rates(gate, record, suite.cfg.split)
         if dilute is not None and control is None and mode == "clamp":
