@@ -22,10 +22,14 @@ def test_demo_quick_runs_offline_to_a_report(tmp_path, monkeypatch):
     base = EvalBlock.from_dict(read_json(sweep / "baseline.json"))
     assert base.forget_acc == 1.0 and base.retain_acc == 1.0  # known subsets, unhooked
     assert base.split == "test"  # reported on the test half; selection read dev text
-    static, gated = "clamp_n20_s-20", "clamp_n20_s-20_gate-window"
-    assert set(points) == {"zero_n20", static, gated} | {
-        f"{p}_ctrl-{c}" for p in (static, gated) for c in ("features", "direction")
+    static, gated, dsg = "clamp_n20_s-20", "clamp_n20_s-20_gate-window", "clamp_n20_s-20_gate-dsg"
+    assert set(points) == {"zero_n20", static, gated, dsg} | {
+        f"{p}_ctrl-{c}" for p in (static, gated, dsg) for c in ("features", "direction")
     }
+    # the dilution check: the unhooked model and each real clamp point, at every prefix length
+    dilution = {p.stem: read_json(p) for p in (sweep / "dilution").glob("*.json")}
+    assert set(dilution) == {"baseline", static, gated, dsg}
+    assert all(d["prefix_tokens"] == [0, 20] and len(d["acc"]) == 2 for d in dilution.values())
     assert points[f"{static}_ctrl-features"]["control"] == "random-features"
     assert points[gated]["gate"]["kind"] == "window" and points[gated]["gate"]["target_fpr"] == 0.05
     (selection,) = (tmp_path / "select-features").iterdir()

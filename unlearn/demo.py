@@ -33,9 +33,11 @@ class DemoConfig:
     ablation always runs beside them)."""
     n_features: list[int] | None = None
     """Numbers of clamped features swept by `intervene` (default: the preset's `demo.n_features`, else 20)."""
-    gates: list[str] = field(default_factory=lambda: ["none", "window"])
-    """Static clamping and a dilution-resistant gate (each with its random-feature and random-direction
-    controls)."""
+    gates: list[str] = field(default_factory=lambda: ["none", "window", "dsg"])
+    """Static clamping, a dilution-resistant gate and the paper's ρ gate (each with its random-feature and
+    random-direction controls)."""
+    dilution: list[int] | None = None
+    """Prefix lengths of the dilution check (default: the preset's `demo.dilution`, else 0,100,400)."""
     quick: bool = False
     """Small everything (CI's end-to-end test): ~20k tokens for selection, 40 questions per set, 10 RMU steps."""
 
@@ -53,12 +55,16 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
     lm = load_model(cfg.preset)
 
     console.print(Rule("1/4  unlearn select-features --topic bio"))
-    select = SelectConfig(preset=cfg.preset, topics=["bio"], **({"max_tokens": 20_000} if cfg.quick else {}))
+    select = SelectConfig(preset=cfg.preset, topics=["bio"], n_features=max(n_features),
+                          **({"max_tokens": 20_000} if cfg.quick else {}))  # fmt: skip
     select_dir = run_select(select, lm=lm)
     gates = ",".join(cfg.gates)
     console.print(Rule(f"2/4  unlearn intervene --modes zero,clamp --gate {gates} (with controls)"))
+    dilution = cfg.dilution or list(preset.demo.get("dilution", [0, 100, 400]))
     sweep = InterveneConfig(preset=cfg.preset, features=str(select_dir), modes=["zero", "clamp"],
-                            n_features=n_features, scales=scales, gates=cfg.gates, limit=limit)  # fmt: skip
+                            n_features=n_features, scales=scales, gates=cfg.gates, limit=limit,
+                            dilution=[0, 20] if cfg.quick else dilution,
+                            dilution_questions=8 if cfg.quick else int(preset.demo.get("dilution_questions", 40)))  # fmt: skip
     run_intervene(sweep, lm=lm, console=console)
     del lm  # RMU loads its own copy and changes its weights
     console.print(Rule("3/4  unlearn rmu-baseline"))
@@ -79,7 +85,7 @@ def demo_command(
     n_features: str = typer.Option(
         "", help="Feature counts for intervene, comma-separated (default: the preset's)."
     ),
-    gates: str = typer.Option("none,window", help="Gates swept beside static clamping."),
+    gates: str = typer.Option("none,window,dsg", help="Gates swept beside static clamping."),
     quick: bool = typer.Option(False, help="Shrink every step (smoke test)."),
 ) -> None:
     """Run the whole experiment: select-features, intervene (clamp and zero ablation), rmu-baseline, report."""

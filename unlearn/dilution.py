@@ -12,17 +12,24 @@ also moves the model), recording how often the gate fired; `firing_vs_prefix` is
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
+from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
 from unlearn.errors import UnlearnError
+from unlearn.evaluate import score_questions
+from unlearn.feature_checks import iter_sources
 from unlearn.gates import FiringLog, Gate, firing_rate, gate_scores
 from unlearn.hooks import text_config
+from unlearn.results import read_json, write_json
 from unlearn.stats import bootstrap_ci
+
+log = logging.getLogger(__name__)
 
 PREFIX_TOKENS: tuple[int, ...] = (0, 100, 400, 1600)
 SEPARATOR = "\n\n"
@@ -149,3 +156,44 @@ def accuracy_vs_prefix(
         out["ci"].append([ci.low, ci.high])
         out["fired"].append(None if threshold is None or not stats else firing_rate(stats, threshold))
     return out
+
+
+class Diluter:
+    """The dilution check of a sweep (`unlearn.dilution`): the prefixed question sets and the unhooked
+    model's accuracy on them are made once; each clamp point adds `dilution/<point>.json`."""
+
+    def __init__(self, run_dir: Path, lm, suite, ns: list[int], n_questions: int, filler) -> None:
+        self.run_dir, self.lm, self.suite = run_dir, lm, suite
+        forget = [q for t in suite.tasks if t.role == "forget" for q in t.scored][:n_questions]
+        if not forget:
+            raise UnlearnError("The dilution check needs known forget questions; none are known.")
+        source = filler or (lm.preset.select.get("retain_text") if lm.preset else None)
+        if not source:
+            raise UnlearnError(
+                "The dilution check needs filler text: pass --dilution-text (e.g. offline:retain)."
+            )
+        self.sets = prefixed_sets(lm, forget, iter_sources(source), ns)
+        self.filler = source
+        path = run_dir / "dilution" / "baseline.json"
+        self.base = read_json(path) if path.exists() else accuracy_vs_prefix(self.sets, self._score)
+        write_json(path, self.base | {"filler": self.filler})
+
+    def _score(self, questions: list):
+        cfg = dataclasses.replace(self.suite.cfg, mutual_info=False)
+        frame = score_questions(self.lm.model, self.lm.tokenizer, questions, cfg,
+                                chat_template=self.suite.chat_template)  # fmt: skip
+        return frame["correct"].to_numpy(dtype=bool)
+
+    def point(self, pid: str, hook_for, threshold: float | None) -> None:
+        path = self.run_dir / "dilution" / f"{pid}.json"
+        if path.exists():
+            return
+        result = accuracy_vs_prefix(self.sets, self._score, hook_for, threshold)
+        write_json(path, {"point": pid, **result, "base": self.base, "filler": self.filler})
+        log.info(
+            "dilution %s: acc %s, fired %s at N = %s",
+            pid,
+            result["acc"],
+            result["fired"],
+            result["prefix_tokens"],
+        )

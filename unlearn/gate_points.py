@@ -88,3 +88,12 @@ def with_scored_rates(gate: Gate, record: FiringLog, split: str) -> Gate:
     return gate.replace(
         measured_fpr={**(gate.measured_fpr or {}), **record.rates(gate.threshold, f"_{split}")}
     )
+
+
+def gate_evidence(kind: str, typical: Sequence[float]) -> dict:
+    """Evidence of a sweep's gate: `dsg` keeps the paper's rule (a token counts if any feature fires);
+    `window` and `cusum` sum the features' activations in units of their typical activation (continuous,
+    so τ meets its target rate; `gates` module docstring). Without typical activations: the paper's rule."""
+    if kind == "dsg" or not typical:
+        return {}
+    return {"evidence": "sum", "weights": tuple(1.0 / max(float(m), 1e-12) for m in typical)}

@@ -45,10 +45,10 @@ from torch import Tensor, nn
 from unlearn import checks
 from unlearn.checks import check_model_path, finite_float, finite_floats, positive_int, positive_ints
 from unlearn.clamp_controls import CONTROLS, EditStats, feature_info, random_rotation, with_controls
-from unlearn.dilution import accuracy_vs_prefix, prefixed_sets
+from unlearn.dilution import Diluter
 from unlearn.errors import UnlearnError
-from unlearn.evaluate import EvalSuite, Reuse, score_questions
-from unlearn.gate_points import DEFAULT_FPR, calibrate_gate, check_gates, with_scored_rates
+from unlearn.evaluate import EvalSuite, Reuse
+from unlearn.gate_points import DEFAULT_FPR, calibrate_gate, check_gates, gate_evidence, with_scored_rates
 from unlearn.gates import FiringLog, Gate, gated
 from unlearn.hooks import edit_with_inputs, sae_site, text_config
 from unlearn.models import LoadedModel, load_model, model_spec
@@ -448,58 +448,6 @@ def run_intervene(
     with _open_run(cfg, identity, config) as run:
         _sweep(run.path, lm, sae, suite, points, ranked, hook, selection, plan, console)
     return run.path
-
-
-def gate_evidence(kind: str, typical: Sequence[float]) -> dict:
-    """Evidence of a sweep's gate: `dsg` keeps the paper's rule (a token counts if any feature fires);
-    `window` and `cusum` sum the features' activations in units of their typical activation (continuous,
-    so τ meets its target rate; `gates` module docstring). Without typical activations: the paper's rule."""
-    if kind == "dsg" or not typical:
-        return {}
-    return {"evidence": "sum", "weights": tuple(1.0 / max(float(m), 1e-12) for m in typical)}
-
-
-class Diluter:
-    """The dilution check of a sweep (`unlearn.dilution`): the prefixed question sets and the unhooked
-    model's accuracy on them are made once; each clamp point adds `dilution/<point>.json`."""
-
-    def __init__(self, run_dir: Path, lm, suite, ns: list[int], n_questions: int, filler) -> None:
-        from unlearn.feature_checks import iter_sources
-
-        self.run_dir, self.lm, self.suite = run_dir, lm, suite
-        forget = [q for t in suite.tasks if t.role == "forget" for q in t.scored][:n_questions]
-        if not forget:
-            raise UnlearnError("The dilution check needs known forget questions; none are known.")
-        source = filler or (lm.preset.select.get("retain_text") if lm.preset else None)
-        if not source:
-            raise UnlearnError(
-                "The dilution check needs filler text: pass --dilution-text (e.g. offline:retain)."
-            )
-        self.sets = prefixed_sets(lm, forget, iter_sources(source), ns)
-        self.filler = source
-        path = run_dir / "dilution" / "baseline.json"
-        self.base = read_json(path) if path.exists() else accuracy_vs_prefix(self.sets, self._score)
-        write_json(path, self.base | {"filler": self.filler})
-
-    def _score(self, questions: list):
-        cfg = dataclasses.replace(self.suite.cfg, mutual_info=False)
-        frame = score_questions(self.lm.model, self.lm.tokenizer, questions, cfg,
-                                chat_template=self.suite.chat_template)  # fmt: skip
-        return frame["correct"].to_numpy(dtype=bool)
-
-    def point(self, pid: str, hook_for, threshold: float | None) -> None:
-        path = self.run_dir / "dilution" / f"{pid}.json"
-        if path.exists():
-            return
-        result = accuracy_vs_prefix(self.sets, self._score, hook_for, threshold)
-        write_json(path, {"point": pid, **result, "base": self.base, "filler": self.filler})
-        log.info(
-            "dilution %s: acc %s, fired %s at N = %s",
-            pid,
-            result["acc"],
-            result["fired"],
-            result["prefix_tokens"],
-        )
 
 
 class ClampPlan(NamedTuple):
