@@ -3,7 +3,7 @@ calibrated threshold (Dynamic SAE Guardrails, Muhamed et al., arXiv 2504.08192, 
 `aashiqmuhamed/DynamicSAEGuardrails` `utils/intervention.py`), plus statistics a prefix cannot dilute.
 
 Per token t of a sequence, the evidence e_t is 1 if any of the N selected features is > 0 (`any`, their
-rule) or the summed activation of those features (`sum`), each times its `weights` entry (1 / its typical
+rule), how many of them are (`count`), or the summed activation of those features (`sum`), each times its `weights` entry (1 / its typical
 activation: every feature then counts in the same unit, and the statistic is continuous, so a quantile
 threshold hits its target rate instead of sitting on a tie of `any`'s k / window values); BOS positions
 have e_t = 0 (their code zeroes BOS), padding is not part of the sequence. Per sequence, the statistic is
@@ -44,7 +44,7 @@ from unlearn.hooks import edit_with_inputs, forward_to, sae_site, text_config
 
 GateKind = Literal["none", "dsg", "window", "cusum"]
 GATE_KINDS: tuple[str, ...] = get_args(GateKind)
-Evidence = Literal["any", "sum"]
+Evidence = Literal["any", "count", "sum"]
 Scope = Literal["token", "feature"]
 
 
@@ -77,7 +77,7 @@ class Gate:
         if self.kind not in GATE_KINDS:
             raise UnlearnError(f"Unknown gate {self.kind!r}; use one of: {', '.join(GATE_KINDS)}.")
         if self.evidence not in get_args(Evidence):
-            raise UnlearnError(f"Unknown gate evidence {self.evidence!r}; use any or sum.")
+            raise UnlearnError(f"Unknown gate evidence {self.evidence!r}; use any, count or sum.")
         if self.scope not in get_args(Scope):
             raise UnlearnError(f"Unknown gate scope {self.scope!r}; use token or feature.")
         if self.window < 1:
@@ -178,6 +178,8 @@ def token_evidence(gate: Gate, f_BTK: Tensor, counted_BT: Tensor) -> Tensor:
     """Per-token evidence (float64), 0 where not `counted` (BOS, padding)."""
     if gate.evidence == "any":
         e_BT = (f_BTK > 0).any(-1).double()
+    elif gate.evidence == "count":
+        e_BT = (f_BTK > 0).sum(-1).double()
     else:
         f_BTK = f_BTK.clamp(min=0).double()
         if gate.weights is not None:
