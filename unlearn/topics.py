@@ -308,7 +308,7 @@ def run_cross_topic(cfg: CrossTopicConfig, *, lm=None, sae=None, suite=None, con
         write_json(run.path / "cross.json", {"baseline": base.block, "states": points, "topics": topics,
                                              "topics_of": topics_of, "n_features": n, "scale": scale,
                                              "clamp_unit": unit, "split": base.block.split,
-                                             "table": frame.to_dict(orient="records")})  # fmt: skip
+                                             "table": frame.astype(object).where(frame.notna(), None).to_dict(orient="records")})  # fmt: skip
     console.print(cross_table(frame, f"cross-topic ({run.path}): top {n} per topic at {scale:g} ({unit})"))
     return run.path
 
