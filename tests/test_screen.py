@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_intervene import HOOK, FakeSuite, random_sae
+from test_intervene import HOOK, random_sae
 
 from unlearn.errors import UnlearnError
 from unlearn.evaluate import EvalOutcome, EvalTask, block_from_frame, task_score
@@ -239,7 +239,7 @@ def test_greedy_keeps_the_budget_on_dev_and_tests_the_set_beside_its_control(tin
     assert chosen.controls == [9, 20, 22] and chosen.control_typical == [2.0, 1.0, 1.0]
     point = read_json(run_intervene(InterveneConfig(features=str(run), n_features=[3], scales=[-40.0],
                                                     clamp_unit="typical", controls=[]),
-                                    lm=lm, sae=sae, suite=FakeSuite(lm)) / "points" / "clamp_n3_s-40.json")  # fmt: skip
+                                    lm=lm, sae=sae, suite=suite_of(lm)) / "points" / "clamp_n3_s-40.json")  # fmt: skip
     assert point["features"] == [5, 11, 3] and point["clamp_values"] == [-20.0, -40.0, -60.0]
     # once on the test split: the greedy set, its matched random features, the top-n rule
     t = read_json(run / "test.json")
@@ -250,6 +250,21 @@ def test_greedy_keeps_the_budget_on_dev_and_tests_the_set_beside_its_control(tin
     assert t["points"]["greedy_ctrl-features"]["retain_errors"] == len(RETAIN)  # its control holds feature 9
     assert t["points"]["greedy"]["vs_control"]["retain"][0] == 1.0
     assert test.calls[0] == "unhooked" and len(test.calls) == 4
+
+    # the report: screening (dev) only when dev is shown, the greedy test table on test
+    from unlearn.report import ReportConfig, run_report
+    from unlearn.report_screen import collect_parts
+
+    assert [p.title for p in collect_parts(tmp_path, "test")] == ["Greedy set: screen-features/g"]
+    assert [p.title for p in collect_parts(tmp_path, "dev")] == ["Screening: screen-features/g"]
+    out = run_report(
+        ReportConfig(results=tmp_path, out=tmp_path / "rep", split="all", formats=("md", "html"))
+    )
+    md = (out / "report.md").read_text()
+    assert "## Screening: screen-features/g" in md and "## Greedy set: screen-features/g" in md
+    assert "greedy_ctrl-features" in md and (out / "screen_g.png").stat().st_size > 1000
+    html = (out / "report.html").read_text()
+    assert html.rstrip().endswith("</html>") and "Greedy set: screen-features/g" in html
 
 
 def test_screen_command_with_the_real_evaluator(tiny_folder, tmp_path, monkeypatch):

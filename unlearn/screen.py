@@ -516,8 +516,9 @@ class EvalBlockView:
 
 
 def test_frame(test: dict) -> pd.DataFrame:
-    b = EvalBlockView(test["baseline"])
-    rows = [{"point": "unhooked", "n_features": 0, "forget_acc": b.forget, "retain_acc": b.retain}]
+    b = test["baseline"] if isinstance(test["baseline"], dict) else dataclasses.asdict(test["baseline"])
+    rows = [{"point": "unhooked", "n_features": 0, "forget_acc": b.get("forget_acc"), "forget_ci": b.get("forget_ci"),
+             "retain_acc": b.get("retain_acc"), "retain_ci": b.get("retain_ci")}]  # fmt: skip
     for name, p in test["points"].items():
         m = p["metrics"] if isinstance(p["metrics"], dict) else dataclasses.asdict(p["metrics"])
         rows.append({"point": name, "n_features": len(p["features"]), "forget_acc": m.get("forget_acc"),
