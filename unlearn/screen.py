@@ -409,10 +409,15 @@ def _greedy(cfg, run_dir, clamper, order, top_k, selection, ranked, sae_spec, ho
     n_ret = n_known_retain(base_q)
     allowed = allowed_errors(cfg.retain_budget, n_ret)
     max_features = cfg.max_features or top_k
-    chosen, steps = greedy_select(order, clamper.trial, allowed, max_features)
-    for s in steps:
-        console.log(f"greedy {'+' if s['accepted'] else '-'} feature {s['feature']}: forget {_f(s['forget_acc'])}, "
-                    f"retain {_f(s['retain_acc'])}, {s['retain_errors']:g} errors (allowed {allowed:g})")  # fmt: skip
+
+    def evaluate(feats: list[int]) -> Trial:  # logged as it runs: each trial is a full evaluation
+        t = clamper.trial(feats)
+        verdict = "keep" if t.retain_errors <= allowed + 1e-9 else "drop"
+        console.log(f"greedy {verdict} feature {feats[-1]} (set of {len(feats)}): forget {_f(t.forget_acc)}, "
+                    f"retain {_f(t.retain_acc)}, {t.retain_errors:g} retain errors (allowed {allowed:g})")  # fmt: skip
+        return t
+
+    chosen, steps = greedy_select(order, evaluate, allowed, max_features)
     final = clamper.summary(*clamper.run(chosen, desc="greedy set")) if chosen else None
     greedy = {"chosen": chosen, "steps": steps, "retain_budget": cfg.retain_budget, "allowed_errors": allowed,
               "n_known_retain": n_ret, "max_features": max_features, "split": cfg.split, "dev": final}  # fmt: skip
