@@ -298,8 +298,8 @@ def test_screen_command_with_the_real_evaluator(tiny_folder, tmp_path, monkeypat
     assert isinstance(bad.exception, UnlearnError)
 
 
-def test_outcome_frames_are_aligned_with_numpy_bools():
-    # the retain error count must not depend on the dtype the outcome column was read back with
+def test_retain_errors_read_known_flags_written_as_text():
+    # questions/*.csv read back: `known` holds the strings True/False, and "False" must not count
     base = pd.DataFrame({"task": "r", "role": "retain", "index": [0, 1], "correct": np.array([True, True]),
                          "known": ["True", "False"]})  # as read back from questions/*.csv  # fmt: skip
     assert retain_errors(base.assign(correct=np.array([False, False])), base) == 1.0
