@@ -296,7 +296,9 @@ def test_weighted_sum_evidence_is_the_dense_weighted_sum(tiny):
     f = sae.encode(x)[..., list(FEATURES)]
     want = sum(w * f[..., k] for k, w in enumerate(weights)) * counted
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-    count = token_evidence(gate.replace(evidence="count"), sae.encode_subset(x, torch.tensor(FEATURES)), counted)
+    count = token_evidence(
+        gate.replace(evidence="count"), sae.encode_subset(x, torch.tensor(FEATURES)), counted
+    )
     torch.testing.assert_close(count, (f > 0).sum(-1).double() * counted)
     with pytest.raises(UnlearnError, match="one per feature"):
         Gate("window", features=FEATURES, evidence="sum", weights=(1.0,))

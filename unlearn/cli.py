@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from unlearn import demo, eval_run, info, intervene, report, rmu, select, train_sae
+from unlearn import demo, eval_run, info, intervene, report, rmu, screen, select, topics, train_sae
 from unlearn.attacks import run as attack
 from unlearn.errors import UnlearnError
 
@@ -31,6 +31,8 @@ app.command("list-saes")(info.list_saes_command)
 app.command("eval")(eval_run.eval_command)
 app.command("select-features")(select.select_features_command)
 app.command("intervene")(intervene.intervene_command)
+app.command("screen-features")(screen.screen_features_command)
+app.command("cross-topic")(topics.cross_topic_command)
 app.command("rmu-baseline")(rmu.rmu_baseline_command)
 app.command("attack")(attack.attack_command)
 app.command("report")(report.report_command)

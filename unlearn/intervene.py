@@ -186,9 +186,10 @@ class InterveneConfig:
     model: str | None = None
     """Model instead of the preset's: hub id, local folder or .gguf file."""
     features: str | None = None
-    """select-features run folder or its features.json (default: the latest run)."""
+    """select-features run folder or its features.json (default: the latest run); `dirA,dirB` merges the
+    selections (`unlearn.topics.read_topics`: round-robin, so the top n holds each topic's best)."""
     topic: str | None = None
-    """Topic of the selection to clamp (default: its first)."""
+    """Topic of the selection to clamp (default: its first); `bio,chem` clamps several topics at once."""
     feature_ids: list[int] | None = None
     """Explicit feature ids, ranked, instead of a selection."""
     sae: str | None = None
@@ -376,11 +377,12 @@ def run_intervene(
     """Evaluate the unhooked model once, then every grid point with its clamp installed; each point's
     metrics are written as soon as it completes, and points already in the run folder are skipped."""
     from unlearn.evaluate import weight_fingerprint
-    from unlearn.select import read_selection, resolve_sae
+    from unlearn.select import resolve_sae
+    from unlearn.topics import read_topics  # one selection, or several merged (dirA,dirB / bio,chem)
 
     console = console or Console()
     check_intervene_flags(cfg)
-    selection = None if cfg.feature_ids else read_selection(cfg.features, cfg.topic)  # before the model
+    selection = None if cfg.feature_ids else read_topics(cfg.features, cfg.topic)  # before the model
     lm = lm or load_model(model_spec(cfg.preset, cfg.model), device=cfg.device, dtype=cfg.dtype)
     preset = lm.preset  # None when --model names a non-preset model
     ranked = list(cfg.feature_ids) if cfg.feature_ids else selection.features
@@ -603,9 +605,9 @@ def intervene_command(
         str, typer.Option("--mode", "--modes", help="clamp, zero, scale (comma list).")
     ] = "clamp",
     features: Annotated[
-        str | None, typer.Option(help="select-features run folder (default: latest).")
+        str | None, typer.Option(help="select-features run folder (default: latest); dirA,dirB clamps both.")
     ] = None,
-    topic: Annotated[str | None, typer.Option(help="Topic of the selection.")] = None,
+    topic: Annotated[str | None, typer.Option(help="Topic of the selection; bio,chem clamps both.")] = None,
     feature_ids: Annotated[str | None, typer.Option(help="Explicit feature ids, e.g. 12,7,301.")] = None,
     preset: Annotated[str, typer.Option(help="Model preset.")] = DEFAULT_PRESET,
     model: Annotated[str | None, typer.Option(help="Model instead of the preset's.")] = None,

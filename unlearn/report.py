@@ -28,6 +28,7 @@ from unlearn.errors import UnlearnError
 from unlearn.paths import results_dir
 from unlearn.report_collect import BASELINE_METHODS, METHODS, Collection, collect, collect_runs, pareto_mask
 from unlearn.report_extras import extra_tables
+from unlearn.report_screen import add_screen_sections
 from unlearn.results import new_run_dir, write_bytes, write_json, write_table
 
 __all__ = [
@@ -228,6 +229,7 @@ def run_report(cfg: ReportConfig, console: Console | None = None) -> Path:
         write_bytes(out / "report.md", rr.render_markdown(doc).encode())
     if "html" in formats:
         write_bytes(out / "report.html", rr.render_html(doc).encode())
+    add_screen_sections(out, results, formats, cfg.split)  # screening, greedy and cross-topic runs
     if "csv" in formats:
         write_table(out / "combined.csv", points)
         if len(scores):
