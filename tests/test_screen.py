@@ -57,7 +57,7 @@ class LogitSuite:
             out.append(model(**ids).logits[0, -1].double())
         return torch.stack(out)
 
-    def run(self, model, *, desc=None):
+    def run(self, model, *, desc=None, on_task=None):
         self.calls.append(desc)
         frames, scores = [], []
         for name, (role, texts) in self.tasks_in.items():

@@ -45,6 +45,7 @@ from rich.table import Table
 from unlearn.checks import check_model_path, finite_float, positive_int
 from unlearn.clamp_controls import EditStats, feature_info
 from unlearn.errors import UnlearnError
+from unlearn.evaluate import EvalSuite, Reuse
 from unlearn.intervene import CLAMP_UNITS, check_mode, clamp
 from unlearn.presets import DEFAULT_PRESET
 from unlearn.results import check_new_run, open_run, read_json, write_json, write_table
@@ -257,10 +258,19 @@ class Clamper:
         saved = self.typical
         self.typical = typical or self.typical
         try:
-            stats = EditStats()
-            with torch.inference_mode(), clamp(self.lm.model, self.sae, list(feats), self.mode,
-                                               self.values(feats), hook_name=self.hook, stats=stats):  # fmt: skip
-                out = self.suite.run(self.lm.model, desc=desc)
+            stats, values = EditStats(), self.values(feats)
+
+            def hook(live: bool):
+                return clamp(self.lm.model, self.sae, list(feats), self.mode, values, hook_name=self.hook,
+                             stats=stats if live else EditStats())  # fmt: skip
+
+            if isinstance(self.suite, EvalSuite) and self.base is not None:  # score only touched questions
+                reuse = Reuse(self.base.questions, hook, self.hook)
+                with torch.inference_mode():
+                    out = self.suite.run(self.lm.model, desc=desc, reuse=reuse)
+            else:
+                with torch.inference_mode(), hook(True):
+                    out = self.suite.run(self.lm.model, desc=desc)
         finally:
             self.typical = saved
         if typical is None:
