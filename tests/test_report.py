@@ -369,8 +369,8 @@ def build_split_tree(root: Path) -> tuple[Path, dict[str, pd.DataFrame]]:
         "real": _frame(base_f & ~forgotten, base_r, known_f, known_r),
         "null": _frame(base_f ^ (rng.random(N_F) < 0.02), base_r, known_f, known_r),
         "matched": _frame(base_f & ~forgotten, base_r, known_f, known_r),
-        "ctrl-real": _frame(base_f, base_r, known_f, known_r),
-        "ctrl-matched": _frame(base_f & ~forgotten, base_r, known_f, known_r),
+        "real_ctrl-features": _frame(base_f, base_r, known_f, known_r),
+        "matched_ctrl-features": _frame(base_f & ~forgotten, base_r, known_f, known_r),
     }
     for split in ("test", "dev"):
         run = new_run_dir("intervene", f"2026-{split}", root)
@@ -379,8 +379,8 @@ def build_split_tree(root: Path) -> tuple[Path, dict[str, pd.DataFrame]]:
         write_json(run / "baseline.json", _block(frames["baseline"], split))
         frames["baseline"].to_csv(run / "questions" / "baseline.csv", index=False) if (
             run / "questions").mkdir() is None else None  # fmt: skip
-        points = {"real": (10, -20, None), "null": (10, -5, None), "ctrl-real": (10, -20, "random-features"),
-                  "matched": (20, -20, None), "ctrl-matched": (20, -20, "random-features")}  # fmt: skip
+        points = {"real": (10, -20, None), "null": (10, -5, None), "real_ctrl-features": (10, -20, "random-features"),
+                  "matched": (20, -20, None), "matched_ctrl-features": (20, -20, "random-features")}  # fmt: skip
         for pid, (n, scale, control) in points.items():
             write_json(run / "points" / f"{pid}.json", {"mode": "clamp", "scale": scale, "n_features": n,
                        "control": control, "metrics": _block(frames[pid], split)})  # fmt: skip
@@ -426,7 +426,8 @@ def test_intervals_paired_deltas_and_claims(tmp_path: Path):
     )
     assert test.at["matched", "delta_forget_hi"] < 0 and not test.at["matched", "claim"]
     assert test.at["matched", "vs_control_forget"] == pytest.approx(0.0)
-    assert not test.at["ctrl-real", "claim"] and not test.at["ctrl-matched", "claim"]
+    assert not test.at["real_ctrl-features", "claim"] and not test.at["matched_ctrl-features", "claim"]
+    assert pd.isna(test.at["null", "vs_control_forget"])  # no own control: never paired with another point's
     assert set(pts["split"]) == {"test", "dev"}
     assert pts.groupby("section")["split"].nunique().max() == 1  # splits never share a section
 

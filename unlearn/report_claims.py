@@ -4,9 +4,9 @@ their metrics (`questions.csv`, `questions/<point>.csv`, `questions_before/after
 A delta between two model states on the same questions is read with a *paired* bootstrap
 (`unlearn.stats.paired_deltas`): the same resampled questions for both states, stratified by task. A
 point is flagged as a claim only when (a) its pooled forget delta's 95% interval lies below 0 (a drop,
-not noise), and (b) where its run holds a control point (`control` in the point JSON: random features or
-a random direction at the same size), it forgets more than that control, again with a paired interval
-below 0 — otherwise the drop may be what any perturbation of that size does.
+not noise), and (b) where it has control points (`<point>_ctrl-*`: random features or a random direction at the
+same size, and for a gated point the same gate), it forgets more than every one of them, again with a
+paired interval below 0 (the table shows the hardest control) — otherwise the drop may be what any perturbation of that size does.
 """
 
 from __future__ import annotations
@@ -36,18 +36,12 @@ def _loader():
     return load
 
 
-def _control_for(df: pd.DataFrame, i) -> int | None:
-    """The control point of row i's run at the same mode/scale/size, else at the same size."""
-    same_run = df[(df["run"] == df.at[i, "run"]) & df["control"].notna() & (df.index != i)]
-    if same_run.empty:
-        return None
-    for keys in (("mode", "scale", "n_features"), ("n_features",)):
-        match = same_run
-        for k in keys:
-            match = match[match[k].astype(str) == str(df.at[i, k])]
-        if len(match):
-            return match.index[0]
-    return same_run.index[0]
+def _controls_for(df: pd.DataFrame, i) -> list:
+    """Row i's own control points: `<point>_ctrl-*` in the same run (`clamp_controls.with_controls`).
+    A point without them (zero ablation, or a sweep run with `--controls none`) has no control."""
+    own = df[(df["run"] == df.at[i, "run"]) & df["control"].notna()]
+    own = own[own["point"].astype(str).str.startswith(f"{df.at[i, 'point']}_ctrl-")]
+    return list(own.index)
 
 
 def add_paired_intervals(df: pd.DataFrame, notes: list[str]) -> None:
@@ -85,16 +79,18 @@ def add_paired_intervals(df: pd.DataFrame, notes: list[str]) -> None:
         if pd.notna(df.at[i, "control"]):
             df.at[i, "claim"] = False  # a control is the comparison, never a claim
             continue
-        c = _control_for(df, i)
-        if c is not None:
+        vs_all = []
+        for c in _controls_for(df, i):
             control = load(df.at[c, "questions_file"])
-            vs = paired_deltas(point, control)["forget"] if control is not None else None
-            if vs is None:
+            vs_all.append(paired_deltas(point, control)["forget"] if control is not None else None)
+        if vs_all:
+            if any(v is None for v in vs_all):
                 claim = False
-            else:
+            else:  # shown: the hardest control (least forget below it); claimed only below every one
+                vs = max(vs_all, key=lambda v: v.value)
                 df.at[i, "vs_control_forget"], df.at[i, "vs_control_lo"] = vs.value, vs.low
                 df.at[i, "vs_control_hi"] = vs.high
-                claim = claim and vs.high < 0
+                claim = claim and all(v.high < 0 for v in vs_all)
         df.at[i, "claim"] = claim
     if missing:
         notes.append(
