@@ -168,3 +168,25 @@ def test_intervene_point_target_rebuilds_the_points_own_hook(setup):
         target_from_spec(f"intervene:{run_dir}/clamp_n99", lm, sae=sae)
     with pytest.raises(UnlearnError, match="Unknown --target"):
         target_from_spec("clamps", lm, sae=sae)
+
+
+def test_run_attacks_shares_the_base_evaluation_across_targets(setup):
+    from unlearn.attacks.run import ATTACKS, DEMO_ATTACKS, demo_config, run_attacks
+
+    lm, suite, _ = setup
+    assert set(DEMO_ATTACKS) <= set(ATTACKS) and "probe" not in DEMO_ATTACKS
+    demo = demo_config()
+    assert demo.relearn_k == [10] and demo.limit == 40 and list(demo.attacks) == list(DEMO_ATTACKS)
+    calls = []
+    run = suite.run
+    suite.run = lambda model, desc=None, **kw: calls.append(desc) or run(model, desc=desc, **kw)
+    sae = tiny_sae(64)
+    targets = [clamp_target(sae, list(range(8)), "clamp", -50.0, hook=HOOK, name="a"),
+               clamp_target(sae, list(range(4)), "clamp", -50.0, hook=HOOK, name="b")]  # fmt: skip
+    cfg = demo_config(attacks=["hook-removal", "padding"], pad_tokens=16, run_id="demo")
+    paths = run_attacks(cfg, targets, lm=lm, suite=suite)
+    assert [p.name for p in paths] == ["demo-0", "demo-1"] and all(is_complete(p) for p in paths)
+    assert calls.count("base") == 1 and "a" in calls and "b" in calls
+    rows = [read_json(p / "metrics.json")["rows"] for p in paths]
+    assert rows[0][0]["forget"] == rows[1][0]["forget"]  # one base outcome
+    assert [r["attack"] for r in rows[1]] == ["base", "unlearned", "hook-removal", "padding"]
