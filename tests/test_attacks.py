@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -139,7 +141,7 @@ def test_ablation_hook_acts_after_the_unlearning_hook(tiny, tokenizer):
 def test_edit_rows_are_the_clamps_own_delta_x_on_the_edited_tokens(tiny, tokenizer):
     """For an SAE hook the rows are exactly Δx = (f' − f)·W_dec on the tokens the clamp changed,
     computed here from the SAE's full encoder (float64), and no unedited token is kept."""
-    model = tiny("gemma3").model.double()
+    model = copy.deepcopy(tiny("gemma3").model).double()  # the fixture shares its model: copy it
     sae = tiny_sae(64).double()
     feats = [0, 3]
     enc = tokenizer(TEXTS, return_tensors="pt", padding=True)
