@@ -176,7 +176,12 @@ def test_run_attacks_shares_the_base_evaluation_across_targets(setup):
     lm, suite, _ = setup
     assert set(DEMO_ATTACKS) <= set(ATTACKS) and "probe" not in DEMO_ATTACKS
     demo = demo_config()
-    assert demo.relearn_k == [10] and demo.limit == 40 and list(demo.attacks) == list(DEMO_ATTACKS)
+    assert (
+        demo.relearn_k == [10]
+        and demo.relearn_corpora == ["forget"]
+        and demo.limit == 40
+        and list(demo.attacks) == list(DEMO_ATTACKS)
+    )
     calls = []
     run = suite.run
     suite.run = lambda model, desc=None, **kw: calls.append(desc) or run(model, desc=desc, **kw)

@@ -68,7 +68,13 @@ class AttackConfig:
     relearn_k: list[int] = field(default_factory=lambda: [10, 100])
     """Numbers of relearning texts (each run twice: forget-topic texts and unrelated retain texts)."""
     relearn_steps: list[int] = field(default_factory=lambda: [10])
-    relearn_lr: float = 1e-4
+    relearn_lr: float = 1e-5
+    """AdamW learning rate. On the embedded Gemma 3 270M (2 layers fully fine-tuned, batch 4, clamp
+    hook in place) 1e-4 *raised* the loss on 10 retain texts within 5 steps (8.5 → 13.5 nats/token,
+    measured before/after on the same texts); hence 1e-5. Every row records its loss before and after."""
+    relearn_corpora: list[str] = field(default_factory=lambda: ["forget", "retain"])
+    """Which relearning corpora to run: forget-topic texts (`relearn_forget`), unrelated texts
+    (`relearn_retain`), or both."""
     relearn_layers: list[int] | None = None
     """Layers whose MLP and attention matrices are fine-tuned (default: the edited layer and the next)."""
     relearn_forget: str = "qa:offline:bio@dev"
@@ -237,11 +243,13 @@ def run_attack(
 
 
 def demo_config(**overrides) -> AttackConfig:
-    """The demo's reduced attack set: hook removal, 5-shot, 100-token padding, the direction (no base
-    control, no decoder span) and relearning on k = 10 texts for 5 steps, within ~1 CPU minute per
-    target on Gemma 3 270M at `limit` 40 (the full set: `unlearn attack`)."""
-    base = {"attacks": list(DEMO_ATTACKS), "relearn_k": [10], "relearn_steps": [5], "direction_tokens": 512,
-            "direction_control": False, "direction_span": False, "limit": 40}  # fmt: skip
+    """The demo's reduced attack set: hook removal, 5-shot, 100-token padding, the direction from 256
+    edited tokens (no base control, no decoder span) and relearning on k = 10 forget-topic texts for 5
+    steps (the full set: `unlearn attack`). Measured on Gemma 3 270M, 2 shared CPU cores, `limit` 20,
+    one static clamp target, before these cuts (512 direction tokens, both relearning corpora): 253 s
+    wall, of which relearning 153 s, direction 44 s, few-shot and padding 15 s each."""
+    base = {"attacks": list(DEMO_ATTACKS), "relearn_k": [10], "relearn_steps": [5], "relearn_corpora": ["forget"],
+            "direction_tokens": 256, "direction_control": False, "direction_span": False, "limit": 40}  # fmt: skip
     return AttackConfig(**{**base, **overrides})
 
 
@@ -332,7 +340,10 @@ def attack_command(
     limit: Annotated[int | None, typer.Option(help="At most this many questions per source.")] = None,
     relearn_k: Annotated[str, typer.Option(help="Relearning text counts, comma list.")] = "10,100",
     relearn_steps: Annotated[str, typer.Option(help="Relearning optimizer steps, comma list.")] = "10",
-    relearn_lr: Annotated[float, typer.Option(help="AdamW learning rate for relearning.")] = 1e-4,
+    relearn_lr: Annotated[float, typer.Option(help="AdamW learning rate for relearning.")] = 1e-5,
+    relearn_corpora: Annotated[
+        str, typer.Option(help="Relearning corpora: forget, retain (comma list).")
+    ] = "forget,retain",
     relearn_layers: Annotated[
         str | None, typer.Option(help="Layers fine-tuned (default: edited + next).")
     ] = None,
@@ -362,7 +373,7 @@ def attack_command(
         preset=preset, model=model, target=target, features=features, n_features=n_features, mode=mode,
         scale=scale, attacks=_strs(attacks) or [], forget_tasks=_strs(forget_tasks),
         retain_tasks=_strs(retain_tasks), known_only=known_only, limit=limit, relearn_k=_ints(relearn_k) or [],
-        relearn_steps=_ints(relearn_steps) or [], relearn_lr=relearn_lr, relearn_layers=_ints(relearn_layers),
+        relearn_steps=_ints(relearn_steps) or [], relearn_lr=relearn_lr, relearn_layers=_ints(relearn_layers), relearn_corpora=_strs(relearn_corpora) or [],
         relearn_forget=relearn_forget, relearn_retain=relearn_retain,
         shots=shots, pad_tokens=pad_tokens, direction_tokens=direction_tokens, probe_layers=_ints(probe_layers),
         seed=seed, run_id=run_id, device=device, dtype=dtype, direction_control=direction_control,

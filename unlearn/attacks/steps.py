@@ -63,7 +63,12 @@ def relearn(r: _Runner) -> None:
     layers = cfg.relearn_layers or sorted({_layer(r.target), min(_layer(r.target) + 1, n_layers - 1)})
     params = trainable_names(lm.model, layers)
     n_params = sum(dict(lm.model.named_parameters())[n].numel() for n in params)
-    for corpus, source in (("forget", cfg.relearn_forget), ("retain", cfg.relearn_retain)):
+    corpora = {"forget": cfg.relearn_forget, "retain": cfg.relearn_retain}
+    unknown = [c for c in cfg.relearn_corpora if c not in corpora]
+    if unknown:
+        raise UnlearnError(f"Unknown relearning corpora {unknown}; use forget and/or retain.")
+    for corpus in cfg.relearn_corpora:
+        source = corpora[corpus]
         for k in cfg.relearn_k:
             texts = relearn_texts(source, k)
             for steps in cfg.relearn_steps:
