@@ -2,19 +2,28 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
 from conftest import Q
 
-from unlearn.attacks.direction import ablated, dominant_direction, edit_differences, orthonormal, project_out
+from unlearn.attacks.direction import (
+    ablated,
+    dominant_direction,
+    edit_differences,
+    edited_tokens,
+    orthonormal,
+    project_out,
+)
 from unlearn.attacks.probe import choice_activations, probe_accuracy
 from unlearn.attacks.prompting import few_shot, padded, padding_text
 from unlearn.attacks.recovery import recovered_fraction
 from unlearn.attacks.relearn import relearned, trainable_names
 from unlearn.attacks.state import clamp_target, swapped
 from unlearn.errors import UnlearnError
-from unlearn.hooks import capture, decoder_layers
+from unlearn.hooks import capture, decoder_layers, forward_to
 from unlearn.saes import SAE
 
 HOOK = "blocks.1.hook_resid_post"
@@ -113,11 +122,10 @@ def test_ablation_hook_acts_after_the_unlearning_hook(tiny, tokenizer):
     sae = tiny_sae(64)
     target = clamp_target(sae, list(range(8)), "clamp", -5.0, hook=HOOK)
     enc = tokenizer(TEXTS, return_tensors="pt", padding=True)
-    diff = edit_differences(model, tokenizer, TEXTS, target, HOOK)
-    assert diff.shape[0] == int(
-        (enc["attention_mask"] == 1).sum() - (enc["input_ids"] == tokenizer.bos_token_id).sum()
-    )
-    d_D, _ = dominant_direction(diff)
+    rows = edit_differences(model, tokenizer, TEXTS, target, HOOK)
+    real = (enc["attention_mask"] == 1) & (enc["input_ids"] != tokenizer.bos_token_id)
+    assert rows.n_tokens == int(real.sum()) and 0 < rows.n_edited <= rows.n_tokens
+    d_D, _ = dominant_direction(rows.diff_ND)
     hooks = n_hooks(model)
     with torch.inference_mode(), target(model):
         with capture(model, [HOOK]) as plain:
@@ -128,6 +136,61 @@ def test_ablation_hook_acts_after_the_unlearning_hook(tiny, tokenizer):
     assert n_hooks(model) == hooks
     ref = project_out(plain[HOOK].double(), d_D[:, None] / d_D.norm()).float()
     torch.testing.assert_close(abl[HOOK], ref, rtol=1e-5, atol=1e-5)
+
+
+def test_edit_rows_are_the_clamps_own_delta_x_on_the_edited_tokens(tiny, tokenizer):
+    """For an SAE hook the rows are exactly Δx = (f' − f)·W_dec on the tokens the clamp changed,
+    computed here from the SAE's full encoder (float64), and no unedited token is kept."""
+    model = copy.deepcopy(tiny("gemma3").model).double()  # the fixture shares its model: copy it
+    sae = tiny_sae(64).double()
+    feats = [0, 3]
+    enc = tokenizer(TEXTS, return_tensors="pt", padding=True)
+    with torch.inference_mode():
+        x_BTD = forward_to(model, [HOOK], **enc)[HOOK]
+    real = (enc["attention_mask"] == 1) & (enc["input_ids"] != tokenizer.bos_token_id)
+    x_ND = x_BTD[real]
+    with torch.no_grad():  # thresholds between two pre-activations near the 70th percentile: some fire
+        pre_KN = (x_ND @ sae.W_enc[:, feats] + sae.b_enc[feats]).T.sort(dim=-1).values
+        m = int(0.7 * pre_KN.shape[1])
+        sae.threshold[feats] = (pre_KN[:, m] + pre_KN[:, m + 1]) / 2
+    target = clamp_target(sae, feats, "clamp", -5.0, hook=HOOK)
+    rows = edit_differences(model, tokenizer, TEXTS, target, HOOK)
+    f_NK = sae.encode(x_ND)[:, feats]  # the full encoder, not the clamp's subset path
+    df_NK = torch.where(f_NK > 0, torch.full_like(f_NK, -5.0), f_NK) - f_NK
+    dx_ND = df_NK @ sae.W_dec[feats]
+    edited = dx_ND.norm(dim=-1) > 0
+    assert 0 < int(edited.sum()) < len(edited)  # some tokens edited, some not: the restriction matters
+    assert rows.n_edited == int(edited.sum())
+    torch.testing.assert_close(rows.diff_ND, dx_ND[edited], rtol=0, atol=1e-10)
+
+
+def test_large_rule_keeps_tokens_that_moved_by_a_fraction_of_their_norm():
+    base = torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, 10.0]], dtype=torch.float64)  # norms 5, 1, 10
+    diff = torch.tensor([[0.0, 1.0], [0.1, 0.0], [1.0, 0.0]], dtype=torch.float64)  # rel 0.2, 0.1, 0.1
+    assert edited_tokens(diff, base, "large", 0.15).tolist() == [True, False, False]
+    assert edited_tokens(diff, base, "nonzero").tolist() == [True, True, True]
+    with pytest.raises(UnlearnError, match="rule"):
+        edited_tokens(diff, base, "other")
+
+
+def test_direction_estimate_ignores_unedited_rmu_drift():
+    """A weights edit moving a few tokens far along d and every other token a little along e: the `large`
+    rule finds d; all tokens together would give the everywhere-drift e instead."""
+    g = torch.Generator().manual_seed(0)
+    d = torch.randn(64, dtype=torch.float64, generator=g)
+    d /= d.norm()
+    e = torch.randn(64, dtype=torch.float64, generator=g)
+    e -= (e @ d) * d
+    e /= e.norm()
+    drift = 0.6 * e + 0.01 * torch.randn(200, 64, dtype=torch.float64, generator=g)  # rel. ~0.075 each
+    diff = torch.cat([3.0 * d.expand(5, 64), drift])  # 5 edited tokens, rel. 0.375; Σ‖drift‖² > Σ‖edit‖²
+    base = torch.full((205, 64), 1.0, dtype=torch.float64)  # norm 8 per token
+    keep = edited_tokens(diff, base, "large", 0.2)
+    assert keep[:5].all() and not keep[5:].any()
+    got, _ = dominant_direction(diff[keep])
+    assert float(got @ d) > 1 - 1e-12
+    everywhere, _ = dominant_direction(diff)
+    assert abs(float(everywhere @ d)) < 0.5 and abs(float(everywhere @ e)) > 0.9
 
 
 # --- probes ----------------------------------------------------------------------------------------------
@@ -192,12 +255,49 @@ def test_relearning_lowers_loss_changes_only_chosen_params_and_keeps_the_hook(ti
             changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
             assert changed == set(names)  # every other parameter bit-identical
         handle.remove()
-    assert len(seen) == 12 and st.steps == 12 and st.tokens > 0
+    assert len(seen) == 12 + 2 and st.steps == 12 and st.tokens > 0  # 12 steps + loss before and after
     assert np.mean(st.losses[-3:]) < np.mean(st.losses[:3])
+    assert st.loss_after < st.loss_before  # on the same fixed texts, with the hook in place
     assert n_hooks(model) == hooks
     assert_identical(model, before)
     assert {n: p.requires_grad for n, p in model.named_parameters()} == grads
     assert all(p.grad is None for p in model.parameters())
+
+
+def test_relearning_trains_and_evaluates_through_the_gate(tiny, tokenizer):
+    """A gated target: the gate sees every training forward (its statistics are recorded per forward)
+    and the edit changes the training loss; on exit no hook is left and later forwards reach no gate."""
+    from contextlib import contextmanager
+
+    from unlearn.gates import FiringLog, Gate, gated
+
+    model = tiny("gemma3").model
+    sae = tiny_sae(64)
+    gate = Gate("window", threshold=-1.0, features=tuple(range(8)), value=-5.0)  # fires on every sequence
+    record = FiringLog()
+
+    @contextmanager
+    def install(m):
+        with gated(m, sae, gate, hook_name=HOOK, record=record):
+            yield
+
+    target = clamp_target(sae, list(range(8)), gate=install, hook=HOOK)
+    names = trainable_names(model, [2])
+    hooks = n_hooks(model)
+    with (
+        target(model),
+        relearned(model, tokenizer, TEXTS, params=names, steps=4, lr=1e-3, batch_size=3) as st,
+    ):
+        assert n_hooks(model) == hooks + 2
+        assert len(record.stats["all"]) == (4 + 2) * 3  # 4 steps + 2 loss passes, 3 sequences each
+        with torch.inference_mode():
+            gated_logits = model(**tokenizer(TEXTS[:1], return_tensors="pt")).logits
+    with relearned(model, tokenizer, TEXTS, params=names, steps=4, lr=1e-3, batch_size=3) as plain:
+        pass
+    assert n_hooks(model) == hooks and len(record.stats["all"]) == 6 * 3 + 1  # + the logits forward
+    assert st.loss_before != pytest.approx(plain.loss_before)  # the gate's edit was in the loss
+    with torch.inference_mode():
+        assert not torch.allclose(model(**tokenizer(TEXTS[:1], return_tensors="pt")).logits, gated_logits)
 
 
 def test_relearning_restores_weights_after_an_error(tiny, tokenizer):

@@ -11,8 +11,10 @@ from test_attacks import HOOK, assert_identical, n_hooks, snapshot, tiny_sae
 
 from unlearn.attacks.run import AttackConfig, run_attack
 from unlearn.attacks.state import clamp_target, weights_target
+from unlearn.errors import UnlearnError
 from unlearn.evaluate import EvalConfig, EvalSuite, EvalTask
-from unlearn.results import read_json
+from unlearn.hooks import forward_to
+from unlearn.results import is_complete, read_json
 
 BIO = [
     Q("Which organ pumps blood?", ["heart", "liver", "kidney", "lung"], 0),
@@ -65,7 +67,17 @@ def test_clamp_target_every_attack(setup):
     rows = metrics["rows"]
     attacks = [r["attack"] for r in rows]
     assert attacks == ["base", "unlearned", "hook-removal", "relearn", "relearn", "few-shot", "padding",
-                       "direction", "direction", "probe"]  # fmt: skip
+                       "direction", "direction", "direction", "probe"]  # fmt: skip
+    assert is_complete(run_dir) and not (run_dir / "RUNNING").exists()  # open_run's lifecycle
+    config = read_json(run_dir / "config.json")
+    assert config["command"] == "attack" and config["target_name"] == target.name and config["seed"] == 0
+    for row in rows[2:]:
+        assert {"seconds", "steps", "tokens", "examples"} <= set(row["cost"]) and "seed" in row
+    direction = [r for r in rows if r["attack"] == "direction"]
+    assert 0 < direction[0]["edited_tokens"] <= direction[0]["tokens"]
+    assert direction[1]["setting"]["state"] == "base model (control)" and direction[2]["setting"][
+        "basis"
+    ].startswith("W_dec")
     base, unl = rows[0], rows[1]
     assert rows[2]["forget"] == base["forget"]  # hook removal = the base model, shown honestly
     for row in rows[2:-1]:
@@ -74,6 +86,7 @@ def test_clamp_target_every_attack(setup):
     relearn = [r for r in rows if r["attack"] == "relearn"]
     assert {r["setting"]["texts"] for r in relearn} == {"forget", "retain"}
     assert all(r["cost"]["steps"] == 2 and r["cost"]["tokens"] > 0 for r in relearn)
+    assert all(r["loss"]["before"] is not None and r["loss"]["after"] is not None for r in relearn)
     probe = rows[-1]["probe"]["per_layer"]
     assert [p[0] for p in probe] == [1, 2] and all(0 <= p[1] <= 1 and 0 <= p[2] <= 1 for p in probe)
 
@@ -85,10 +98,100 @@ def test_weights_target_is_restored_and_has_no_hook_removal(setup):
     g = torch.Generator().manual_seed(0)
     target = weights_target({name: before[name] + torch.randn(before[name].shape, generator=g)}, HOOK)
     cfg.attacks = ["hook-removal", "direction"]
+    cfg.direction_control = False
     run_dir = run_attack(cfg, lm=lm, suite=suite, unlearned=target)
     assert_identical(lm.model, before)
     rows = read_json(run_dir / "metrics.json")["rows"]
-    assert [r["attack"] for r in rows] == ["base", "unlearned", "direction"]  # no hook to remove
-    assert rows[2]["cost"]["tokens"] > 0  # the swapped weights changed activations at the hook
+    assert [r["attack"] for r in rows] == ["base", "unlearned", "direction"]  # no hook to remove, no span
+    assert rows[2]["edited_tokens"] > 0  # the swapped weights moved activations at the hook a lot
     for row in rows[2:]:
         _consistent(row, rows[0], rows[1])
+
+
+def _logits(model, enc, ctx=None):
+    from contextlib import nullcontext
+
+    with torch.inference_mode(), ctx or nullcontext():
+        return model(**enc).logits
+
+
+def test_intervene_point_target_rebuilds_the_points_own_hook(setup):
+    """Static, gated and random-direction points of a real `intervene` run, and a typical-unit point:
+    the target's logits equal those under intervene's / gates' own context managers, bit for bit."""
+    from unlearn.attacks.state import target_from_spec
+    from unlearn.clamp_controls import random_rotation
+    from unlearn.gates import Gate, gated
+    from unlearn.intervene import InterveneConfig, clamp, run_intervene
+    from unlearn.results import write_json
+
+    lm, _, _ = setup
+    ecfg = EvalConfig(protocol="cloze", batch_size=8, retain=["offline:retain"], split="test", limit=6)
+    suite = EvalSuite(lm.tokenizer, ecfg, [EvalTask("bio", "forget", BIO), EvalTask("retain", "retain", RETAIN)],
+                      False)  # fmt: skip
+    sae = tiny_sae(64)
+    texts = [q.question for q in BIO + RETAIN]
+    enc = lm.tokenizer(texts, return_tensors="pt", padding=True)
+    with torch.no_grad():  # thresholds at the 80th percentile: features fire on some tokens, gates vary
+        x_ND = forward_to(lm.model, [HOOK], **enc)[HOOK][enc["attention_mask"].bool()]
+        sae.threshold.copy_((x_ND @ sae.W_enc + sae.b_enc).quantile(0.8, dim=0))
+    cfg = InterveneConfig(feature_ids=list(range(6)), n_features=[6], scales=[-5.0], gates=["none", "window"],
+                          controls=["random-direction"], clamp_unit="absolute", gate_fpr=0.6, run_id="iv")  # fmt: skip
+    run_dir = run_intervene(cfg, lm=lm, sae=sae, suite=suite)
+    points = {p.stem: read_json(p) for p in (run_dir / "points").glob("*.json")}
+    assert {"clamp_n6_s-5", "clamp_n6_s-5_gate-window"} <= set(points)
+    typical = dict(points["clamp_n6_s-5"], clamp_unit="typical", clamp_values=[-1.0, -2.0, -3, -4, -5, -6])
+    write_json(run_dir / "points" / "typical.json", typical)
+    points["typical"] = typical
+    base = _logits(lm.model, enc)
+    got = {}
+    for pid, p in points.items():
+        before = n_hooks(lm.model)
+        target = target_from_spec(f"intervene:{run_dir}/{pid}", lm, sae=sae)
+        assert target.kind == "hook" and target.hook == HOOK and target.info["point"] == pid
+        dirs = None
+        if p["control"] == "random-direction":
+            dirs = sae.W_dec[p["features"]] @ random_rotation(sae.d_in, p["seed"], dtype=sae.W_dec.dtype)
+        if p["gate"]:
+            ref = gated(lm.model, sae, Gate.from_json(p["gate"]), hook_name=HOOK, directions_KD=dirs)
+        else:
+            value = torch.tensor(p["clamp_values"], dtype=torch.float64) if pid == "typical" else p["scale"]
+            ref = clamp(lm.model, sae, p["features"], p["mode"], value, hook_name=HOOK, directions_KD=dirs)
+        got[pid] = _logits(lm.model, enc, target(lm.model))
+        assert torch.equal(got[pid], _logits(lm.model, enc, ref)), pid
+        assert n_hooks(lm.model) == before
+        assert not torch.equal(got[pid], base), pid  # the hook does edit these texts
+    # the points differ from each other on these texts, so a target that dropped the gate, the control's
+    # rotation or the per-feature values would fail above
+    ids = list(got)
+    assert all(not torch.equal(got[a], got[b]) for i, a in enumerate(ids) for b in ids[i + 1 :])
+    with pytest.raises(UnlearnError, match="No intervene point"):
+        target_from_spec(f"intervene:{run_dir}/clamp_n99", lm, sae=sae)
+    with pytest.raises(UnlearnError, match="Unknown --target"):
+        target_from_spec("clamps", lm, sae=sae)
+
+
+def test_run_attacks_shares_the_base_evaluation_across_targets(setup):
+    from unlearn.attacks.run import ATTACKS, DEMO_ATTACKS, demo_config, run_attacks
+
+    lm, suite, _ = setup
+    assert set(DEMO_ATTACKS) <= set(ATTACKS) and "probe" not in DEMO_ATTACKS
+    demo = demo_config()
+    assert (
+        demo.relearn_k == [10]
+        and demo.relearn_corpora == ["forget"]
+        and demo.limit == 40
+        and list(demo.attacks) == list(DEMO_ATTACKS)
+    )
+    calls = []
+    run = suite.run
+    suite.run = lambda model, desc=None, **kw: calls.append(desc) or run(model, desc=desc, **kw)
+    sae = tiny_sae(64)
+    targets = [clamp_target(sae, list(range(8)), "clamp", -50.0, hook=HOOK, name="a"),
+               clamp_target(sae, list(range(4)), "clamp", -50.0, hook=HOOK, name="b")]  # fmt: skip
+    cfg = demo_config(attacks=["hook-removal", "padding"], pad_tokens=16, run_id="demo")
+    paths = run_attacks(cfg, targets, lm=lm, suite=suite)
+    assert [p.name for p in paths] == ["demo-0", "demo-1"] and all(is_complete(p) for p in paths)
+    assert calls.count("base") == 1 and "a" in calls and "b" in calls
+    rows = [read_json(p / "metrics.json")["rows"] for p in paths]
+    assert rows[0][0]["forget"] == rows[1][0]["forget"]  # one base outcome
+    assert [r["attack"] for r in rows[1]] == ["base", "unlearned", "hook-removal", "padding"]

@@ -3,15 +3,22 @@
 Łucki et al. (arXiv 2409.18025, code `ethz-spylab/unlearning-vs-safety`) show that removing one
 activation direction recovers most RMU-unlearned knowledge. The direction is estimated as the top right
 singular vector of the matrix of per-token differences (unlearned − base) at the edited hook point on
-forget dev text (BOS and padding excluded). For an SAE edit the edit lies exactly in the span of the
-clamped features' decoder rows, so that span can be projected out instead. The projection hook is
-installed after the unlearning hook, so it acts on the edited activation: `x − Q Qᵀ x` (Q orthonormal).
+forget dev text, over the tokens the method actually edited only (`edited_tokens`; BOS and padding
+excluded): for an SAE hook the rows are the clamp's own Δx on the tokens it touched, known exactly; for
+RMU, the tokens whose activation moved by a large fraction of its norm. Tokens the method leaves (almost)
+alone carry no information on the edit and, for RMU, only its small retain-side drift, which would tilt
+the estimate toward directions the model uses everywhere. For an SAE edit the edit lies exactly in the
+span of the clamped features' decoder rows, so that span can be projected out instead.
+
+The projection acts on the *unlearned* model only: its hook is installed after the method's hook at the
+same point, so it edits the already-edited activation, `x − Q Qᵀ x` (Q orthonormal, float64).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -46,6 +53,29 @@ def ablated(model: nn.Module, hook: str, basis_DK: Tensor) -> Iterator[None]:
         yield
 
 
+class EditRows(NamedTuple):
+    """The (unlearned − base) rows of the tokens an unlearned state edited, and how many were looked at."""
+
+    diff_ND: Tensor
+    """float64, one row per edited token."""
+    n_tokens: int
+    """Real, non-BOS tokens forwarded."""
+    n_edited: int
+
+
+def edited_tokens(diff_ND: Tensor, base_ND: Tensor, rule: str = "nonzero", min_rel: float = 0.2) -> Tensor:
+    """Which tokens the method edited. `nonzero`: Δ ≠ 0 exactly. At an SAE hook point the difference
+    there *is* the clamp's own edit Δx (nothing upstream changed, and the clamp returns untouched
+    positions bit-identical), so this is the set of edited tokens, known exactly. `large`: ‖Δ‖ ≥
+    `min_rel`·‖x_base‖, for weight edits (RMU) that move every token a little and forget tokens a lot."""
+    norm_N = diff_ND.norm(dim=-1)
+    if rule == "nonzero":
+        return norm_N > 0
+    if rule == "large":
+        return norm_N >= min_rel * base_ND.norm(dim=-1)
+    raise UnlearnError(f"Unknown edited-token rule {rule!r}; use nonzero or large.")
+
+
 def edit_differences(
     model: nn.Module,
     tokenizer,
@@ -53,13 +83,16 @@ def edit_differences(
     unlearned: Callable[[nn.Module], AbstractContextManager],
     hook: str,
     *,
+    rule: str = "nonzero",
+    min_rel: float = 0.2,
     max_tokens: int = 2048,
     max_length: int = 64,
     batch_size: int = 8,
-) -> Tensor:
-    """Per-token (unlearned − base) activations at `hook`, (N, D) float64, BOS and padding excluded."""
+) -> EditRows:
+    """Per-token (unlearned − base) activations at `hook` on the tokens the state edited (`edited_tokens`
+    with `rule`), BOS and padding excluded; stops once `max_tokens` edited tokens are collected."""
     rows: list[Tensor] = []
-    n = 0
+    n_edited = n_tokens = 0
     device = next(model.parameters()).device
     bos = tokenizer.bos_token_id
     for start in range(0, len(texts), batch_size):
@@ -74,15 +107,20 @@ def edit_differences(
             base_BTD = forward_to(model, [hook], **inputs)[hook]
             with unlearned(model):
                 edited_BTD = forward_to(model, [hook], **inputs)[hook]
-        rows.append((edited_BTD.double() - base_BTD.double())[keep_BT])
-        n += int(keep_BT.sum())
-        if n >= max_tokens:
+        base_ND = base_BTD.double()[keep_BT]
+        diff_ND = edited_BTD.double()[keep_BT] - base_ND
+        mask_N = edited_tokens(diff_ND, base_ND, rule, min_rel)
+        rows.append(diff_ND[mask_N])
+        n_tokens += int(keep_BT.sum())
+        n_edited += int(mask_N.sum())
+        if n_edited >= max_tokens:
             break
-    if not rows or n == 0:
+    if n_edited == 0:
         raise UnlearnError(
-            "No tokens to estimate the edit direction from; pass a non-empty --direction-text."
+            f"The unlearned state edited none of the {n_tokens} tokens of the direction text at {hook} "
+            "(a gate that never fired, or --direction-text off topic); pass forget-topic --direction-text."
         )
-    return torch.cat(rows)[:max_tokens]
+    return EditRows(torch.cat(rows)[:max_tokens], n_tokens, n_edited)
 
 
 def dominant_direction(diff_ND: Tensor) -> tuple[Tensor, float]:

@@ -25,12 +25,17 @@ def _with_question(q, text: str):
     return clone
 
 
+def shot_context(shots: Sequence) -> str:
+    """The text `few_shot` puts before each question: the solved shots in the cloze layout."""
+    return "".join(f"{s.question.strip()}\nAnswer: {s.choices[s.answer]}\n\nQuestion: " for s in shots)
+
+
 def few_shot(questions: Sequence, shots: Sequence) -> list:
     """Each question preceded by solved `shots` in the cloze layout (`Q\\nAnswer: A\\n\\nQuestion: …`);
     the evaluator adds the first `Question: ` and the final `\\nAnswer:`."""
     if not shots:
         return list(questions)
-    context = "".join(f"{s.question.strip()}\nAnswer: {s.choices[s.answer]}\n\nQuestion: " for s in shots)
+    context = shot_context(shots)
     return [_with_question(q, context + q.question.strip()) for q in questions]
 
 

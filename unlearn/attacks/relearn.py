@@ -32,6 +32,11 @@ class RelearnStats:
     tokens: int = 0
     seconds: float = 0.0
     seed: int = 0
+    loss_before: float | None = None
+    """Mean per-token loss on the training texts (up to `eval_texts` of them) before the first step, with
+    the unlearned state active: the start of the loss curve on fixed data."""
+    loss_after: float | None = None
+    """The same loss after the last step: below `loss_before` when relearning fitted the texts."""
 
 
 def trainable_names(
@@ -69,6 +74,31 @@ def relearn_texts(source: str, k: int) -> list[str]:
     return list(iter_texts(source, limit_docs=k))
 
 
+def text_loss(
+    model: nn.Module, tokenizer, texts: Sequence[str], *, batch_size: int = 8, max_length: int = 64
+) -> float:
+    """Mean causal-LM loss per predicted token over `texts` (padding excluded), no gradient, eval mode."""
+    device = next(model.parameters()).device
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(texts), batch_size):
+            enc = tokenizer(list(texts[start : start + batch_size]), return_tensors="pt", padding=True,
+                            truncation=True, max_length=max_length)  # fmt: skip
+            ids_BT, mask_BT = enc["input_ids"].to(device), enc["attention_mask"].to(device)
+            with torch.inference_mode():
+                logits_BTV = model(input_ids=ids_BT, attention_mask=mask_BT, use_cache=False).logits
+            logp_BTV = torch.log_softmax(logits_BTV[:, :-1].float(), dim=-1)
+            nll_BT = -logp_BTV.gather(-1, ids_BT[:, 1:, None])[..., 0]
+            real_BT = mask_BT[:, 1:].bool() & mask_BT[:, :-1].bool()
+            total += float(nll_BT[real_BT].sum())
+            count += int(real_BT.sum())
+    finally:
+        model.train(was_training)
+    return total / max(count, 1)
+
+
 def _batches(tokenizer, texts: Sequence[str], batch_size: int, max_length: int, steps: int, seed: int):
     """`steps` batches cycling through the texts in a seeded shuffled order (k < batch_size repeats)."""
     order = list(range(len(texts)))
@@ -92,10 +122,13 @@ def relearned(
     batch_size: int = 4,
     max_length: int = 64,
     seed: int = 0,
+    eval_texts: int | None = 32,
 ) -> Iterator[RelearnStats]:
     """Fine-tune `params` for `steps` AdamW steps on `texts`, yield the stats, restore on exit.
 
     Call inside the unlearned state so the hook (and gate) act during training; evaluate inside the block.
+    The loss on the first `eval_texts` texts (fixed data, eval mode) is measured before and after
+    training (`loss_before`, `loss_after`); `eval_texts=0` skips it.
     """
     if not texts:
         raise UnlearnError(
@@ -111,6 +144,9 @@ def relearned(
     stats = RelearnStats(params=list(params), seed=seed)
     device = next(model.parameters()).device
     try:
+        probe = list(texts[:eval_texts]) if eval_texts is None or eval_texts > 0 else []
+        if probe:
+            stats.loss_before = text_loss(model, tokenizer, probe, max_length=max_length)
         for n, p in named.items():
             p.requires_grad_(n in saved)
         opt = torch.optim.AdamW([named[n] for n in params], lr=lr, weight_decay=0.0)
@@ -133,6 +169,9 @@ def relearned(
         model.train(was_training)
         for p in named.values():
             p.grad = None
+        del opt
+        if probe:
+            stats.loss_after = text_loss(model, tokenizer, probe, max_length=max_length)
         yield stats
     finally:
         model.train(was_training)

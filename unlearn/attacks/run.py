@@ -1,8 +1,12 @@
 """`unlearn attack`: every attack on one unlearned state, written to `results/attack/<run-id>/`.
 
 Rows: per attack, forget/retain accuracy after it and the recovered fraction (`recovery.py`) with a paired
-bootstrap interval; costs (wall seconds, optimizer steps, tokens) beside each. The model is checked to be
-bit-identical (weight fingerprint) after every attack.
+bootstrap interval; costs (wall seconds, optimizer steps, tokens, examples) and seeds beside each. The
+model is checked to be bit-identical (weight fingerprint) after every attack. The run folder follows the
+other commands' lifecycle (`results.open_run`: `RUNNING`, then `complete.json`, or `FAILED`).
+
+`run_attacks(cfg, targets, lm=lm)` attacks several states of one loaded model with one prepared suite
+and one base evaluation (what `unlearn demo` calls, with `demo_config()` / `DEMO_ATTACKS`).
 """
 
 from __future__ import annotations
@@ -31,6 +35,8 @@ from unlearn.stats import bootstrap_ci
 log = logging.getLogger(__name__)
 
 ATTACKS = ("hook-removal", "relearn", "few-shot", "padding", "direction", "probe")
+DEMO_ATTACKS = ("hook-removal", "few-shot", "padding", "direction", "relearn")
+"""The demo's reduced attack set (no probes; one relearning size, few steps: `demo_config`)."""
 
 
 @dataclass
@@ -40,7 +46,8 @@ class AttackConfig:
     model: str | None = None
     """Hub id, local folder or .gguf file instead of the preset's model."""
     target: str = "clamp"
-    """`clamp` (top features of a select-features run, clamped) or `rmu:<run folder or id>`."""
+    """`intervene:<intervene run folder>/<point id>` (the hook that point was scored with),
+    `rmu:<run folder or id>`, or `clamp` (top features of a select-features run, clamped)."""
     features: str | None = None
     """select-features run folder or features.json (default: the latest run)."""
     topic: str | None = None
@@ -61,7 +68,13 @@ class AttackConfig:
     relearn_k: list[int] = field(default_factory=lambda: [10, 100])
     """Numbers of relearning texts (each run twice: forget-topic texts and unrelated retain texts)."""
     relearn_steps: list[int] = field(default_factory=lambda: [10])
-    relearn_lr: float = 1e-4
+    relearn_lr: float = 1e-5
+    """AdamW learning rate. On the embedded Gemma 3 270M (2 layers fully fine-tuned, batch 4, clamp
+    hook in place) 1e-4 *raised* the loss on 10 retain texts within 5 steps (8.5 → 13.5 nats/token,
+    measured before/after on the same texts); hence 1e-5. Every row records its loss before and after."""
+    relearn_corpora: list[str] = field(default_factory=lambda: ["forget", "retain"])
+    """Which relearning corpora to run: forget-topic texts (`relearn_forget`), unrelated texts
+    (`relearn_retain`), or both."""
     relearn_layers: list[int] | None = None
     """Layers whose MLP and attention matrices are fine-tuned (default: the edited layer and the next)."""
     relearn_forget: str = "qa:offline:bio@dev"
@@ -77,12 +90,22 @@ class AttackConfig:
     pad_source: str = "offline:retain"
     direction_text: str = "offline:bio-forget"
     direction_tokens: int = 2048
+    """Edited forget tokens the direction is estimated from (at most)."""
+    direction_min_rel: float = 0.2
+    """Weight edits (RMU): a token counts as edited when its activation moved by ≥ this fraction of its
+    norm (hook edits: exactly the tokens the hook changed)."""
+    direction_control: bool = True
+    """Also project the direction out of the base model (what the projection costs by itself)."""
+    direction_span: bool = True
+    """SAE edits: also project out the whole span of the clamped decoder rows."""
     probe_layers: list[int] | None = None
     """Residual layers for probes (default: three around the edited layer)."""
     probe_train: list[str] | None = None
     """Questions the probes are fitted on (default: the forget sets' `@dev` halves)."""
     seed: int = 0
     run_id: str | None = None
+    overwrite: bool = False
+    """Replace an existing run `run_id`."""
     device: str | None = None
     dtype: str | None = None
 
@@ -108,16 +131,27 @@ class _Runner:
     """Shared state of one attack run: the model, the suite, and the base / unlearned outcomes."""
 
     def __init__(
-        self, lm: LoadedModel, suite: EvalSuite, target: Target, cfg: AttackConfig, console: Console
+        self,
+        lm: LoadedModel,
+        suite: EvalSuite,
+        target: Target,
+        cfg: AttackConfig,
+        console: Console,
+        base: EvalOutcome | None = None,
     ):
         self.lm, self.suite, self.target, self.cfg, self.console = lm, suite, target, cfg, console
         self.rows: list[dict] = []
-        with torch.inference_mode():
-            self.base = suite.run(lm.model, desc="base")
-            with target(lm.model):
-                self.unlearned = suite.run(lm.model, desc=target.name)
-        self.add("base", {}, self.base, {})
-        self.add("unlearned", {}, self.unlearned, {})
+        start = time.perf_counter()
+        if base is None:
+            with torch.inference_mode():
+                base = suite.run(lm.model, desc="base")
+        self.base = base
+        base_s = time.perf_counter() - start
+        start = time.perf_counter()
+        with torch.inference_mode(), target(lm.model):
+            self.unlearned = suite.run(lm.model, desc=target.name)
+        self.add("base", {}, self.base, {"seconds": base_s})
+        self.add("unlearned", {}, self.unlearned, {"seconds": time.perf_counter() - start})
 
     def add(self, attack: str, setting: dict, outcome: EvalOutcome | None, cost: dict, **extra) -> dict:
         """Append a row: accuracies after the attack and the recovered fraction of each role's gap."""
@@ -141,54 +175,111 @@ class _Runner:
             return (suite or self.suite).run(self.lm.model, desc=desc)
 
 
+def check_attacks(cfg: AttackConfig) -> None:
+    unknown = [a for a in cfg.attacks if a not in ATTACKS]
+    if unknown:
+        raise UnlearnError(f"Unknown attacks {unknown}; use any of: {', '.join(ATTACKS)}.")
+
+
+def prepare_suite(cfg: AttackConfig, lm: LoadedModel) -> EvalSuite:
+    """The test questions (the preset's forget/retain sets at `@test` unless given), known subsets from
+    the untouched model."""
+    from unlearn.evaluate import eval_config_from_preset, prepare_eval
+
+    ev = lm.preset.eval if lm.preset else {}
+    forget = cfg.forget_tasks or _test_split(list(ev.get("forget", [])))
+    retain = cfg.retain_tasks or _test_split(list(ev.get("retain", [])))
+    ecfg = eval_config_from_preset(lm.preset, forget=forget, retain=retain, known_only=cfg.known_only,
+                                   limit=cfg.limit, batch_size=cfg.batch_size)  # fmt: skip
+    if not ecfg.forget:
+        raise UnlearnError("No forget questions: pass --forget-tasks (e.g. offline:bio@test) or a --preset.")
+    return prepare_eval(lm, ecfg)
+
+
 def run_attack(
     cfg: AttackConfig,
     *,
     lm: LoadedModel | None = None,
     suite: EvalSuite | None = None,
     unlearned: Target | Callable | None = None,
+    base: EvalOutcome | None = None,
     console: Console | None = None,
 ) -> Path:
-    """Run `cfg.attacks` on one unlearned state and write `results/attack/<run-id>/`."""
+    """Run `cfg.attacks` on one unlearned state and write `results/attack/<run-id>/`.
+
+    The state is `unlearned` (a Target or a bare context-manager factory) or `cfg.target`
+    (`state.target_from_spec`); `base` is the untouched model's outcome on `suite` when already known."""
     from unlearn.attacks import steps
-    from unlearn.evaluate import eval_config_from_preset, prepare_eval, weight_fingerprint
+    from unlearn.evaluate import weight_fingerprint
     from unlearn.models import load_model, model_spec
-    from unlearn.results import new_run_dir, write_json
+    from unlearn.results import open_run
 
     console = console or Console()
-    unknown = [a for a in cfg.attacks if a not in ATTACKS]
-    if unknown:
-        raise UnlearnError(f"Unknown attacks {unknown}; use any of: {', '.join(ATTACKS)}.")
+    check_attacks(cfg)
     lm = lm or load_model(model_spec(cfg.preset, cfg.model), device=cfg.device, dtype=cfg.dtype)
-    if suite is None:
-        ev = lm.preset.eval if lm.preset else {}
-        forget = cfg.forget_tasks or _test_split(list(ev.get("forget", [])))
-        retain = cfg.retain_tasks or _test_split(list(ev.get("retain", [])))
-        ecfg = eval_config_from_preset(lm.preset, forget=forget, retain=retain, known_only=cfg.known_only,
-                                       limit=cfg.limit, batch_size=cfg.batch_size)  # fmt: skip
-        if not ecfg.forget:
-            raise UnlearnError(
-                "No forget questions: pass --forget-tasks (e.g. offline:bio@test) or a --preset."
-            )
-        suite = prepare_eval(lm, ecfg)  # known subsets from the untouched model
+    suite = suite or prepare_suite(cfg, lm)
     target = unlearned if isinstance(unlearned, Target) else steps.build_target(cfg, lm, unlearned)
     fingerprint = weight_fingerprint(lm.model)
+    eval_cfg = dataclasses.asdict(suite.cfg) if dataclasses.is_dataclass(suite.cfg) else None
+    identity = {"command": "attack", "preset": lm.preset.name if lm.preset else None, "model": lm.name,
+                "target": target.spec or (cfg.target if unlearned is None else target.name),
+                "target_name": target.name, "target_kind": target.kind, "hook": target.hook,
+                "attacks": list(cfg.attacks), "eval": eval_cfg, "seed": cfg.seed,
+                "weights": fingerprint}  # fmt: skip
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in identity and k != "target"}
+    config = {**settings, "target_info": target.info, "source": str(lm.source),
+              "tasks": [t.name for t in suite.tasks]}  # fmt: skip
     start = time.perf_counter()
-    runner = _Runner(lm, suite, target, cfg, console)
-    for attack in cfg.attacks:
-        steps.ATTACK_FUNCS[attack](runner)
-        if weight_fingerprint(lm.model) != fingerprint:
-            raise RuntimeError(f"attack {attack} left the model modified")
-    run_dir = new_run_dir("attack", cfg.run_id)
-    write_json(run_dir / "config.json", {
-        "command": "attack", **dataclasses.asdict(cfg), "target_name": target.name, "target_kind": target.kind,
-        "hook": target.hook, "model": str(lm.source), "tasks": [t.name for t in suite.tasks],
-        "eval": dataclasses.asdict(suite.cfg),
-    })  # fmt: skip
-    write_json(run_dir / "metrics.json", {"target": target.name, "kind": target.kind, "rows": runner.rows,
-                                          "wall_seconds": time.perf_counter() - start})  # fmt: skip
+    with open_run("attack", identity, config=config, run_id=cfg.run_id, overwrite=cfg.overwrite) as run:
+        runner = _Runner(lm, suite, target, cfg, console, base=base)
+        for attack in cfg.attacks:
+            steps.ATTACK_FUNCS[attack](runner)
+            if weight_fingerprint(lm.model) != fingerprint:
+                raise RuntimeError(f"attack {attack} left the model modified")
+        run.write_json("metrics.json", {"target": target.name, "kind": target.kind, "spec": target.spec,
+                                        "rows": runner.rows, "wall_seconds": time.perf_counter() - start})  # fmt: skip
     console.print(attack_table(runner.rows, f"Attacks on {target.name} ({target.kind})"))
-    return run_dir
+    return run.path
+
+
+def demo_config(**overrides) -> AttackConfig:
+    """The demo's reduced attack set: hook removal, 5-shot, 100-token padding, the direction from 256
+    edited tokens (no base control, no decoder span) and relearning on k = 10 forget-topic texts for 5
+    steps (the full set: `unlearn attack`). Measured on Gemma 3 270M, 2 shared CPU cores, `limit` 20,
+    one static clamp target, before these cuts (512 direction tokens, both relearning corpora): 253 s
+    wall, of which relearning 153 s, direction 44 s, few-shot and padding 15 s each."""
+    base = {"attacks": list(DEMO_ATTACKS), "relearn_k": [10], "relearn_steps": [5], "relearn_corpora": ["forget"],
+            "direction_tokens": 256, "direction_control": False, "direction_span": False, "limit": 40}  # fmt: skip
+    return AttackConfig(**{**base, **overrides})
+
+
+def run_attacks(
+    cfg: AttackConfig,
+    targets: list[str | Target],
+    *,
+    lm: LoadedModel | None = None,
+    suite: EvalSuite | None = None,
+    console: Console | None = None,
+) -> list[Path]:
+    """`run_attack` for each target (`--target` strings or Targets) on one loaded model: the suite is
+    prepared and the base model evaluated once. One run folder per target (`<run_id>-<i>` when named)."""
+    from unlearn.models import load_model, model_spec
+
+    check_attacks(cfg)
+    lm = lm or load_model(model_spec(cfg.preset, cfg.model), device=cfg.device, dtype=cfg.dtype)
+    suite = suite or prepare_suite(cfg, lm)
+    with torch.inference_mode():
+        base = suite.run(lm.model, desc="base")
+    paths = []
+    for i, t in enumerate(targets):
+        one = dataclasses.replace(
+            cfg, run_id=f"{cfg.run_id}-{i}" if cfg.run_id and len(targets) > 1 else cfg.run_id
+        )
+        if isinstance(t, str):
+            one.target = t
+        paths.append(run_attack(one, lm=lm, suite=suite, unlearned=t if isinstance(t, Target) else None,
+                                base=base, console=console))  # fmt: skip
+    return paths
 
 
 def _fmt(cell: dict | None, pct: bool = True) -> str:
@@ -227,7 +318,10 @@ def _strs(text: str | None) -> list[str] | None:
 
 def attack_command(
     target: Annotated[
-        str, typer.Option(help="clamp (top features of a select-features run) or rmu:<run>.")
+        str,
+        typer.Option(
+            help="intervene:<results/intervene/RUN>/<point id>, rmu:<run>, or clamp (top selected features)."
+        ),
     ] = "clamp",
     attacks: Annotated[str, typer.Option(help=f"Comma list of: {', '.join(ATTACKS)}.")] = ",".join(ATTACKS),
     preset: Annotated[str | None, typer.Option(help="Model preset (default gemma-3-270m).")] = None,
@@ -246,7 +340,10 @@ def attack_command(
     limit: Annotated[int | None, typer.Option(help="At most this many questions per source.")] = None,
     relearn_k: Annotated[str, typer.Option(help="Relearning text counts, comma list.")] = "10,100",
     relearn_steps: Annotated[str, typer.Option(help="Relearning optimizer steps, comma list.")] = "10",
-    relearn_lr: Annotated[float, typer.Option(help="AdamW learning rate for relearning.")] = 1e-4,
+    relearn_lr: Annotated[float, typer.Option(help="AdamW learning rate for relearning.")] = 1e-5,
+    relearn_corpora: Annotated[
+        str, typer.Option(help="Relearning corpora: forget, retain (comma list).")
+    ] = "forget,retain",
     relearn_layers: Annotated[
         str | None, typer.Option(help="Layers fine-tuned (default: edited + next).")
     ] = None,
@@ -262,8 +359,12 @@ def attack_command(
     probe_layers: Annotated[
         str | None, typer.Option(help="Probe layers (default: three around the edit).")
     ] = None,
+    direction_control: Annotated[
+        bool, typer.Option(help="Also ablate the direction on the base model (its own cost).")
+    ] = True,
     seed: Annotated[int, typer.Option(help="Seed for text order, shots and probes.")] = 0,
     run_id: Annotated[str | None, typer.Option(help="Run folder name.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace the existing run --run-id.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32, bfloat16, ...")] = None,
 ) -> None:
@@ -272,10 +373,11 @@ def attack_command(
         preset=preset, model=model, target=target, features=features, n_features=n_features, mode=mode,
         scale=scale, attacks=_strs(attacks) or [], forget_tasks=_strs(forget_tasks),
         retain_tasks=_strs(retain_tasks), known_only=known_only, limit=limit, relearn_k=_ints(relearn_k) or [],
-        relearn_steps=_ints(relearn_steps) or [], relearn_lr=relearn_lr, relearn_layers=_ints(relearn_layers),
+        relearn_steps=_ints(relearn_steps) or [], relearn_lr=relearn_lr, relearn_layers=_ints(relearn_layers), relearn_corpora=_strs(relearn_corpora) or [],
         relearn_forget=relearn_forget, relearn_retain=relearn_retain,
         shots=shots, pad_tokens=pad_tokens, direction_tokens=direction_tokens, probe_layers=_ints(probe_layers),
-        seed=seed, run_id=run_id, device=device, dtype=dtype,
+        seed=seed, run_id=run_id, device=device, dtype=dtype, direction_control=direction_control,
+        overwrite=overwrite,
     )  # fmt: skip
     run_dir = run_attack(cfg)
     Console().print(f"Attack results written to {run_dir}")

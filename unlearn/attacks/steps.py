@@ -11,9 +11,9 @@ import numpy as np
 
 from unlearn.attacks.direction import ablated, dominant_direction, edit_differences
 from unlearn.attacks.probe import choice_activations, probe_accuracy
-from unlearn.attacks.prompting import few_shot, padded, padding_text, rewritten
+from unlearn.attacks.prompting import few_shot, padded, padding_text, rewritten, shot_context
 from unlearn.attacks.relearn import relearn_texts, relearned, trainable_names
-from unlearn.attacks.state import Target, clamp_target, rmu_target
+from unlearn.attacks.state import Target, target_from_spec
 from unlearn.data import iter_texts, load_questions
 from unlearn.errors import UnlearnError
 from unlearn.hooks import decoder_layers
@@ -23,18 +23,23 @@ if TYPE_CHECKING:
 
 
 def build_target(cfg: AttackConfig, lm, factory: Callable | None) -> Target:
-    """The unlearned state named by `cfg.target` (or a bare factory, at `--hook`-less SAE hook point)."""
+    """The unlearned state named by `cfg.target` (`target_from_spec`), or a bare factory at the preset's
+    hook point."""
     if factory is not None:
         return Target("custom", "hook", factory, lm.preset.hook_point if lm.preset else "")
-    if cfg.target.startswith("rmu:"):
-        return rmu_target(cfg.target.removeprefix("rmu:"))
-    if cfg.target != "clamp":
-        raise UnlearnError(f"Unknown --target {cfg.target!r}; use clamp or rmu:<results/rmu-baseline/RUN>.")
-    from unlearn.select import read_selection, resolve_sae
+    return target_from_spec(cfg.target, lm, features=cfg.features, topic=cfg.topic,
+                            n_features=cfg.n_features, mode=cfg.mode, scale=cfg.scale)  # fmt: skip
 
-    selection = read_selection(cfg.features, cfg.topic)
-    sae, _, hook = resolve_sae(selection.sae, selection.hook, lm.preset, lm.model)
-    return clamp_target(sae, selection.features[: cfg.n_features], cfg.mode, cfg.scale, hook=hook)
+
+def _cost(start: float, *, steps: int = 0, tokens: int = 0, examples: int = 0, **extra) -> dict:
+    """What an attack cost: wall seconds (its evaluation included), optimizer steps, tokens the attacker
+    supplied or forwarded beyond the plain evaluation, and attacker examples (texts, shots, questions)."""
+    return {"seconds": time.perf_counter() - start, "steps": steps, "tokens": tokens, "examples": examples,
+            **extra}  # fmt: skip
+
+
+def _prompt_tokens(tokenizer, text: str) -> int:
+    return len(tokenizer.encode(text, add_special_tokens=False))
 
 
 def _layer(target: Target) -> int:
@@ -45,15 +50,25 @@ def hook_removal(r: _Runner) -> None:
     """Open weights: a hook protects nothing once removed; the row is the base model, no new computation."""
     if r.target.kind != "hook":
         return
-    r.add("hook-removal", {}, r.base, {"seconds": 0.0}, note="open weights = base model")
+    r.add("hook-removal", {}, r.base, _cost(time.perf_counter()), note="open weights = base model",
+          seed=None)  # fmt: skip
 
 
 def relearn(r: _Runner) -> None:
+    """Fine-tune with the unlearned state active (hooks and gates stay installed during training and
+    evaluation and are removed after), once per text corpus × k × S; the loss on the training texts
+    before and after is recorded, so a row whose fine-tuning did not fit shows it."""
     cfg, lm = r.cfg, r.lm
     n_layers = len(decoder_layers(lm.model))
     layers = cfg.relearn_layers or sorted({_layer(r.target), min(_layer(r.target) + 1, n_layers - 1)})
     params = trainable_names(lm.model, layers)
-    for corpus, source in (("forget", cfg.relearn_forget), ("retain", cfg.relearn_retain)):
+    n_params = sum(dict(lm.model.named_parameters())[n].numel() for n in params)
+    corpora = {"forget": cfg.relearn_forget, "retain": cfg.relearn_retain}
+    unknown = [c for c in cfg.relearn_corpora if c not in corpora]
+    if unknown:
+        raise UnlearnError(f"Unknown relearning corpora {unknown}; use forget and/or retain.")
+    for corpus in cfg.relearn_corpora:
+        source = corpora[corpus]
         for k in cfg.relearn_k:
             texts = relearn_texts(source, k)
             for steps in cfg.relearn_steps:
@@ -62,9 +77,14 @@ def relearn(r: _Runner) -> None:
                                                    lr=cfg.relearn_lr, batch_size=cfg.relearn_batch,
                                                    max_length=cfg.relearn_max_length, seed=cfg.seed) as st:  # fmt: skip
                     outcome = r.evaluate(f"relearn {corpus} k={k} S={steps}")
-                cost = {"seconds": time.perf_counter() - start, "steps": st.steps, "tokens": st.tokens}
-                r.add("relearn", {"texts": corpus, "k": len(texts), "S": steps, "lr": cfg.relearn_lr}, outcome,
-                      cost, losses=st.losses, layers=layers, seed=cfg.seed)  # fmt: skip
+                cost = _cost(start, steps=st.steps, tokens=st.tokens, examples=len(texts),
+                             train_seconds=st.seconds)  # fmt: skip
+                loss = {"before": st.loss_before, "after": st.loss_after,
+                        "first_step": st.losses[0] if st.losses else None,
+                        "last_step": st.losses[-1] if st.losses else None}  # fmt: skip
+                r.add("relearn", {"texts": corpus, "source": source, "k": len(texts), "S": steps,
+                                  "lr": cfg.relearn_lr}, outcome, cost, losses=st.losses, loss=loss,
+                      layers=layers, trained_params=n_params, seed=cfg.seed)  # fmt: skip
 
 
 def few_shot_attack(r: _Runner) -> None:
@@ -75,8 +95,11 @@ def few_shot_attack(r: _Runner) -> None:
     start = time.perf_counter()
     with r.target(r.lm.model):
         outcome = r.evaluate(f"{len(shots)}-shot", suite)
+    context = shot_context(shots)
+    n_q = sum(len(t.questions) for t in suite.tasks)
     r.add("few-shot", {"shots": len(shots), "source": r.cfg.shot_source}, outcome,
-          {"seconds": time.perf_counter() - start})  # fmt: skip
+          _cost(start, tokens=_prompt_tokens(r.lm.tokenizer, context) * n_q, examples=len(shots)),
+          seed=r.cfg.seed)  # fmt: skip
 
 
 def padding_attack(r: _Runner) -> None:
@@ -85,33 +108,48 @@ def padding_attack(r: _Runner) -> None:
     start = time.perf_counter()
     with r.target(r.lm.model):
         outcome = r.evaluate(f"padding {n}", suite)
-    r.add(
-        "padding",
-        {"tokens": n, "source": r.cfg.pad_source},
-        outcome,
-        {"seconds": time.perf_counter() - start},
-    )
+    n_q = sum(len(t.questions) for t in suite.tasks)
+    r.add("padding", {"tokens": n, "source": r.cfg.pad_source}, outcome,
+          _cost(start, tokens=n * n_q, examples=1), seed=None)  # fmt: skip
 
 
 def direction_attack(r: _Runner) -> None:
-    lm, target = r.lm, r.target
+    """Łucki et al.'s directional ablation (arXiv 2409.18025): the top singular direction of
+    (unlearned − base) at the edited hook on the edited tokens of forget text, projected out of the
+    unlearned model's activation there (after the method's hook). Optional rows: the same projection on
+    the base model (`direction_control`: what removing the direction costs by itself) and, for SAE
+    edits, the whole span of the clamped decoder rows (`direction_span`)."""
+    cfg, lm, target = r.cfg, r.lm, r.target
     start = time.perf_counter()
-    texts = list(iter_texts(r.cfg.direction_text, limit_docs=max(8, r.cfg.direction_tokens // 16)))
-    diff_ND = edit_differences(
-        lm.model, lm.tokenizer, texts, target, target.hook, max_tokens=r.cfg.direction_tokens
-    )
-    d_D, explained = dominant_direction(diff_ND)
+    texts = list(iter_texts(cfg.direction_text, limit_docs=max(8, cfg.direction_tokens // 16)))
+    rule = "nonzero" if target.kind == "hook" else "large"
+    setting = {"basis": "top singular vector", "hook": target.hook, "text": cfg.direction_text,
+               "edited": rule if rule == "nonzero" else f"|delta| >= {cfg.direction_min_rel:g} |x|"}  # fmt: skip
+    try:
+        rows = edit_differences(lm.model, lm.tokenizer, texts, target, target.hook, rule=rule,
+                                min_rel=cfg.direction_min_rel, max_tokens=cfg.direction_tokens)  # fmt: skip
+    except UnlearnError as e:  # nothing edited on this text: no direction to remove, say so
+        r.add("direction", setting, None, _cost(start, examples=len(texts)), note=str(e), seed=None)
+        return
+    d_D, explained = dominant_direction(rows.diff_ND)
+    fit = {"explained": explained, "edited_tokens": rows.n_edited, "tokens": rows.n_tokens}
     with target(lm.model), ablated(lm.model, target.hook, d_D[:, None]):
         outcome = r.evaluate("direction ablation")
-    r.add("direction", {"basis": "top singular vector", "hook": target.hook}, outcome,
-          {"seconds": time.perf_counter() - start, "tokens": int(diff_ND.shape[0])},
-          explained=explained)  # fmt: skip
-    if target.decoder_basis_DK is not None:
+    r.add("direction", setting, outcome,
+          _cost(start, tokens=rows.n_tokens, examples=len(texts)), **fit, seed=None)  # fmt: skip
+    if cfg.direction_control:
         start = time.perf_counter()
+        with ablated(lm.model, target.hook, d_D[:, None]):
+            outcome = r.evaluate("direction ablation on the base model")
+        r.add("direction", {**setting, "state": "base model (control)"}, outcome, _cost(start),
+              note="the same projection without the method: its own cost", seed=None)  # fmt: skip
+    if cfg.direction_span and target.decoder_basis_DK is not None:
+        start = time.perf_counter()
+        k = target.decoder_basis_DK.shape[1]
         with target(lm.model), ablated(lm.model, target.hook, target.decoder_basis_DK):
             outcome = r.evaluate("decoder-span ablation")
-        r.add("direction", {"basis": f"W_dec span ({target.decoder_basis_DK.shape[1]})", "hook": target.hook},
-              outcome, {"seconds": time.perf_counter() - start})  # fmt: skip
+        r.add("direction", {"basis": f"W_dec span ({k})", "hook": target.hook}, outcome, _cost(start),
+              seed=None)  # fmt: skip
 
 
 def probe_attack(r: _Runner) -> None:
@@ -144,8 +182,8 @@ def probe_attack(r: _Runner) -> None:
         ]
     per_layer = [(layer, accs["base"][i], accs["unlearned"][i]) for i, layer in enumerate(layers)]
     r.add("probe", {"layers": layers, "train": len(train), "test": len(test)}, None,
-          {"seconds": time.perf_counter() - start, "examples": 4 * (len(train) + len(test))},
-          probe={"per_layer": per_layer, "chance": 0.25})  # fmt: skip
+          _cost(start, examples=len(train)), probe={"per_layer": per_layer, "chance": 0.25},
+          seed=cfg.seed)  # fmt: skip
 
 
 ATTACK_FUNCS: dict[str, Callable[[_Runner], None]] = {
