@@ -38,6 +38,9 @@ class DemoConfig:
     random-direction controls)."""
     dilution: list[int] | None = None
     """Prefix lengths of the dilution check (default: the preset's `demo.dilution`, else 0,100,400)."""
+    attacks: bool = False
+    """Also attack the static clamp, the window-gated clamp and RMU with the reduced set
+    (`attacks.run.demo_config`); several CPU minutes per target, so off by default."""
     quick: bool = False
     """Small everything (CI's end-to-end test): ~20k tokens for selection, 40 questions per set, 10 RMU steps."""
 
@@ -69,12 +72,28 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
     del lm  # RMU loads its own copy and changes its weights
     console.print(Rule("3/4  unlearn rmu-baseline"))
     run_rmu(RMUConfig(preset=cfg.preset, eval_limit=limit, **({"n_batches": 10} if cfg.quick else {})))
+    if cfg.attacks:
+        console.print(Rule("unlearn attack (reduced set)"))
+        _attack(cfg, scales, n_features, console)
     console.print(Rule("4/4  unlearn report"))
     report_dir = run_report(ReportConfig(preset=cfg.preset), console=console)
     console.print(
         f"[bold green]demo finished in {time.perf_counter() - start:.0f} s[/]; report: {report_dir}"
     )
     return report_dir
+
+
+def _attack(cfg: DemoConfig, scales: list[float], n_features: list[int], console: Console) -> None:
+    """The reduced attack set on the demo's static and window-gated points and its RMU run."""
+    from unlearn.attacks.run import demo_config, run_attacks
+    from unlearn.results import latest_run_dir
+
+    sweep, rmu = latest_run_dir("intervene"), latest_run_dir("rmu-baseline")
+    pid = f"clamp_n{max(n_features)}_s{scales[0]:g}"
+    targets = [f"intervene:{sweep}/{pid}", f"intervene:{sweep}/{pid}_gate-window", f"rmu:{rmu}"]
+    run_attacks(
+        demo_config(preset=cfg.preset, **({"limit": 10} if cfg.quick else {})), targets, console=console
+    )
 
 
 def demo_command(
@@ -86,6 +105,9 @@ def demo_command(
         "", help="Feature counts for intervene, comma-separated (default: the preset's)."
     ),
     gates: str = typer.Option("none,window,dsg", help="Gates swept beside static clamping."),
+    attacks: bool = typer.Option(
+        False, help="Also run the reduced attack set (several CPU minutes per target)."
+    ),
     quick: bool = typer.Option(False, help="Shrink every step (smoke test)."),
 ) -> None:
     """Run the whole experiment: select-features, intervene (clamp and zero ablation), rmu-baseline, report."""
@@ -95,6 +117,7 @@ def demo_command(
             scales=[float(s) for s in scales.split(",")] if scales.strip() else None,
             n_features=[int(n) for n in n_features.split(",")] if n_features.strip() else None,
             gates=[g.strip() for g in gates.split(",") if g.strip()],
+            attacks=attacks,
             quick=quick,
         )
     )

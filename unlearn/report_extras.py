@@ -1,5 +1,6 @@
-"""Report tables beside the forget/retain sections: each gate's threshold and measured firing rates, and
-the dilution check (forget accuracy as unrelated text is put before the question).
+"""Report tables beside the forget/retain sections: each gate's threshold and measured firing rates, the
+dilution check (forget accuracy as unrelated text is put before the question), and the attacks
+(`unlearn.report_attacks`).
 
 Read straight from completed intervene runs (`points/*.json` record their `gate`; `dilution/*.json` the
 check of `unlearn.dilution`); killed or failed runs are never read. Each table is returned as
@@ -90,4 +91,6 @@ def extra_tables(results_dir: Path) -> list[Table]:
     dilution = dilution_table(results_dir)
     if len(dilution):
         out.append(("Dilution check", DILUTION_INTRO, dilution))
-    return out
+    from unlearn.report_attacks import attack_tables
+
+    return out + attack_tables(results_dir)
