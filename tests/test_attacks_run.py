@@ -195,3 +195,17 @@ def test_run_attacks_shares_the_base_evaluation_across_targets(setup):
     rows = [read_json(p / "metrics.json")["rows"] for p in paths]
     assert rows[0][0]["forget"] == rows[1][0]["forget"]  # one base outcome
     assert [r["attack"] for r in rows[1]] == ["base", "unlearned", "hook-removal", "padding"]
+
+
+def test_attack_accuracies_are_on_the_known_subset():
+    import pandas as pd
+
+    from unlearn.attacks.run import _role_values
+    from unlearn.evaluate import EvalOutcome
+
+    frame = pd.DataFrame({"role": ["forget"] * 4 + ["retain"], "correct": [1, 0, 0, 1, 1],
+                          "known": [True, True, False, False, True]})  # fmt: skip
+    out = EvalOutcome(block=None, questions=frame)
+    assert list(_role_values(out, "forget")) == [1.0, 0.0]
+    no_known = EvalOutcome(block=None, questions=frame.assign(known=None))
+    assert list(_role_values(no_known, "forget")) == [1.0, 0.0, 0.0, 1.0]

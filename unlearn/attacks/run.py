@@ -119,6 +119,8 @@ def _role_values(outcome: EvalOutcome, role: str) -> np.ndarray:
     if frame is None or not len(frame):
         return np.zeros(0)
     rows = frame[frame["role"] == role]
+    if "known" in rows and rows["known"].notna().all():  # the known subset, as every other table
+        rows = rows[rows["known"].astype(str).str.lower().isin(["true", "1", "1.0"])]
     col = "frac_correct" if "frac_correct" in rows else "correct"
     return rows[col].to_numpy(dtype=np.float64)
 
