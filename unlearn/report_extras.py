@@ -83,14 +83,14 @@ DILUTION_INTRO = (
 )
 
 
+def non_empty(results_dir: Path, builders) -> list[Table]:
+    """(title, intro, table) for each (title, intro, build) whose `build(results_dir)` has rows."""
+    return [(title, intro, df) for title, intro, build in builders if len(df := build(results_dir))]
+
+
 def extra_tables(results_dir: Path) -> list[Table]:
-    out = []
-    gates = gate_table(results_dir)
-    if len(gates):
-        out.append(("Gates: thresholds and firing rates", GATE_INTRO, gates))
-    dilution = dilution_table(results_dir)
-    if len(dilution):
-        out.append(("Dilution check", DILUTION_INTRO, dilution))
     from unlearn.report_attacks import attack_tables
 
-    return out + attack_tables(results_dir)
+    builders = [("Gates: thresholds and firing rates", GATE_INTRO, gate_table),
+                ("Dilution check", DILUTION_INTRO, dilution_table)]  # fmt: skip
+    return non_empty(results_dir, builders) + attack_tables(results_dir)
