@@ -372,3 +372,43 @@ def test_old_results_json_without_new_fields_loads():
     assert s.split is None and s.ci is None and s.acc_all is None and s.n_all is None and s.acc == 0.5
     newer = json.loads(json.dumps(old | {"future_field": 1}))
     assert EvalBlock.from_dict(newer).retain_acc == 0.9
+
+
+@pytest.mark.parametrize("mutual_info", [False, True])
+def test_unhooked_run_reads_the_known_pass_exactly(tiny, qfiles, monkeypatch, mutual_info):
+    """The baseline comes from the known-subset pass (cold and cached) and equals a fresh scoring;
+    a hook or changed weights are always scored afresh."""
+    from unlearn import evaluate
+
+    lm = tiny("gemma3")
+    forget, retain = qfiles
+    cfg = EvalConfig(forget=[forget], retain=[retain], protocol="cloze", known_only=True,
+                     mutual_info=mutual_info, batch_size=2)  # fmt: skip
+    cold = evaluate.prepare_eval(lm, cfg)
+    twin = evaluate.EvalSuite(cold.tokenizer, cold.cfg, cold.tasks, cold.chat_template, weights=None)
+    scored = twin.run(lm.model).questions  # no fingerprint: always scores
+    calls = []
+    real = evaluate.score_questions
+    monkeypatch.setattr(evaluate, "score_questions", lambda *a, **k: calls.append(1) or real(*a, **k))
+    from_known = cold.run(lm.model).questions
+    warm = evaluate.prepare_eval(lm, cfg)  # from the cache
+    from_cache = warm.run(lm.model).questions
+    assert not calls
+    with hooks.edit(lm.model, "blocks.1.hook_resid_post", lambda x: x * 0 + 3.0):
+        hooked = warm.run(lm.model).questions
+    assert calls
+    n_hooked = len(calls)
+    weight = lm.model.get_decoder().layers[0].mlp.down_proj.weight
+    with torch.no_grad():
+        weight.add_(1.0)
+        try:
+            changed = warm.run(lm.model).questions
+        finally:
+            weight.sub_(1.0)
+    assert len(calls) > n_hooked
+    pd.testing.assert_frame_equal(from_known, scored, check_exact=True)
+    pd.testing.assert_frame_equal(from_cache, scored, check_exact=True)
+    assert ("prior_ll_0" in scored) == mutual_info
+    cols = [f"ll_{k}" for k in range(4)]
+    for other in (hooked, changed):
+        assert np.abs(other[cols].to_numpy() - scored[cols].to_numpy()).max() > 1e-3

@@ -157,3 +157,15 @@ def test_bad_hook_names(tiny):
         parse_hook_name("layers.1.output")
     with pytest.raises(UnlearnError, match=r"out of range: the model has 4 layers \(0..3\)"):
         forward_to(lm.model, ["blocks.9.hook_resid_post"], **_inputs(lm))
+
+
+def test_live_hooks_ignore_transformers_output_capturing(tiny):
+    from unlearn.hooks import live_hooks
+
+    model = tiny("gemma2").model
+    with torch.inference_mode():
+        model(torch.tensor([[2, 5, 7]]), output_hidden_states=True)  # installs transformers' recorders
+    assert not live_hooks(model)
+    with edit(model, "blocks.1.hook_resid_post", lambda x: x):
+        assert live_hooks(model) == ["model.layers.1"]
+    assert not live_hooks(model)

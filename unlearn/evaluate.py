@@ -33,12 +33,13 @@ from torch import nn
 
 from unlearn.checks import check_question_lengths, model_context
 from unlearn.errors import UnlearnError
-from unlearn.hooks import capture, forward_to
+from unlearn.hooks import capture, forward_to, live_hooks
 from unlearn.known import (  # noqa: F401  (PROMPT_VERSION, cloze_known, weight_fingerprint: re-exported)
     PROMPT_VERSION,
     answer_margin,
     cloze_known,
     known_mask,
+    unhooked_scores,
     weight_fingerprint,
 )
 from unlearn.models import LoadedModel
@@ -123,6 +124,8 @@ class EvalTask:
     known: np.ndarray | None = None
     """Boolean mask over `questions` (set by `prepare_eval` when `known_only`)."""
     split: str = "all"
+    unhooked: pd.DataFrame | None = None
+    """The unhooked model's per-question frame from the known-subset pass (cloze; `known.unhooked_scores`)."""
 
     @property
     def scored(self) -> list[QuestionLike]:
@@ -193,8 +196,13 @@ def block_from_frame(scores: list[TaskScore], frame: pd.DataFrame) -> EvalBlock:
 class EvalSuite:
     """Questions (and known subsets) prepared once; `run` scores any model state on them."""
 
-    def __init__(self, tokenizer, cfg: EvalConfig, tasks: list[EvalTask], chat_template: bool):
+    def __init__(
+        self, tokenizer, cfg: EvalConfig, tasks: list[EvalTask], chat_template: bool, weights: str | None = None
+    ):
         self.tokenizer, self.cfg, self.tasks, self.chat_template = tokenizer, cfg, tasks, chat_template
+        self.weights = weights
+        """Fingerprint of the model `prepare_eval` saw (unhooked); with each task's `unhooked` frame,
+        `run` on that same state reads the scores instead of recomputing them."""
 
     def run(
         self,
@@ -208,8 +216,12 @@ class EvalSuite:
         With `reuse`, the suite installs the hook itself and scores only the questions it touches."""
         model = model.model if isinstance(model, LoadedModel) else model
         cfg, protocol = self.cfg, protocol_name(self.cfg)
+        if reuse is None and on_task is None and self._is_prepared_state(model):
+            log.info("%s: the unhooked model's scores from the known-subset pass", desc or "eval")
+            frames = [self._finish(t, self._unhooked_frame(t)) for t in self.tasks]
+            return self._outcome(frames)
         total = sum(len(t.questions) for t in self.tasks) * self._per_question
-        scores, frames = [], []
+        frames = []
         columns = [
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -229,13 +241,37 @@ class EvalSuite:
                                             chat_template=self.chat_template, progress=advance)  # fmt: skip
                 else:
                     frame = self._reused(model, task, reuse, advance)
-                frame.insert(0, "role", task.role)
-                frame.insert(0, "task", task.name)
-                frame["known"] = task.known if task.known is not None else None
-                frames.append(frame)
-                scores.append(task_score(frame, task, protocol, self._subset))
+                frames.append(self._finish(task, frame))
+        return self._outcome(frames)
+
+    def _finish(self, task: EvalTask, frame: pd.DataFrame) -> pd.DataFrame:
+        frame.insert(0, "role", task.role)
+        frame.insert(0, "task", task.name)
+        frame["known"] = task.known if task.known is not None else None
+        return frame
+
+    def _outcome(self, frames: list[pd.DataFrame]) -> EvalOutcome:
+        scores = [
+            task_score(f, t, protocol_name(self.cfg), self._subset) for t, f in zip(self.tasks, frames, strict=True)
+        ]
         table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         return EvalOutcome(block=block_from_frame(scores, table), questions=table)
+
+    def _is_prepared_state(self, model: nn.Module) -> bool:
+        """The model is as `prepare_eval` saw it: same weights, no hook on any module."""
+        if self.weights is None or not self.tasks or any(t.unhooked is None for t in self.tasks):
+            return False
+        if live_hooks(model):
+            return False
+        return weight_fingerprint(model) == self.weights
+
+    def _unhooked_frame(self, task: EvalTask) -> pd.DataFrame:
+        """The known pass scored with the answer prior; without `mutual_info` a run has no prior columns."""
+        frame = task.unhooked.copy()
+        if not self.cfg.mutual_info:
+            prior = [c for c in frame.columns if c.startswith("prior_ll_")]
+            frame = frame.drop(columns=prior + ["pred_prior", "pred_mi", "correct_mi"])
+        return frame
 
     def _reused(self, model, task: EvalTask, reuse: Reuse, advance) -> pd.DataFrame:
         """`task`'s frame under the hook: its touched questions scored, the rest the unhooked model's."""
@@ -428,9 +464,9 @@ def prepare_eval(lm: LoadedModel, cfg: EvalConfig) -> EvalSuite:
                                limit=model_context(lm.model))  # fmt: skip
     if cfg.known_only:
         for task in tasks:
-            task.known = known_mask(lm, task, cfg, chat_template=chat)
+            task.known, task.unhooked = unhooked_scores(lm, task, cfg, chat_template=chat)
             log.info("%s: %d of %d questions known", task.name, int(task.known.sum()), len(task.known))
-    return EvalSuite(lm.tokenizer, cfg, tasks, chat)
+    return EvalSuite(lm.tokenizer, cfg, tasks, chat, weights=weight_fingerprint(lm.model))
 
 
 def _resolve_chat_template(lm: LoadedModel, wanted: bool | None) -> bool:

@@ -23,6 +23,21 @@ from unlearn.errors import UnlearnError
 _NAME_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
 
 
+def live_hooks(model: nn.Module) -> list[str]:
+    """Modules of `model` carrying a forward (pre-)hook that can change its computation: everything but
+    transformers' output-capturing hooks (`transformers.utils.output_capturing`), which stay installed
+    after the first `output_hidden_states=True` call and only record."""
+
+    def ours(hook) -> bool:
+        return not (getattr(hook, "__module__", None) or "").startswith("transformers.")
+
+    return [
+        name
+        for name, module in model.named_modules()
+        if any(ours(h) for h in (*module._forward_hooks.values(), *module._forward_pre_hooks.values()))
+    ]
+
+
 @cache
 def hook_kinds() -> dict[str, dict[str, str]]:
     return yaml.safe_load(resources.files("unlearn").joinpath("hook_points.yaml").read_text())

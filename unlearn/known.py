@@ -80,6 +80,16 @@ def _known_key(lm: LoadedModel, task: EvalTask, cfg: EvalConfig, chat_template: 
 
 def known_mask(lm: LoadedModel, task: EvalTask, cfg: EvalConfig, *, chat_template: bool) -> np.ndarray:
     """Which questions the (unhooked) model knows; read from the cache when computed before."""
+    return unhooked_scores(lm, task, cfg, chat_template=chat_template)[0]
+
+
+def unhooked_scores(
+    lm: LoadedModel, task: EvalTask, cfg: EvalConfig, *, chat_template: bool
+) -> tuple[np.ndarray, pd.DataFrame | None]:
+    """The known mask and, under cloze, the unhooked model's per-question frame of the same pass (with
+    the answer-prior columns), cached together. That frame *is* the unhooked model's evaluation — the
+    same `score_questions` call on the same questions and batches — so a baseline needs no second pass
+    (`EvalSuite.run`). Letter known subsets score 24 orders in one batch, so they keep no frame."""
     key = _known_key(lm, task, cfg, chat_template)
     path = (
         cache_dir()
@@ -88,8 +98,12 @@ def known_mask(lm: LoadedModel, task: EvalTask, cfg: EvalConfig, *, chat_templat
     )
     if path.exists():
         cached = read_json(path)
-        if cached.get("key") == key:
-            return np.asarray(cached["known"], dtype=bool)
+        if cached.get("key") == key and ("frame" in cached or cfg.protocol != "cloze"):
+            frame = None
+            if "frame" in cached:
+                frame = pd.DataFrame(cached["frame"]).astype(cached["dtypes"])
+            return np.asarray(cached["known"], dtype=bool), frame
+    frame = None
     if cfg.protocol == "letter":
         scorer = make_letter_scorer(lm.model, lm.tokenizer, batch_size=cfg.batch_size)
         correct = score_letter(
@@ -108,5 +122,9 @@ def known_mask(lm: LoadedModel, task: EvalTask, cfg: EvalConfig, *, chat_templat
             if cfg.protocol == "cloze"
             else frame["correct"].to_numpy(dtype=bool)
         )
-    write_json(path, {"key": key, "known": known.tolist()})
-    return known
+    entry = {"key": key, "known": known.tolist()}
+    if cfg.protocol == "cloze":  # JSON floats round-trip exactly, so a cached frame equals a fresh one
+        entry["frame"] = frame.to_dict(orient="list")
+        entry["dtypes"] = {col: str(dtype) for col, dtype in frame.dtypes.items()}
+    write_json(path, entry)
+    return known, (frame if cfg.protocol == "cloze" else None)
