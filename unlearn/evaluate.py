@@ -197,7 +197,12 @@ class EvalSuite:
     """Questions (and known subsets) prepared once; `run` scores any model state on them."""
 
     def __init__(
-        self, tokenizer, cfg: EvalConfig, tasks: list[EvalTask], chat_template: bool, weights: str | None = None
+        self,
+        tokenizer,
+        cfg: EvalConfig,
+        tasks: list[EvalTask],
+        chat_template: bool,
+        weights: str | None = None,
     ):
         self.tokenizer, self.cfg, self.tasks, self.chat_template = tokenizer, cfg, tasks, chat_template
         self.weights = weights
@@ -252,7 +257,8 @@ class EvalSuite:
 
     def _outcome(self, frames: list[pd.DataFrame]) -> EvalOutcome:
         scores = [
-            task_score(f, t, protocol_name(self.cfg), self._subset) for t, f in zip(self.tasks, frames, strict=True)
+            task_score(f, t, protocol_name(self.cfg), self._subset)
+            for t, f in zip(self.tasks, frames, strict=True)
         ]
         table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
         return EvalOutcome(block=block_from_frame(scores, table), questions=table)
