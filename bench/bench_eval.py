@@ -21,9 +21,9 @@ def child(args: argparse.Namespace) -> dict:
     import torch
 
     from unlearn.data import load_questions
-    from unlearn.lmeval import lmeval_predictions
+    from unlearn.eval.lmeval import lmeval_predictions
+    from unlearn.eval.scoring import make_letter_scorer, score_cloze, score_letter
     from unlearn.models import load_model
-    from unlearn.scoring import make_letter_scorer, score_cloze, score_letter
 
     torch.set_num_threads(args.threads) if args.threads else None
     lm = load_model(args.model, device=args.device)

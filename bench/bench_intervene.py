@@ -17,13 +17,13 @@ import time
 
 import torch
 
+from unlearn.clamp.feature_stats import FeatureStats, token_chunks
+from unlearn.clamp.intervene import EditStats, clamp, random_rotation
 from unlearn.data import iter_texts
-from unlearn.feature_stats import FeatureStats, token_chunks
 from unlearn.hooks import forward_to, hook_width
-from unlearn.intervene import EditStats, clamp, random_rotation
 from unlearn.models import load_model
 from unlearn.paths import resolve_data_path
-from unlearn.saes import SAE, load_sae
+from unlearn.sae.model import SAE, load_sae
 
 
 def get_sae(preset, d_model: int) -> tuple[SAE, str]:

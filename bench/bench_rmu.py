@@ -58,7 +58,7 @@ def run_mode(mode: str, args) -> dict:
     import torch
 
     from unlearn.models import load_model
-    from unlearn.rmu_train import RMUTrainer, rmu_mse, steering_vectors, text_batches, tokenize
+    from unlearn.rmu.train import RMUTrainer, rmu_mse, steering_vectors, text_batches, tokenize
 
     if args.threads:
         torch.set_num_threads(args.threads)

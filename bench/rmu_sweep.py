@@ -26,13 +26,20 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from unlearn.evaluate import eval_config_from_preset, prepare_eval
+from unlearn.eval.suite import eval_config_from_preset, prepare_eval
 from unlearn.hooks import text_config
 from unlearn.models import load_model, model_spec
 from unlearn.paths import results_dir
 from unlearn.presets import DEFAULT_PRESET, get_preset
 from unlearn.results import write_table
-from unlearn.rmu import RMUConfig, absolute_coeff, load_batches, resolve_config, train_rmu, training_summary
+from unlearn.rmu.run import (
+    RMUConfig,
+    absolute_coeff,
+    load_batches,
+    resolve_config,
+    train_rmu,
+    training_summary,
+)
 
 
 def floats(text: str) -> list[float]:

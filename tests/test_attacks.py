@@ -24,7 +24,7 @@ from unlearn.attacks.relearn import relearned, trainable_names
 from unlearn.attacks.state import clamp_target, swapped
 from unlearn.errors import UnlearnError
 from unlearn.hooks import capture, decoder_layers, forward_to
-from unlearn.saes import SAE
+from unlearn.sae.model import SAE
 
 HOOK = "blocks.1.hook_resid_post"
 TEXTS = [
@@ -216,7 +216,7 @@ def test_probe_decodes_separable_activations_and_not_shuffled_labels():
 
 
 def test_choice_activations_match_an_unbatched_forward(tiny, tokenizer):
-    from unlearn.prompts import cloze_context, cloze_continuation, encode_pair
+    from unlearn.eval.prompts import cloze_context, cloze_continuation, encode_pair
 
     model = tiny("gemma2").model
     qs = [Q("Which organ pumps blood?", ["heart", "liver", "a kidney cell", "lung"], 0),
@@ -269,7 +269,7 @@ def test_relearning_trains_and_evaluates_through_the_gate(tiny, tokenizer):
     and the edit changes the training loss; on exit no hook is left and later forwards reach no gate."""
     from contextlib import contextmanager
 
-    from unlearn.gates import FiringLog, Gate, gated
+    from unlearn.clamp.gates import FiringLog, Gate, gated
 
     model = tiny("gemma3").model
     sae = tiny_sae(64)
@@ -337,7 +337,7 @@ def test_few_shot_and_padding_rewrite_only_the_question_text(tokenizer):
     qs = [Q("Which organ pumps blood?", ["heart", "liver", "kidney", "lung"], 0)]
     shots = [Q("What holds DNA?", ["nucleus", "wall", "ATP", "lung"], 0), Q("Two?", ["a", "b", "c", "d"], 3)]
     out = few_shot(qs, shots)
-    from unlearn.prompts import cloze_context
+    from unlearn.eval.prompts import cloze_context
 
     assert cloze_context(out[0].question) == (
         "Question: What holds DNA?\nAnswer: nucleus\n\nQuestion: Two?\nAnswer: d\n\n"
@@ -366,7 +366,7 @@ def test_relearn_texts_qa_are_solved_dev_questions_disjoint_from_test():
 def test_gated_target_installs_the_gate_instead_of_the_plain_clamp(tiny):
     from contextlib import contextmanager
 
-    from unlearn.intervene import clamp
+    from unlearn.clamp.intervene import clamp
 
     model = tiny("gemma3").model
     sae = tiny_sae(64)

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from unlearn.report_attacks import attack_tables
+from unlearn.report.attacks import attack_tables
 from unlearn.results import open_run
 
 

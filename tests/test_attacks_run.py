@@ -12,7 +12,7 @@ from test_attacks import HOOK, assert_identical, n_hooks, snapshot, tiny_sae
 from unlearn.attacks.run import AttackConfig, run_attack
 from unlearn.attacks.state import clamp_target, weights_target
 from unlearn.errors import UnlearnError
-from unlearn.evaluate import EvalConfig, EvalSuite, EvalTask
+from unlearn.eval.suite import EvalConfig, EvalSuite, EvalTask
 from unlearn.hooks import forward_to
 from unlearn.results import is_complete, read_json
 
@@ -119,9 +119,9 @@ def test_intervene_point_target_rebuilds_the_points_own_hook(setup):
     """Static, gated and random-direction points of a real `intervene` run, and a typical-unit point:
     the target's logits equal those under intervene's / gates' own context managers, bit for bit."""
     from unlearn.attacks.state import target_from_spec
-    from unlearn.clamp_controls import random_rotation
-    from unlearn.gates import Gate, gated
-    from unlearn.intervene import InterveneConfig, clamp, run_intervene
+    from unlearn.clamp.controls import random_rotation
+    from unlearn.clamp.gates import Gate, gated
+    from unlearn.clamp.intervene import InterveneConfig, clamp, run_intervene
     from unlearn.results import write_json
 
     lm, _, _ = setup
@@ -201,7 +201,7 @@ def test_attack_accuracies_are_on_the_known_subset():
     import pandas as pd
 
     from unlearn.attacks.run import _role_values
-    from unlearn.evaluate import EvalOutcome
+    from unlearn.eval.suite import EvalOutcome
 
     frame = pd.DataFrame({"role": ["forget"] * 4 + ["retain"], "correct": [1, 0, 0, 1, 1],
                           "known": [True, True, False, False, True]})  # fmt: skip

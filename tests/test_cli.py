@@ -41,7 +41,7 @@ def test_user_error_is_one_message_not_a_traceback():
 def test_info_with_sae_reports_l0_and_rejects_width_mismatch(tiny_folder, tmp_path):
     import torch
 
-    from unlearn.saes import SAE
+    from unlearn.sae.model import SAE
 
     torch.manual_seed(0)
     sae = SAE(64, 128, "standard", hook_name="blocks.1.hook_resid_post")

@@ -11,7 +11,7 @@ import pytest
 import torch
 from conftest import TOKENIZER_TEXT, Q
 
-from unlearn.dilution import (
+from unlearn.clamp.dilution import (
     SEPARATOR,
     filler_tokens,
     firing_vs_prefix,
@@ -19,10 +19,10 @@ from unlearn.dilution import (
     prefixed_questions,
     summarise,
 )
+from unlearn.clamp.gates import Gate
 from unlearn.errors import UnlearnError
-from unlearn.gates import Gate
-from unlearn.prompts import cloze_context
-from unlearn.saes import SAE
+from unlearn.eval.prompts import cloze_context
+from unlearn.sae.model import SAE
 
 HOOK = "blocks.1.hook_resid_post"
 QUESTIONS = [

@@ -12,8 +12,8 @@ import torch
 
 from unlearn import hooks
 from unlearn.errors import UnlearnError
-from unlearn.eval_run import EvalRunConfig, run_eval
-from unlearn.evaluate import EvalConfig, eval_config_from_preset, known_mask, load_tasks, prepare_eval
+from unlearn.eval.run import EvalRunConfig, run_eval
+from unlearn.eval.suite import EvalConfig, eval_config_from_preset, known_mask, load_tasks, prepare_eval
 from unlearn.presets import get_preset
 from unlearn.results import EvalBlock, read_json
 
@@ -165,7 +165,7 @@ def test_weight_fingerprint_indexes_large_tensors_in_range():
     """A float32 linspace would round the last index of a 167,772,160-element tensor past its end."""
     from torch import nn
 
-    from unlearn.evaluate import weight_fingerprint
+    from unlearn.eval.suite import weight_fingerprint
 
     big = nn.Module()
     big.register_parameter("w", nn.Parameter(torch.zeros(262_144, 640), requires_grad=False))
@@ -180,7 +180,7 @@ def test_known_means_right_in_all_24_orders(tiny, qfiles, monkeypatch):
     import itertools
     import re
 
-    from unlearn import known
+    from unlearn.eval import known
 
     lm = tiny("gemma3")
     qs = load_tasks(EvalConfig(forget=[qfiles[0]]))[0].questions  # answers 0, 1, 2
@@ -223,7 +223,7 @@ def test_eval_command_with_lm_eval_mmlu_style_matches_a_direct_loglikelihood(
     from typer.testing import CliRunner
 
     from unlearn.cli import app
-    from unlearn.prompts import subject_phrase
+    from unlearn.eval.prompts import subject_phrase
     from unlearn.results import is_complete
 
     forget, _ = qfiles
@@ -265,7 +265,7 @@ def test_eval_command_with_lm_eval_mmlu_style_matches_a_direct_loglikelihood(
 
 def _direct_ll(model, tokenizer, context: str, choices) -> np.ndarray:
     """Summed log-probs of each choice after `context` from one unpacked full-model forward per choice."""
-    from unlearn.prompts import cloze_continuation, encode_pair
+    from unlearn.eval.prompts import cloze_continuation, encode_pair
 
     out = []
     for c in choices:
@@ -278,7 +278,7 @@ def _direct_ll(model, tokenizer, context: str, choices) -> np.ndarray:
 
 
 def test_cloze_known_rule_equals_direct_computation_of_its_three_conditions(tiny, qfiles):
-    from unlearn.prompts import cloze_context
+    from unlearn.eval.prompts import cloze_context
 
     lm = tiny("gemma3")
     forget, retain = qfiles
@@ -325,7 +325,7 @@ def test_cloze_known_rule_equals_direct_computation_of_its_three_conditions(tiny
 
 
 def test_cloze_known_excludes_each_failed_condition():
-    from unlearn.evaluate import answer_margin, cloze_known
+    from unlearn.eval.suite import answer_margin, cloze_known
 
     ll = np.array([[-1.0, -3.0, -4, -5], [-1.0, -1.2, -4, -5], [-1.0, -3.0, -4, -5], [-2.0, -1.0, -4, -5]])
     frame = pd.DataFrame({"answer": [0, 0, 0, 0], "pred": ll.argmax(1), "pred_prior": [1, 2, 0, 2]})
@@ -339,8 +339,8 @@ def test_cloze_known_excludes_each_failed_condition():
 
 def test_split_is_applied_to_every_source_and_recorded(tiny, qfiles):
     from unlearn.data import load_questions
-    from unlearn.evaluate import with_split
-    from unlearn.known import _known_key
+    from unlearn.eval.known import _known_key
+    from unlearn.eval.suite import with_split
 
     assert with_split("offline:bio", "test") == "offline:bio@test"
     assert with_split("offline:bio@dev", "test") == "offline:bio@dev"  # an explicit part wins
@@ -378,7 +378,7 @@ def test_old_results_json_without_new_fields_loads():
 def test_unhooked_run_reads_the_known_pass_exactly(tiny, qfiles, monkeypatch, mutual_info):
     """The baseline comes from the known-subset pass (cold and cached) and equals a fresh scoring;
     a hook or changed weights are always scored afresh."""
-    from unlearn import evaluate
+    from unlearn.eval import suite as evaluate
 
     lm = tiny("gemma3")
     forget, retain = qfiles

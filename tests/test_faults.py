@@ -38,7 +38,7 @@ from unlearn.results import (
     read_json,
     write_json,
 )
-from unlearn.saes import SAE
+from unlearn.sae.model import SAE
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -57,7 +57,13 @@ def no_model(monkeypatch):
     def boom(*a, **k):
         raise AssertionError("the model was loaded before the flags were checked")
 
-    for mod in ("unlearn.intervene", "unlearn.rmu", "unlearn.select", "unlearn.train_sae", "unlearn.models"):
+    for mod in (
+        "unlearn.clamp.intervene",
+        "unlearn.rmu.run",
+        "unlearn.clamp.select",
+        "unlearn.sae.train",
+        "unlearn.models",
+    ):
         monkeypatch.setattr(f"{mod}.load_model", boom)
 
 
@@ -75,7 +81,7 @@ def random_sae(d_in=64, d_sae=32, seed=0) -> SAE:
 
 
 def test_sae_with_nan_weights_is_refused_at_load_and_before_save(tmp_path):
-    from unlearn.saes import load_sae
+    from unlearn.sae.model import load_sae
 
     good = random_sae().save(tmp_path / "good")
     weights = load_file(good / "sae_weights.safetensors")
@@ -94,7 +100,7 @@ def test_sae_with_nan_weights_is_refused_at_load_and_before_save(tmp_path):
 
 def test_sae_save_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
     from unlearn import results
-    from unlearn.saes import load_sae
+    from unlearn.sae.model import load_sae
 
     folder = random_sae(seed=1).save(tmp_path / "sae")
     real = results._atomic_write
@@ -115,7 +121,7 @@ def test_sae_save_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
 
 
 def test_cfg_d_in_contradicting_the_weights_is_an_error(tmp_path):
-    from unlearn.saes import load_sae
+    from unlearn.sae.model import load_sae
 
     folder = random_sae().save(tmp_path / "sae")
     cfg = json.loads((folder / "cfg.json").read_text())
@@ -127,7 +133,7 @@ def test_cfg_d_in_contradicting_the_weights_is_an_error(tmp_path):
 
 def test_nan_scores_never_become_an_accuracy(tiny):
     from unlearn.data import Question
-    from unlearn.scoring import score_cloze, score_letter
+    from unlearn.eval.scoring import score_cloze, score_letter
 
     qs = [Question("What pumps blood?", ["heart", "lung", "skin", "bone"], 0, None, "t", 0)]
     lm = tiny("gemma3")
@@ -144,7 +150,7 @@ def test_nan_scores_never_become_an_accuracy(tiny):
 
 
 def test_nan_scale_is_refused_at_parse_time_and_before_the_model(no_model):
-    from unlearn.intervene import InterveneConfig, _split, run_intervene
+    from unlearn.clamp.intervene import InterveneConfig, _split, run_intervene
 
     with pytest.raises(UnlearnError, match="finite"):
         _split("-20,nan", float)
@@ -158,8 +164,8 @@ def test_nan_scale_is_refused_at_parse_time_and_before_the_model(no_model):
 
 
 def test_diverging_rmu_update_is_caught_after_the_step_and_never_saved(tiny, tmp_path):
-    from unlearn.rmu import save_rmu_weights
-    from unlearn.rmu_train import RMUTrainer, steering_vectors, tokenize
+    from unlearn.rmu.run import save_rmu_weights
+    from unlearn.rmu.train import RMUTrainer, steering_vectors, tokenize
 
     lm = tiny("gemma2")
     batch = tokenize(lm.tokenizer, ["the heart pumps blood", "cells divide"], 16, lm.model.device)
@@ -191,7 +197,7 @@ def test_diverging_rmu_update_is_caught_after_the_step_and_never_saved(tiny, tmp
 
 
 def test_diverging_train_sae_saves_nothing(tmp_path):
-    from unlearn.sae_training import SAETrainConfig, train_sae
+    from unlearn.sae.training import SAETrainConfig, train_sae
 
     torch.manual_seed(0)
     acts_ND = torch.randn(512, 16) * 10
@@ -287,7 +293,7 @@ def test_sigkill_leaves_a_running_marker_that_no_reader_trusts(results_root, tmp
     run = results_root / "rmu-baseline" / "k"
     assert (run / RUNNING_FILE).exists() and not is_complete(run)
     assert latest_run_dir("rmu-baseline") is None
-    from unlearn.rmu import completed_rmu_weights
+    from unlearn.rmu.run import completed_rmu_weights
 
     (run / "weights.safetensors").write_bytes(b"")
     with pytest.raises(UnlearnError, match="did not complete .*no completion record"):
@@ -320,7 +326,7 @@ def test_run_ids_are_plain_names(results_root, tmp_path, bad):
 
 
 def test_report_reads_only_completed_runs_and_refuses_impossible_accuracies(results_root):
-    from unlearn.report_collect import CorruptRun, collect, parse_block
+    from unlearn.report.collect import CorruptRun, collect, parse_block
 
     block = {"protocol": "cloze", "subset": "all", "scores": [
         {"task": "offline:bio", "role": "forget", "n": 10, "acc": 0.25},
@@ -360,17 +366,17 @@ def test_report_reads_only_completed_runs_and_refuses_impossible_accuracies(resu
     ],
 )
 def test_intervene_flags_fail_before_the_model_loads(no_model, changes, message):
-    from unlearn.intervene import InterveneConfig, run_intervene
+    from unlearn.clamp.intervene import InterveneConfig, run_intervene
 
     with pytest.raises(UnlearnError, match=message):
         run_intervene(InterveneConfig(**{"feature_ids": [1, 2], **changes}))
 
 
 def test_other_commands_check_counts_before_the_model(no_model, tmp_path):
-    from unlearn.eval_run import EvalRunConfig, run_eval
-    from unlearn.rmu import RMUConfig, run_rmu
-    from unlearn.select import SelectConfig, run_select
-    from unlearn.train_sae import TrainSAEConfig, run_train_sae
+    from unlearn.clamp.select import SelectConfig, run_select
+    from unlearn.eval.run import EvalRunConfig, run_eval
+    from unlearn.rmu.run import RMUConfig, run_rmu
+    from unlearn.sae.train import TrainSAEConfig, run_train_sae
 
     with pytest.raises(UnlearnError, match="--n-features must be ≥ 1, got 0"):
         run_select(SelectConfig(n_features=0))
@@ -391,7 +397,7 @@ def test_other_commands_check_counts_before_the_model(no_model, tmp_path):
 
 
 def test_unwritable_output_is_found_before_the_work(tmp_path):
-    from unlearn.report import ReportConfig, run_report
+    from unlearn.report.run import ReportConfig, run_report
 
     file = tmp_path / "f"
     file.write_text("")
@@ -409,7 +415,7 @@ def test_missing_local_model_path_is_named(tmp_path):
 
 
 def test_intervene_features_from_an_unfinished_selection_is_refused(results_root):
-    from unlearn.select import read_selection
+    from unlearn.clamp.select import read_selection
 
     sel = results_root / "select-features" / "s"
     write_json(sel / "config.json", {"command": "select-features"})
@@ -454,7 +460,7 @@ def test_question_files_empty_bom_duplicates_and_choices(tmp_path):
 
 
 def test_over_long_question_is_an_error_naming_file_and_row(tiny, tmp_path):
-    from unlearn.evaluate import EvalConfig, prepare_eval
+    from unlearn.eval.suite import EvalConfig, prepare_eval
 
     lm = tiny("gemma3")
     context = lm.model.config.max_position_embeddings

@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from unlearn.errors import UnlearnError
-from unlearn.gates import (
+from unlearn.clamp.gates import (
     Gate,
     _edited,
     calibrate_threshold,
@@ -23,7 +22,8 @@ from unlearn.gates import (
     gated,
     window_stat,
 )
-from unlearn.saes import SAE
+from unlearn.errors import UnlearnError
+from unlearn.sae.model import SAE
 
 HOOK = "blocks.1.hook_resid_post"
 FEATURES = (3, 9, 17, 21, 30)
@@ -254,7 +254,7 @@ def test_packed_cloze_scoring_sees_the_same_statistics_at_any_batch_size(tiny):
     per-sequence statistics and the gated scores do not depend on how questions are batched."""
     from conftest import Q
 
-    from unlearn.scoring import score_cloze
+    from unlearn.eval.scoring import score_cloze
 
     lm = tiny("gemma3")
     sae = firing_sae(lm).float()
@@ -283,7 +283,7 @@ def test_packed_cloze_scoring_sees_the_same_statistics_at_any_batch_size(tiny):
 
 def test_weighted_sum_evidence_is_the_dense_weighted_sum(tiny):
     """`sum` evidence with weights = Σ_k w_k · relu-encoded f_k on counted tokens (BOS 0), float64."""
-    from unlearn.gates import token_evidence
+    from unlearn.clamp.gates import token_evidence
 
     lm = tiny("gemma3")
     sae = firing_sae(lm)
@@ -305,7 +305,7 @@ def test_weighted_sum_evidence_is_the_dense_weighted_sum(tiny):
 
 
 def test_dry_run_records_what_the_live_gate_sees_and_edits_nothing(tiny):
-    from unlearn.gates import FiringLog
+    from unlearn.clamp.gates import FiringLog
 
     lm = tiny("gemma3")
     sae = firing_sae(lm).float()
@@ -333,9 +333,9 @@ def test_calibration_on_forwarded_cloze_sequences_meets_the_target_on_them(tiny)
 
     from conftest import Q
 
-    from unlearn.evaluate import EvalConfig
-    from unlearn.gate_points import forwarded_stats
-    from unlearn.gates import calibrated
+    from unlearn.clamp.gate_points import forwarded_stats
+    from unlearn.clamp.gates import calibrated
+    from unlearn.eval.suite import EvalConfig
 
     lm = tiny("gemma3")
     sae = firing_sae(lm, frac=0.4).float()
@@ -360,9 +360,9 @@ def test_forwarded_stats_equal_what_the_real_scorer_forwards(tiny, protocol, mut
 
     from conftest import Q
 
-    from unlearn.evaluate import EvalConfig, score_questions
-    from unlearn.gate_points import forwarded_stats
-    from unlearn.gates import FiringLog
+    from unlearn.clamp.gate_points import forwarded_stats
+    from unlearn.clamp.gates import FiringLog
+    from unlearn.eval.suite import EvalConfig, score_questions
 
     lm = tiny("gemma3")
     sae = firing_sae(lm, frac=0.3).float()

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 import torch
 
+from unlearn.clamp.intervene import MODES, EditStats, clamp, clamped, new_values, random_rotation
 from unlearn.errors import UnlearnError
 from unlearn.hooks import capture, forward_to
-from unlearn.intervene import MODES, EditStats, clamp, clamped, new_values, random_rotation
-from unlearn.saes import ARCHITECTURES, SAE
+from unlearn.sae.model import ARCHITECTURES, SAE
 
 HOOK = "blocks.1.hook_resid_post"
 
@@ -317,7 +317,7 @@ class FakeSuite:
             self.ref = lm.model(**self.inputs).logits
 
     def run(self, model, *, desc=None, on_task=None):
-        from unlearn.evaluate import EvalOutcome
+        from unlearn.eval.suite import EvalOutcome
         from unlearn.results import EvalBlock, TaskScore
 
         self.calls.append(desc)
@@ -328,7 +328,7 @@ class FakeSuite:
 
 
 def test_sweep_writes_points_and_resumes(tiny, tmp_path, monkeypatch):
-    from unlearn.intervene import InterveneConfig, run_intervene, summary_frame
+    from unlearn.clamp.intervene import InterveneConfig, run_intervene, summary_frame
     from unlearn.results import read_json
 
     monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path))
@@ -370,7 +370,7 @@ def test_sweep_writes_points_and_resumes(tiny, tmp_path, monkeypatch):
 
 
 def test_sweep_reads_a_selection_and_its_sae(tiny, tmp_path, monkeypatch):
-    from unlearn.intervene import InterveneConfig, run_intervene
+    from unlearn.clamp.intervene import InterveneConfig, run_intervene
     from unlearn.results import mark_complete, read_json, write_json
 
     monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path))
@@ -432,7 +432,7 @@ def test_intervene_command_with_the_real_evaluator(tiny_folder, tmp_path, monkey
     import typer
     from typer.testing import CliRunner
 
-    from unlearn.intervene import intervene_command
+    from unlearn.clamp.intervene import intervene_command
     from unlearn.results import read_json
 
     monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path))
@@ -463,7 +463,7 @@ def test_intervene_command_scores_the_known_subset_by_default(monkeypatch):
     import typer
     from typer.testing import CliRunner
 
-    import unlearn.intervene as iv
+    import unlearn.clamp.intervene as iv
 
     seen = []
 
@@ -480,15 +480,15 @@ def test_intervene_command_scores_the_known_subset_by_default(monkeypatch):
 
 
 def test_a_mistyped_preset_is_an_error_not_a_hub_lookup():
+    from unlearn.clamp.intervene import InterveneConfig, run_intervene
     from unlearn.errors import UnlearnError
-    from unlearn.intervene import InterveneConfig, run_intervene
 
     with pytest.raises(UnlearnError, match="Unknown preset 'gemma-3-207m'"):
         run_intervene(InterveneConfig(preset="gemma-3-207m", feature_ids=[1]))
 
 
 def test_resume_identifies_the_sae_by_its_weights_not_its_path(tiny, tmp_path, monkeypatch):
-    from unlearn.intervene import InterveneConfig, run_intervene
+    from unlearn.clamp.intervene import InterveneConfig, run_intervene
 
     monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path))
     lm = tiny("gemma3")
@@ -510,7 +510,7 @@ def test_gated_point_is_calibrated_on_retain_and_leaves_unfired_questions_bit_id
     """A window gate calibrated at FPR 0 on the retain questions fires on none of them, so their
     log-likelihoods equal the unhooked model's exactly, while forget questions full of the feature's
     token are edited; the static clamp edits both (the feature fires on one retain token too)."""
-    from unlearn.intervene import InterveneConfig, run_intervene
+    from unlearn.clamp.intervene import InterveneConfig, run_intervene
     from unlearn.results import read_json
 
     monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path / "results"))
@@ -565,9 +565,9 @@ def test_reuse_scores_only_touched_questions_and_equals_a_full_evaluation(tiny, 
     """`Reuse` (score the questions a hook touches, copy the rest from the unhooked frame) against the
     plain path (everything scored under the hook): the same predictions and log-likelihoods, for a static
     clamp, a gated clamp and a random-direction control; and the gate's firing log sees every question."""
-    from unlearn.evaluate import EvalConfig, Reuse, forwarded_sequences, prepare_eval, touched_questions
-    from unlearn.gates import FiringLog, Gate, gated
-    from unlearn.intervene import clamp
+    from unlearn.clamp.gates import FiringLog, Gate, gated
+    from unlearn.clamp.intervene import clamp
+    from unlearn.eval.suite import EvalConfig, Reuse, forwarded_sequences, prepare_eval, touched_questions
 
     lm = tiny("gemma3")
     rows = [{"question": f"Which organ {i} beats{' heart' * (i % 3)}?", "choices": ["liver", "lung", "eye", "ear"],

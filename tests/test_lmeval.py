@@ -8,8 +8,8 @@ import torch
 from conftest import Q
 
 from unlearn.errors import UnlearnError
-from unlearn.lmeval import include_dir, lm_eval_task_name, lmeval_predictions, run_tasks
-from unlearn.scoring import make_letter_scorer, score_cloze, score_letter
+from unlearn.eval.lmeval import include_dir, lm_eval_task_name, lmeval_predictions, run_tasks
+from unlearn.eval.scoring import make_letter_scorer, score_cloze, score_letter
 
 QUESTIONS = [
     Q(f"Question {i}: which organ or cell part {'pumps blood' if i % 2 else 'holds DNA'}?",

@@ -21,7 +21,7 @@ import pytest
 from rich.console import Console
 
 from unlearn.errors import UnlearnError
-from unlearn.report import ReportConfig, collect, collect_runs, pareto_mask, run_report, saebench_scores
+from unlearn.report.run import ReportConfig, collect, collect_runs, pareto_mask, run_report, saebench_scores
 from unlearn.results import EvalBlock, TaskScore, mark_complete, new_run_dir, write_bytes, write_json
 
 PRESET, MODEL = "gemma-2-2b-it", "google/gemma-2-2b-it"
@@ -170,7 +170,7 @@ def test_sections_never_mix_protocols_subsets_or_question_sets(tree: Path):
     assert sec["intervene/20260102-000000"].iloc[0] != sec["intervene/20260101-000000"].iloc[0]
     assert sec["eval/20260106-000000"] != sec["eval/20260104-000000"]
     assert sec["eval/20260104-000000"] == sec["intervene/20260101-000000"].iloc[0]
-    from unlearn.report_render import separation_reasons
+    from unlearn.report.render import separation_reasons
 
     reasons = " ".join(separation_reasons(df))
     assert "protocol (letter vs letter-perm24)" in reasons and "question sets" in reasons
@@ -300,7 +300,7 @@ def test_typer_command(tree: Path, tmp_path: Path):
     import typer
     from typer.testing import CliRunner
 
-    from unlearn.report import report_command
+    from unlearn.report.run import report_command
 
     app = typer.Typer()
     app.command("report")(report_command)
@@ -313,7 +313,7 @@ def test_typer_command(tree: Path, tmp_path: Path):
 
 
 def test_point_labels_name_only_the_settings_a_point_has():
-    from unlearn.report_render import params_text
+    from unlearn.report.render import params_text
 
     clamp = pd.Series(
         {
@@ -346,7 +346,7 @@ def _frame(forget_correct, retain_correct, known_f, known_r) -> pd.DataFrame:
 
 
 def _block(frame: pd.DataFrame, split: str) -> EvalBlock:
-    from unlearn.evaluate import EvalTask, block_from_frame, task_score
+    from unlearn.eval.suite import EvalTask, block_from_frame, task_score
 
     scores = [
         task_score(
@@ -458,8 +458,8 @@ def test_report_shows_intervals_splits_claims_and_auroc(tmp_path: Path):
 
 
 def test_gate_and_dilution_tables_read_completed_runs_only(tmp_path: Path):
-    from unlearn.gates import Gate
-    from unlearn.report_extras import dilution_table, extra_tables, gate_table
+    from unlearn.clamp.gates import Gate
+    from unlearn.report.extras import dilution_table, extra_tables, gate_table
 
     gate = Gate("window", 0.3125, features=(1, 2), target_fpr=0.05,
                 measured_fpr={"dev": 0.05, "retain_test": 0.04, "forget_test": 0.5})  # fmt: skip

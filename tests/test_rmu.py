@@ -22,7 +22,7 @@ from unlearn.errors import UnlearnError
 from unlearn.models import load_model
 from unlearn.presets import get_preset
 from unlearn.results import EvalBlock, read_json
-from unlearn.rmu import (
+from unlearn.rmu.run import (
     RMUConfig,
     absolute_coeff,
     load_rmu_weights,
@@ -30,7 +30,7 @@ from unlearn.rmu import (
     rmu_baseline_command,
     run_rmu,
 )
-from unlearn.rmu_train import (
+from unlearn.rmu.train import (
     RMUTrainer,
     convergence,
     forget_target_scale,

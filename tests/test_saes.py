@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from unlearn import sae_loaders
 from unlearn.errors import UnlearnError
-from unlearn.saes import SAE, check_compatible, load_sae
+from unlearn.sae import loaders as sae_loaders
+from unlearn.sae.model import SAE, check_compatible, load_sae
 
 D_IN, D_SAE, K = 12, 40, 5
 ARCHS = ["jumprelu", "standard", "topk"]

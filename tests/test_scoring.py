@@ -8,8 +8,8 @@ import pytest
 import torch
 from conftest import Q
 
-from unlearn.prompts import encode_pair, encode_prompt, letter_prompt
-from unlearn.scoring import (
+from unlearn.eval.prompts import encode_pair, encode_prompt, letter_prompt
+from unlearn.eval.scoring import (
     ALL_ORDERS,
     _segment_mask,
     _segment_positions,

@@ -12,12 +12,8 @@ import pytest
 import torch
 from test_intervene import HOOK, random_sae
 
-from unlearn.errors import UnlearnError
-from unlearn.evaluate import EvalOutcome, EvalTask, block_from_frame, task_score
-from unlearn.hooks import forward_to
-from unlearn.intervene import clamp
-from unlearn.results import mark_complete, read_json, write_json
-from unlearn.screen import (
+from unlearn.clamp.intervene import clamp
+from unlearn.clamp.screen import (
     ScreenConfig,
     Trial,
     allowed_errors,
@@ -26,6 +22,10 @@ from unlearn.screen import (
     run_screen,
     screening_order,
 )
+from unlearn.errors import UnlearnError
+from unlearn.eval.suite import EvalOutcome, EvalTask, block_from_frame, task_score
+from unlearn.hooks import forward_to
+from unlearn.results import mark_complete, read_json, write_json
 
 FORGET = [f"The heart {w}" for w in ("pumps blood.", "moves blood through the body.", "sends blood.",
                                     "drives the blood.", "has four chambers.", "beats.")]  # fmt: skip
@@ -206,8 +206,8 @@ def _selection(tmp_path, sae, feats, typical, controls, ctrl_typical, name="sel"
 
 
 def test_greedy_keeps_the_budget_on_dev_and_tests_the_set_beside_its_control(tiny, tmp_path, monkeypatch):
-    from unlearn.intervene import InterveneConfig, run_intervene
-    from unlearn.select import read_selection
+    from unlearn.clamp.intervene import InterveneConfig, run_intervene
+    from unlearn.clamp.select import read_selection
 
     monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path))
     lm = tiny("gemma3")
@@ -252,8 +252,8 @@ def test_greedy_keeps_the_budget_on_dev_and_tests_the_set_beside_its_control(tin
     assert test.calls[0] == "unhooked" and len(test.calls) == 4
 
     # the report: screening (dev) only when dev is shown, the greedy test table on test
-    from unlearn.report import ReportConfig, run_report
-    from unlearn.report_screen import collect_parts
+    from unlearn.report.run import ReportConfig, run_report
+    from unlearn.report.screen import collect_parts
 
     assert [p.title for p in collect_parts(tmp_path, "test")] == ["Greedy set: screen-features/g"]
     assert [p.title for p in collect_parts(tmp_path, "dev")] == ["Screening: screen-features/g"]
@@ -271,7 +271,7 @@ def test_screen_command_with_the_real_evaluator(tiny_folder, tmp_path, monkeypat
     import typer
     from typer.testing import CliRunner
 
-    from unlearn.screen import screen_features_command
+    from unlearn.clamp.screen import screen_features_command
 
     monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path))
     monkeypatch.setenv("UNLEARN_CACHE", str(tmp_path / "cache"))

@@ -9,12 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from unlearn.errors import UnlearnError
-from unlearn.feature_stats import FeatureStats, accumulate, token_chunks
-from unlearn.hooks import forward_to
-from unlearn.results import read_json
-from unlearn.saes import SAE
-from unlearn.select import (
+from unlearn.clamp.feature_stats import FeatureStats, accumulate, token_chunks
+from unlearn.clamp.select import (
     SelectConfig,
     _parse_sources,
     log_odds_F,
@@ -22,6 +18,10 @@ from unlearn.select import (
     run_select,
     select_features,
 )
+from unlearn.errors import UnlearnError
+from unlearn.hooks import forward_to
+from unlearn.results import read_json
+from unlearn.sae.model import SAE
 
 FORGET = [
     "The heart pumps blood. A cell of the heart has a nucleus, and the cell beats.",
@@ -184,7 +184,7 @@ def test_planted_feature_is_selected_first(tiny, tmp_path, monkeypatch):
 
 
 def test_match_controls_are_disjoint_nearest_in_frequency_and_seeded():
-    from unlearn.feature_checks import match_controls
+    from unlearn.clamp.feature_checks import match_controls
 
     rng = np.random.default_rng(2)
     freq = torch.tensor(rng.integers(0, 30, 200) / 1000, dtype=torch.float64)  # many exact ties
@@ -201,7 +201,7 @@ def test_match_controls_are_disjoint_nearest_in_frequency_and_seeded():
 
 
 def test_control_typical_activation_falls_back_to_all_text():
-    from unlearn.feature_checks import control_info
+    from unlearn.clamp.feature_checks import control_info
 
     forget = FeatureStats(10, torch.tensor([5.0, 0.0, 2.0, 0.0], dtype=torch.float64),
                           torch.tensor([10.0, 0.0, 1.0, 0.0], dtype=torch.float64))  # fmt: skip
@@ -239,7 +239,7 @@ def test_sources_given_as_a_list_are_read_in_order(tiny, tmp_path, monkeypatch):
 def test_detection_auroc_equals_a_brute_force_per_question_loop(tiny, tmp_path, monkeypatch):
     import json
 
-    from unlearn.feature_checks import selection_auroc
+    from unlearn.clamp.feature_checks import selection_auroc
 
     monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path / "results"))
     lm = tiny("gemma3")
@@ -294,7 +294,7 @@ def test_detection_auroc_equals_a_brute_force_per_question_loop(tiny, tmp_path, 
 
 
 def test_counters_from_an_earlier_run_rerank_without_counting_again(tiny, tmp_path, monkeypatch):
-    import unlearn.select as sel_mod
+    import unlearn.clamp.select as sel_mod
 
     monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path / "results"))
     lm = tiny("gemma3")
@@ -352,7 +352,7 @@ def test_select_features_command(tiny, tiny_folder, tmp_path, monkeypatch):
     import typer
     from typer.testing import CliRunner
 
-    from unlearn.select import select_features_command
+    from unlearn.clamp.select import select_features_command
 
     monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path / "results"))
     hook = "blocks.0.hook_resid_pre"
@@ -379,8 +379,8 @@ def test_resolve_sae_casts_a_float16_file_to_the_models_dtype(tiny, tmp_path):
     """A float16 SAE on a float32 CPU model would run every encode in slow, inexact float16."""
     import torch
 
-    from unlearn.saes import SAE
-    from unlearn.select import resolve_sae
+    from unlearn.clamp.select import resolve_sae
+    from unlearn.sae.model import SAE
 
     SAE(64, 32, hook_name="blocks.1.hook_resid_post", dtype=torch.float16).save(tmp_path / "sae16")
     lm = tiny("gemma2")
@@ -394,7 +394,7 @@ def test_measure_features_for_explicit_ids_agrees_with_a_selection_run(tiny, tmp
     numbers equal those a select-features run over the same text records."""
     from types import SimpleNamespace
 
-    from unlearn.feature_checks import measure_features
+    from unlearn.clamp.feature_checks import measure_features
 
     monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path / "results"))
     lm = tiny("gemma3")

@@ -12,11 +12,11 @@ import torch
 from test_intervene import HOOK, FakeSuite, random_sae
 from test_screen import FORGET, RETAIN, LogitSuite, planted_sae
 
+from unlearn.clamp.intervene import clamp, clamped
+from unlearn.clamp.topics import merge_selections, read_topics
 from unlearn.errors import UnlearnError
 from unlearn.hooks import edit_with_inputs
-from unlearn.intervene import clamp, clamped
 from unlearn.results import mark_complete, read_json, write_json
-from unlearn.topics import merge_selections, read_topics
 
 A, TYP_A = [1, 4, 7], [0.5, 1.0, 2.0]
 B, TYP_B = [2, 8], [3.0, 0.25]
@@ -43,7 +43,7 @@ def write_selection(root, name, sae_path, topics: dict[str, tuple[list[int], lis
 
 
 def test_two_topic_clamp_equals_the_sum_of_the_two_edits(tiny, tmp_path, monkeypatch):
-    from unlearn.intervene import InterveneConfig, run_intervene
+    from unlearn.clamp.intervene import InterveneConfig, run_intervene
 
     monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path))
     lm = tiny("gemma3")
@@ -102,7 +102,7 @@ def test_two_topic_clamp_equals_the_sum_of_the_two_edits(tiny, tmp_path, monkeyp
 
 
 def test_merge_keeps_an_overlapping_feature_once_and_refuses_other_saes(tmp_path, monkeypatch):
-    from unlearn.select import Selection
+    from unlearn.clamp.select import Selection
 
     def sel(topic, feats, sae="s"):
         return Selection(feats, sae, HOOK, topic, 0.01, "ratio", f"{topic}.json", typical=[float(f) for f in feats],
@@ -121,7 +121,7 @@ def test_merge_keeps_an_overlapping_feature_once_and_refuses_other_saes(tmp_path
 
 
 def test_cross_topic_table_shows_each_topic_forgetting_its_own_questions(tiny, tmp_path, monkeypatch):
-    from unlearn.topics import CrossTopicConfig, run_cross_topic
+    from unlearn.clamp.topics import CrossTopicConfig, run_cross_topic
 
     monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path))
     lm = tiny("gemma3")
@@ -153,8 +153,8 @@ def test_cross_topic_table_shows_each_topic_forgetting_its_own_questions(tiny, t
 
 
 def test_rmu_has_one_seeded_control_vector_per_corpus_and_uses_it_for_that_corpus(tiny, monkeypatch):
-    from unlearn.rmu import RMUConfig, train_rmu
-    from unlearn.rmu_train import DEFAULT_PARAM_PATTERN, RMUTrainer, rmu_mse, steering_vectors
+    from unlearn.rmu.run import RMUConfig, train_rmu
+    from unlearn.rmu.train import DEFAULT_PARAM_PATTERN, RMUTrainer, rmu_mse, steering_vectors
 
     base = tiny("gemma2")
     lm = type(base)(copy.deepcopy(base.model), base.tokenizer, base.preset, base.source)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from unlearn.activations import collect_activations, token_windows
 from unlearn.errors import UnlearnError
-from unlearn.sae_quality import evaluate_sae
-from unlearn.sae_training import JumpReLUFn, SAETrainConfig, StepFn, TrainableSAE, train_sae
-from unlearn.saes import SAE, load_sae
-from unlearn.train_sae import TrainSAEConfig, run_train_sae
+from unlearn.sae.activations import collect_activations, token_windows
+from unlearn.sae.model import SAE, load_sae
+from unlearn.sae.quality import evaluate_sae
+from unlearn.sae.train import TrainSAEConfig, run_train_sae
+from unlearn.sae.training import JumpReLUFn, SAETrainConfig, StepFn, TrainableSAE, train_sae
 
 
 @pytest.fixture(autouse=True)
@@ -330,7 +330,7 @@ def test_train_sae_command_runs_through_typer(tiny_folder, tmp_path, monkeypatch
     import typer
     from typer.testing import CliRunner
 
-    from unlearn.train_sae import train_sae_command
+    from unlearn.sae.train import train_sae_command
 
     monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path / "results"))
     data = tmp_path / "train.jsonl"

@@ -164,7 +164,13 @@ def check_question_lengths(
     before scoring (otherwise the forward tries to allocate an attention matrix of many GB)."""
     if not limit:
         return
-    from unlearn.prompts import cloze_context, cloze_continuation, encode_pair, encode_prompt, letter_prompt
+    from unlearn.eval.prompts import (
+        cloze_context,
+        cloze_continuation,
+        encode_pair,
+        encode_prompt,
+        letter_prompt,
+    )
 
     for q in questions:
         if protocol == "cloze":

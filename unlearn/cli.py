@@ -9,9 +9,14 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from unlearn import demo, eval_run, info, intervene, report, rmu, screen, select, topics, train_sae
+from unlearn import demo, info
 from unlearn.attacks import run as attack
+from unlearn.clamp import intervene, screen, select, topics
 from unlearn.errors import UnlearnError
+from unlearn.eval import run as eval_run
+from unlearn.report import run as report
+from unlearn.rmu import run as rmu
+from unlearn.sae import train as train_sae
 
 app = typer.Typer(
     help="SAE-based unlearning experiments: select features, clamp them, compare with RMU, report.",

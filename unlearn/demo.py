@@ -16,12 +16,12 @@ import typer
 from rich.console import Console
 from rich.rule import Rule
 
-from unlearn.intervene import InterveneConfig, run_intervene
+from unlearn.clamp.intervene import InterveneConfig, run_intervene
+from unlearn.clamp.select import SelectConfig, run_select
 from unlearn.models import load_model
 from unlearn.presets import DEFAULT_PRESET, get_preset
-from unlearn.report import ReportConfig, run_report
-from unlearn.rmu import RMUConfig, run_rmu
-from unlearn.select import SelectConfig, run_select
+from unlearn.report.run import ReportConfig, run_report
+from unlearn.rmu.run import RMUConfig, run_rmu
 
 
 @dataclass

@@ -50,7 +50,7 @@ def run_info(cfg: InfoConfig) -> dict[str, object]:
     hook = cfg.hook or (preset.hook_point if preset and not cfg.model else None)
     sae = None
     if sae_spec and sae_spec != "none":
-        from unlearn.saes import check_compatible, load_sae
+        from unlearn.sae.model import check_compatible, load_sae
 
         sae = load_sae(sae_spec, device=model.device, dtype=model.dtype)
         hook = hook or sae.hook_name
@@ -95,7 +95,7 @@ def list_saes_command(
     release: str = typer.Argument(None, help="Show the SAE ids of one release."),
 ) -> None:
     """Pretrained SAE releases (and their ids) that --sae accepts."""
-    from unlearn.sae_loaders import _ids, load_releases
+    from unlearn.sae.loaders import _ids, load_releases
 
     releases = load_releases()
     if release is None:

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from unlearn.data import Question, load_questions
+from unlearn.eval.scoring import score_cloze
 from unlearn.models import load_model
 from unlearn.paths import data_dir
-from unlearn.scoring import score_cloze
 
 
 @dataclass(frozen=True)

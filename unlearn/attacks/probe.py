@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from unlearn.eval.prompts import cloze_context, cloze_continuation, encode_pair
 from unlearn.hooks import forward_to
-from unlearn.prompts import cloze_context, cloze_continuation, encode_pair
 
 
 def choice_activations(

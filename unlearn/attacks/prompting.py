@@ -13,7 +13,7 @@ import dataclasses
 from collections.abc import Iterable, Sequence
 
 from unlearn.errors import UnlearnError
-from unlearn.evaluate import EvalSuite, EvalTask
+from unlearn.eval.suite import EvalSuite, EvalTask
 
 
 def _with_question(q, text: str):

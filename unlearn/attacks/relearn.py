@@ -66,7 +66,7 @@ def relearn_texts(source: str, k: int) -> list[str]:
     """The first `k` texts of a source; `qa:<question source>` gives solved questions in the cloze layout
     (`Question: …\nAnswer: <answer>`), the "accessible facts" of Deeb & Roger (arXiv 2410.08827)."""
     from unlearn.data import iter_texts, load_questions
-    from unlearn.prompts import cloze_context, cloze_continuation
+    from unlearn.eval.prompts import cloze_context, cloze_continuation
 
     if source.startswith("qa:"):
         qs = load_questions(source.removeprefix("qa:"), limit=k)

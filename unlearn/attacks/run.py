@@ -28,7 +28,7 @@ from rich.table import Table
 from unlearn.attacks.recovery import recovered_fraction
 from unlearn.attacks.state import Target
 from unlearn.errors import UnlearnError
-from unlearn.evaluate import EvalOutcome, EvalSuite
+from unlearn.eval.suite import EvalOutcome, EvalSuite
 from unlearn.models import LoadedModel
 from unlearn.stats import bootstrap_ci
 
@@ -186,7 +186,7 @@ def check_attacks(cfg: AttackConfig) -> None:
 def prepare_suite(cfg: AttackConfig, lm: LoadedModel) -> EvalSuite:
     """The test questions (the preset's forget/retain sets at `@test` unless given), known subsets from
     the untouched model."""
-    from unlearn.evaluate import eval_config_from_preset, prepare_eval
+    from unlearn.eval.suite import eval_config_from_preset, prepare_eval
 
     ev = lm.preset.eval if lm.preset else {}
     forget = cfg.forget_tasks or _test_split(list(ev.get("forget", [])))
@@ -212,7 +212,7 @@ def run_attack(
     The state is `unlearned` (a Target or a bare context-manager factory) or `cfg.target`
     (`state.target_from_spec`); `base` is the untouched model's outcome on `suite` when already known."""
     from unlearn.attacks import steps
-    from unlearn.evaluate import weight_fingerprint
+    from unlearn.eval.suite import weight_fingerprint
     from unlearn.models import load_model, model_spec
     from unlearn.results import open_run
 

@@ -76,7 +76,7 @@ def clamp_target(
 ) -> Target:
     """The paper's static clamp (arXiv 2410.19278) as a Target; `gate(model)`, when given, replaces the
     plain clamp by a gated one (its context manager must install the hook and the gate together)."""
-    from unlearn.intervene import clamp
+    from unlearn.clamp.intervene import clamp
 
     hook = hook or sae.hook_name
     feats = [int(f) for f in features]
@@ -124,7 +124,7 @@ def rmu_target(run: str | Path) -> Target:
     from safetensors.torch import load_file
 
     from unlearn.results import read_json
-    from unlearn.rmu import _weights_path
+    from unlearn.rmu.run import _weights_path
 
     path = _weights_path(run)
     config = path.parent / "config.json"
@@ -165,9 +165,9 @@ def intervene_target(path: str | Path, lm, sae: nn.Module | None = None) -> Targ
     loaded it unless `sae` is given (the same SAE already in memory). The hook itself is installed by
     `unlearn.intervene.clamp` or `unlearn.gates.gated`, so it is the scored hook, not a re-implementation.
     """
-    from unlearn.clamp_controls import random_rotation
-    from unlearn.gates import Gate, gated
-    from unlearn.intervene import check_mode, clamp
+    from unlearn.clamp.controls import random_rotation
+    from unlearn.clamp.gates import Gate, gated
+    from unlearn.clamp.intervene import check_mode, clamp
     from unlearn.results import is_complete, read_json
 
     run_dir, point_file = _point_files(path)
@@ -180,7 +180,7 @@ def intervene_target(path: str | Path, lm, sae: nn.Module | None = None) -> Targ
             "(--preset/--model) to attack its points."
         )
     if sae is None:
-        from unlearn.select import resolve_sae
+        from unlearn.clamp.select import resolve_sae
 
         sae, _, hook = resolve_sae(cfg.get("sae"), cfg.get("hook"), lm.preset, lm.model)
     hook = cfg.get("hook") or sae.hook_name
@@ -248,7 +248,7 @@ def target_from_spec(
     elif spec.startswith("rmu:"):
         target = rmu_target(spec.removeprefix("rmu:"))
     elif spec == "clamp":
-        from unlearn.select import read_selection, resolve_sae
+        from unlearn.clamp.select import read_selection, resolve_sae
 
         selection = read_selection(features, topic)
         hook = selection.hook

@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from unlearn.clamp.feature_checks import iter_sources
+from unlearn.clamp.gates import FiringLog, Gate, firing_rate, gate_scores
 from unlearn.errors import UnlearnError
-from unlearn.evaluate import score_questions
-from unlearn.feature_checks import iter_sources
-from unlearn.gates import FiringLog, Gate, firing_rate, gate_scores
+from unlearn.eval.suite import score_questions
 from unlearn.hooks import text_config
 from unlearn.results import read_json, write_json
 from unlearn.stats import bootstrap_ci
@@ -159,7 +159,7 @@ def accuracy_vs_prefix(
 
 
 class Diluter:
-    """The dilution check of a sweep (`unlearn.dilution`): the prefixed question sets and the unhooked
+    """The dilution check of a sweep (`unlearn.clamp.dilution`): the prefixed question sets and the unhooked
     model's accuracy on them are made once; each clamp point adds `dilution/<point>.json`."""
 
     def __init__(self, run_dir: Path, lm, suite, ns: list[int], n_questions: int, filler) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from unlearn.report_collect import BASELINE_METHODS
+from unlearn.report.collect import BASELINE_METHODS
 from unlearn.stats import paired_deltas
 
 

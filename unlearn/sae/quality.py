@@ -9,10 +9,10 @@ import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from torch import Tensor, nn
 
-from unlearn.activations import batch_windows, token_windows
 from unlearn.errors import UnlearnError
 from unlearn.hooks import edit, forward_to
-from unlearn.saes import SAE
+from unlearn.sae.activations import batch_windows, token_windows
+from unlearn.sae.model import SAE
 
 # --- evaluation on held-out text ---------------------------------------------------------------------------
 

@@ -19,10 +19,10 @@ from collections.abc import Sequence
 
 import torch
 
+from unlearn.clamp.gates import GATE_KINDS, FiringLog, Gate, calibrated, firing_rate, gated
 from unlearn.data import load_questions
 from unlearn.errors import UnlearnError
-from unlearn.evaluate import forward_batches, forwarded_sequences, score_questions, with_split
-from unlearn.gates import GATE_KINDS, FiringLog, Gate, calibrated, firing_rate, gated
+from unlearn.eval.suite import forward_batches, forwarded_sequences, score_questions, with_split
 from unlearn.hooks import forward_to
 
 log = logging.getLogger(__name__)

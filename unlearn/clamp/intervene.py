@@ -44,12 +44,18 @@ from torch import Tensor, nn
 
 from unlearn import checks
 from unlearn.checks import check_model_path, finite_float, finite_floats, positive_int, positive_ints
-from unlearn.clamp_controls import CONTROLS, EditStats, feature_info, random_rotation, with_controls
-from unlearn.dilution import Diluter
+from unlearn.clamp.controls import CONTROLS, EditStats, feature_info, random_rotation, with_controls
+from unlearn.clamp.dilution import Diluter
+from unlearn.clamp.gate_points import (
+    DEFAULT_FPR,
+    calibrate_gate,
+    check_gates,
+    gate_evidence,
+    with_scored_rates,
+)
+from unlearn.clamp.gates import FiringLog, Gate, gated
 from unlearn.errors import UnlearnError
-from unlearn.evaluate import EvalSuite, Reuse
-from unlearn.gate_points import DEFAULT_FPR, calibrate_gate, check_gates, gate_evidence, with_scored_rates
-from unlearn.gates import FiringLog, Gate, gated
+from unlearn.eval.suite import EvalSuite, Reuse
 from unlearn.hooks import edit_with_inputs, sae_site, text_config
 from unlearn.models import LoadedModel, load_model, model_spec
 from unlearn.presets import DEFAULT_PRESET
@@ -215,7 +221,7 @@ class InterveneConfig:
     gate_fpr: float = DEFAULT_FPR
     """Target false-positive rate of each gate on the dev retain questions (sets its threshold)."""
     dilution: list[int] = field(default_factory=list)
-    """Dilution check (`unlearn.dilution`): prefix lengths N in tokens (e.g. 0,100,400,1600) of retain
+    """Dilution check (`unlearn.clamp.dilution`): prefix lengths N in tokens (e.g. 0,100,400,1600) of retain
     text put before the known forget questions; each clamp point (not its controls) and the unhooked
     model are scored at every N. Empty: no check."""
     dilution_questions: int = 40
@@ -376,9 +382,9 @@ def run_intervene(
 ) -> Path:
     """Evaluate the unhooked model once, then every grid point with its clamp installed; each point's
     metrics are written as soon as it completes, and points already in the run folder are skipped."""
-    from unlearn.evaluate import weight_fingerprint
-    from unlearn.select import resolve_sae
-    from unlearn.topics import read_topics  # one selection, or several merged (dirA,dirB / bio,chem)
+    from unlearn.clamp.select import resolve_sae
+    from unlearn.clamp.topics import read_topics  # one selection, or several merged (dirA,dirB / bio,chem)
+    from unlearn.eval.suite import weight_fingerprint
 
     console = console or Console()
     check_intervene_flags(cfg)
@@ -413,7 +419,7 @@ def run_intervene(
     if unit not in CLAMP_UNITS:
         raise UnlearnError(f"--clamp-unit must be one of {', '.join(CLAMP_UNITS)}, got {unit!r}.")
     if suite is None:
-        from unlearn.evaluate import eval_config_from_preset, prepare_eval
+        from unlearn.eval.suite import eval_config_from_preset, prepare_eval
 
         overrides = {"protocol": cfg.protocol, "forget": cfg.forget_tasks, "retain": cfg.retain_tasks,
                      "known_only": cfg.known_only, "permutations": cfg.permutations, "limit": cfg.limit,

@@ -13,7 +13,7 @@ from rich.console import Console
 
 from unlearn.checks import check_model_path, positive_int
 from unlearn.errors import UnlearnError
-from unlearn.evaluate import Protocol, eval_config_from_preset, prepare_eval, protocol_name
+from unlearn.eval.suite import Protocol, eval_config_from_preset, prepare_eval, protocol_name
 from unlearn.presets import Preset
 from unlearn.results import EvalBlock, check_new_run, open_run, read_json
 
@@ -52,7 +52,7 @@ def check_eval_flags(cfg: EvalRunConfig) -> Path | None:
     if cfg.model and not cfg.preset:
         check_model_path(cfg.model)
     if cfg.rmu:
-        from unlearn.rmu import completed_rmu_weights
+        from unlearn.rmu.run import completed_rmu_weights
 
         return completed_rmu_weights(cfg.rmu)
     return None
@@ -92,7 +92,7 @@ def run_eval(cfg: EvalRunConfig) -> Path:
     eval_cfg = eval_config_from_preset(preset, **overrides)
     suite = prepare_eval(lm, eval_cfg)  # known subsets from the unmodified model
     if rmu_weights is not None:
-        from unlearn.rmu import load_rmu_weights
+        from unlearn.rmu.run import load_rmu_weights
 
         load_rmu_weights(lm.model, rmu_weights)
     identity = {

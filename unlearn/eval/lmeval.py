@@ -26,8 +26,8 @@ from torch import nn
 
 from unlearn.checks import require_finite
 from unlearn.errors import UnlearnError
+from unlearn.eval.prompts import QuestionLike, question_subject, subject_phrase
 from unlearn.paths import REPO_DIR, data_dir
-from unlearn.prompts import QuestionLike, question_subject, subject_phrase
 
 log = logging.getLogger(__name__)
 

@@ -33,8 +33,7 @@ from torch import nn
 
 from unlearn.checks import check_question_lengths, model_context
 from unlearn.errors import UnlearnError
-from unlearn.hooks import capture, forward_to, live_hooks
-from unlearn.known import (  # noqa: F401  (PROMPT_VERSION, cloze_known, weight_fingerprint: re-exported)
+from unlearn.eval.known import (  # noqa: F401  (PROMPT_VERSION, cloze_known, weight_fingerprint: re-exported)
     PROMPT_VERSION,
     answer_margin,
     cloze_known,
@@ -42,11 +41,12 @@ from unlearn.known import (  # noqa: F401  (PROMPT_VERSION, cloze_known, weight_
     unhooked_scores,
     weight_fingerprint,
 )
+from unlearn.eval.prompts import QuestionLike, answer_prior, encode_prompt, letter_prompt
+from unlearn.eval.scoring import ALL_ORDERS, Head, cloze_rows, make_letter_scorer, score_cloze, score_letter
+from unlearn.hooks import capture, forward_to, live_hooks
 from unlearn.models import LoadedModel
 from unlearn.presets import Preset
-from unlearn.prompts import QuestionLike, answer_prior, encode_prompt, letter_prompt
 from unlearn.results import EvalBlock, TaskScore
-from unlearn.scoring import ALL_ORDERS, Head, cloze_rows, make_letter_scorer, score_cloze, score_letter
 from unlearn.stats import bootstrap_ci, outcome_column, stratified_bootstrap_ci
 
 log = logging.getLogger(__name__)
@@ -374,7 +374,7 @@ def score_questions(
             frame["pred_mi"] = (out["ll"] - prior["ll"]).argmax(axis=1)
             frame["correct_mi"] = frame["pred_mi"].to_numpy() == answers
     elif cfg.protocol == "lm-eval":
-        from unlearn.lmeval import lmeval_predictions
+        from unlearn.eval.lmeval import lmeval_predictions
 
         out = lmeval_predictions(
             model, tokenizer, questions, style="mmlu", chat_template=chat_template, batch_size=cfg.batch_size

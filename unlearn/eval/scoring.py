@@ -24,8 +24,7 @@ from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
 from unlearn.checks import require_finite
-from unlearn.hooks import text_config
-from unlearn.prompts import (
+from unlearn.eval.prompts import (
     LETTERS,
     QuestionLike,
     cloze_context,
@@ -34,6 +33,7 @@ from unlearn.prompts import (
     encode_prompt,
     letter_prompt,
 )
+from unlearn.hooks import text_config
 
 ALL_ORDERS: list[tuple[int, ...]] = list(permutations(range(4)))
 """The 24 orderings of four choices; a question is *known* if answered right in all of them (reference §1)."""

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from unlearn.clamp.feature_stats import FeatureStats, accumulate, summed_acts, token_chunks
 from unlearn.data import iter_texts, split_part
 from unlearn.errors import UnlearnError
-from unlearn.feature_stats import FeatureStats, accumulate, summed_acts, token_chunks
 from unlearn.stats import auroc
 
 CONTROL_RULE = (

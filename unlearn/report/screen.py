@@ -48,7 +48,7 @@ def screen_plot(screen: dict, title: str) -> bytes:
     """Forget change vs retain change per screened feature (paired 95% intervals as error bars)."""
     from matplotlib.figure import Figure
 
-    from unlearn.plots import _png
+    from unlearn.report.plots import _png
 
     fig = Figure(figsize=(6, 4.5))
     ax = fig.add_subplot()
@@ -76,7 +76,7 @@ def screen_parts(run_dir: Path, split: str) -> list[Part]:
     name = f"screen-features/{run_dir.name}"
     screen = read_json(run_dir / "screen.json")
     if screen.get("split") in SHOWN[split]:
-        from unlearn.screen import screen_frame
+        from unlearn.clamp.screen import screen_frame
 
         frame = screen_frame(screen)
         rows = pd.DataFrame({
@@ -101,7 +101,7 @@ def screen_parts(run_dir: Path, split: str) -> list[Part]:
     if (run_dir / "test.json").exists():
         test = read_json(run_dir / "test.json")
         if test.get("split") in SHOWN[split]:
-            from unlearn.screen import test_frame
+            from unlearn.clamp.screen import test_frame
 
             greedy = read_json(run_dir / "greedy.json")
             t = test_frame(test)
@@ -159,7 +159,7 @@ def collect_parts(results: Path, split: str) -> list[Part]:
 
 def add_screen_sections(out: Path, results: Path, formats, split: str) -> None:
     """Append the screening, greedy and cross-topic sections to `report.md` / `report.html` in `out`."""
-    from unlearn.report_render import html_table, md_table
+    from unlearn.report.render import html_table, md_table
 
     parts = collect_parts(Path(results), split)
     if not parts:

@@ -1,7 +1,7 @@
 """Render the report's tables as rich (terminal), Markdown and self-contained HTML.
 
 Only formatting lives here; what goes into a table (sections, deltas, Pareto front, scores) is decided
-in `unlearn.report`. The HTML inlines its CSS and its PNGs as base64 data URIs and links nothing, so it
+in `unlearn.report.run`. The HTML inlines its CSS and its PNGs as base64 data URIs and links nothing, so it
 opens offline and can be mailed as one file.
 """
 
@@ -19,7 +19,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from unlearn.plots import short_task, task_columns
+from unlearn.report.plots import short_task, task_columns
 
 WHY_SECTIONS = (
     "Numbers are grouped by model, evaluation protocol, question subset and question set. Letter-choice, "
@@ -169,7 +169,7 @@ def separation_reasons(points: pd.DataFrame) -> list[str]:
 
 
 def load_published() -> dict[str, Any]:
-    return yaml.safe_load(resources.files("unlearn").joinpath("published.yaml").read_text())
+    return yaml.safe_load(resources.files("unlearn.report").joinpath("published.yaml").read_text())
 
 
 def published_table(group: str, model: str) -> tuple[pd.DataFrame, str]:

@@ -17,16 +17,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from unlearn.activations import collect_activations, mixed_texts
 from unlearn.checks import check_model_path, finite_float, positive_int, writable_dir
 from unlearn.errors import UnlearnError
 from unlearn.hooks import hook_width
 from unlearn.models import load_model
 from unlearn.presets import DEFAULT_PRESET
 from unlearn.results import check_new_run, open_run, read_json, write_json, write_table
-from unlearn.sae_quality import evaluate_sae
-from unlearn.sae_training import SAETrainConfig, check_train_config, train_sae
-from unlearn.saes import load_sae
+from unlearn.sae.activations import collect_activations, mixed_texts
+from unlearn.sae.model import load_sae
+from unlearn.sae.quality import evaluate_sae
+from unlearn.sae.training import SAETrainConfig, check_train_config, train_sae
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ default); Gemma Scope SAEs must have it False (reference §1) or every activatio
 Dtype contract: `encode`/`decode`/`forward` compute in the SAE's dtype and return that dtype; an input of
 another dtype is cast in. Callers that edit a bf16 model cast the result back themselves.
 
-Files and the pretrained registry live in `unlearn.sae_loaders`; `load_sae` here is its entry point.
+Files and the pretrained registry live in `unlearn.sae.loaders`; `load_sae` here is its entry point.
 """
 
 from __future__ import annotations
@@ -258,7 +258,9 @@ def load_sae(
     dtype: torch.dtype | None = None,
 ) -> SAE:
     """Load an SAE from a local path or the pretrained registry; see `unlearn.sae_loaders.load_sae`."""
-    from unlearn import sae_loaders  # loaders import this module; import lazily to avoid a cycle
+    from unlearn.sae import (
+        loaders as sae_loaders,  # loaders import this module; import lazily to avoid a cycle
+    )
 
     return sae_loaders.load_sae(spec, hook_name=hook_name, device=device, dtype=dtype)
 

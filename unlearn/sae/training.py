@@ -23,7 +23,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch import Tensor, nn
 
 from unlearn.errors import UnlearnError
-from unlearn.saes import SAE
+from unlearn.sae.model import SAE
 
 # --- straight-through estimators (2407.14435, eqs. 11-12) -------------------------------------------------
 

@@ -2,7 +2,7 @@
 
 Defaults come from the preset's `rmu` section (Farrell et al.'s best gemma-2-2b-it point: layer 3,
 c=400, α=100, 300 batches of 3, lr 5e-5, padding masked); every value can be overridden. The training
-step lives in `unlearn.rmu_train`. A run writes `results/rmu-baseline/<run-id>/`: `config.json`,
+step lives in `unlearn.rmu.train`. A run writes `results/rmu-baseline/<run-id>/`: `config.json`,
 `losses.csv` + `loss.png`, `weights.safetensors` (only the trained matrices), `training.json` (did the
 forget loss converge: `unlearn.rmu_train.convergence`), and `metrics.json` = `{"before": block, "after":
 block, "training": ...}` from the shared evaluator. `c` is absolute (`steering_coeff`, the papers' values)
@@ -44,7 +44,7 @@ from unlearn.results import (
     write_json,
     write_table,
 )
-from unlearn.rmu_train import (
+from unlearn.rmu.train import (
     DEFAULT_PARAM_PATTERN,
     RMUTrainer,
     StepLosses,
@@ -357,7 +357,7 @@ def loss_plot(losses) -> bytes:
 
 
 def _eval_suite(lm: LoadedModel, cfg: RMUConfig):
-    from unlearn.evaluate import eval_config_from_preset, prepare_eval
+    from unlearn.eval.suite import eval_config_from_preset, prepare_eval
 
     # Known subset by default, as `intervene` scores, so the report can set RMU beside the SAE points.
     overrides = {"known_only": True, "limit": cfg.eval_limit, **cfg.extra}

@@ -8,8 +8,8 @@ the same forget/retain question sets. Letter accuracy, cloze accuracy and known-
 on different scales (chance 0.25 vs. per-item, baseline 1.0 by construction on the known subset), so
 numbers from different sections are never compared in one column or plot.
 
-Reading is in `unlearn.report_collect`, figures in `unlearn.plots`, table formatting (rich, Markdown,
-HTML) in `unlearn.report_render`; this file holds the scores, the filters and `run_report`.
+Reading is in `unlearn.report.collect`, figures in `unlearn.report.plots`, table formatting (rich, Markdown,
+HTML) in `unlearn.report.render`; this file holds the scores, the filters and `run_report`.
 """
 
 from __future__ import annotations
@@ -26,9 +26,9 @@ from rich.console import Console
 from unlearn.checks import writable_dir
 from unlearn.errors import UnlearnError
 from unlearn.paths import results_dir
-from unlearn.report_collect import BASELINE_METHODS, METHODS, Collection, collect, collect_runs, pareto_mask
-from unlearn.report_extras import extra_tables
-from unlearn.report_screen import add_screen_sections
+from unlearn.report.collect import BASELINE_METHODS, METHODS, Collection, collect, collect_runs, pareto_mask
+from unlearn.report.extras import extra_tables
+from unlearn.report.screen import add_screen_sections
 from unlearn.results import new_run_dir, write_bytes, write_json, write_table
 
 __all__ = [
@@ -171,8 +171,8 @@ def parse_formats(text: str | tuple[str, ...]) -> tuple[str, ...]:
 
 def run_report(cfg: ReportConfig, console: Console | None = None) -> Path:
     """Build the report from the results tree and write it; returns the report folder."""
-    from unlearn import plots
-    from unlearn import report_render as rr
+    from unlearn.report import plots
+    from unlearn.report import render as rr
 
     console = console or Console()
     formats = parse_formats(cfg.formats)

@@ -1,10 +1,10 @@
 """Report tables beside the forget/retain sections: each gate's threshold and measured firing rates, the
 dilution check (forget accuracy as unrelated text is put before the question), and the attacks
-(`unlearn.report_attacks`).
+(`unlearn.report.attacks`).
 
 Read straight from completed intervene runs (`points/*.json` record their `gate`; `dilution/*.json` the
-check of `unlearn.dilution`); killed or failed runs are never read. Each table is returned as
-(title, intro, display frame) for `unlearn.report_render`.
+check of `unlearn.clamp.dilution`); killed or failed runs are never read. Each table is returned as
+(title, intro, display frame) for `unlearn.report.render`.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def non_empty(results_dir: Path, builders) -> list[Table]:
 
 
 def extra_tables(results_dir: Path) -> list[Table]:
-    from unlearn.report_attacks import attack_tables
+    from unlearn.report.attacks import attack_tables
 
     builders = [("Gates: thresholds and firing rates", GATE_INTRO, gate_table),
                 ("Dilution check", DILUTION_INTRO, dilution_table)]  # fmt: skip

@@ -32,7 +32,7 @@ from safetensors.torch import load_file
 from unlearn.checks import require_finite_tensors
 from unlearn.errors import UnlearnError
 from unlearn.paths import resolve_data_path
-from unlearn.saes import ARCHITECTURES, SAE, SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
+from unlearn.sae.model import ARCHITECTURES, SAE, SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 
 logger = logging.getLogger(__name__)
 
@@ -298,7 +298,7 @@ class RegistryEntry(NamedTuple):
 
 def load_releases() -> dict[str, dict]:
     """The shipped `sae_releases.yaml` (derived from SAELens' pretrained_saes.yaml)."""
-    return yaml.safe_load(resources.files("unlearn").joinpath("sae_releases.yaml").read_text())
+    return yaml.safe_load(resources.files("unlearn.sae").joinpath("releases.yaml").read_text())
 
 
 def _ids(rel: dict) -> list[str]:

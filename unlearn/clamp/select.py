@@ -26,10 +26,8 @@ from rich.table import Table
 from torch import Tensor, nn
 
 from unlearn.checks import check_model_path, finite_float, positive_int
-from unlearn.errors import UnlearnError
-from unlearn.evaluate import weight_fingerprint
-from unlearn.feature_checks import control_info, held_out_sources, iter_sources, selection_auroc
-from unlearn.feature_stats import (
+from unlearn.clamp.feature_checks import control_info, held_out_sources, iter_sources, selection_auroc
+from unlearn.clamp.feature_stats import (
     FeatureStats,
     accumulate,
     load_counters,
@@ -38,6 +36,8 @@ from unlearn.feature_stats import (
     token_chunks,
     top_contexts,
 )
+from unlearn.errors import UnlearnError
+from unlearn.eval.suite import weight_fingerprint
 from unlearn.hooks import hook_width
 from unlearn.models import LoadedModel, load_model, model_spec
 from unlearn.paths import resolve_data_path, results_dir
@@ -51,7 +51,7 @@ from unlearn.results import (
     write_json,
     write_table,
 )
-from unlearn.saes import SAE, check_compatible, load_sae
+from unlearn.sae.model import SAE, check_compatible, load_sae
 
 log = logging.getLogger(__name__)
 

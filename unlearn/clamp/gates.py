@@ -327,7 +327,7 @@ def firing_rate(scores: Sequence[float], threshold: float) -> float:
 
 
 def _token_ids(item, tokenizer) -> list[int]:
-    from unlearn.prompts import cloze_context, encode_prompt
+    from unlearn.eval.prompts import cloze_context, encode_prompt
 
     text = item if isinstance(item, str) else cloze_context(item.question)
     return encode_prompt(text, tokenizer)

@@ -18,7 +18,7 @@ unhooked value (or within a small number of errors). This module does both on th
   `--max-features` or when the candidates run out. The chosen set is saved as `features.json` in
   select-features' format (so `unlearn intervene --features <this run>` clamps it) and evaluated once on
   the **test** split beside the same number of frequency-matched random features (the selection's
-  controls, `unlearn.clamp_controls`) and beside the top-n rule of the same size.
+  controls, `unlearn.clamp.controls`) and beside the top-n rule of the same size.
 
 Retain errors are counted on the questions the unhooked model knows (all questions without a known
 subset): Σ max(before − after, 0) of the per-question outcome, i.e. the number of known answers lost (a
@@ -43,10 +43,10 @@ from rich.console import Console
 from rich.table import Table
 
 from unlearn.checks import check_model_path, finite_float, positive_int
-from unlearn.clamp_controls import EditStats, feature_info
+from unlearn.clamp.controls import EditStats, feature_info
+from unlearn.clamp.intervene import CLAMP_UNITS, check_mode, clamp
 from unlearn.errors import UnlearnError
-from unlearn.evaluate import EvalSuite, Reuse
-from unlearn.intervene import CLAMP_UNITS, check_mode, clamp
+from unlearn.eval.suite import EvalSuite, Reuse
 from unlearn.presets import DEFAULT_PRESET
 from unlearn.results import check_new_run, open_run, read_json, write_json, write_table
 from unlearn.stats import _truthy, outcome_column, paired_deltas
@@ -298,8 +298,8 @@ class Clamper:
 
 def _resolve(cfg: ScreenConfig, lm, sae):
     """Selection, ranked ids, SAE, its spec and hook point: as `intervene` resolves them."""
-    from unlearn.select import resolve_sae
-    from unlearn.topics import read_topics
+    from unlearn.clamp.select import resolve_sae
+    from unlearn.clamp.topics import read_topics
 
     selection = None if cfg.feature_ids else read_topics(cfg.features, cfg.topic)
     ranked = list(cfg.feature_ids) if cfg.feature_ids else selection.features
@@ -317,7 +317,7 @@ def _resolve(cfg: ScreenConfig, lm, sae):
 
 
 def _suite(lm, cfg: ScreenConfig, split: str):
-    from unlearn.evaluate import eval_config_from_preset, prepare_eval
+    from unlearn.eval.suite import eval_config_from_preset, prepare_eval
 
     ecfg = eval_config_from_preset(
         lm.preset, protocol=cfg.protocol, forget=cfg.forget_tasks, retain=cfg.retain_tasks,
@@ -333,7 +333,7 @@ def run_screen(cfg: ScreenConfig, *, lm=None, sae=None, suite=None, test_suite=N
     """Screen the top-K features alone on `cfg.split`; with `greedy`, accumulate them under the retain
     budget and evaluate the set on `cfg.test_split` beside its controls. Writes `results/screen-features/
     <run-id>/`: `screen.json` + `screen.csv`, and with greedy `greedy.json`, `features.json`, `test.json`."""
-    from unlearn.evaluate import weight_fingerprint
+    from unlearn.eval.suite import weight_fingerprint
     from unlearn.models import load_model, model_spec
 
     console = console or Console()

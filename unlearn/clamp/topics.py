@@ -28,9 +28,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from unlearn.clamp.select import Selection, read_selection
 from unlearn.errors import UnlearnError
 from unlearn.presets import DEFAULT_PRESET
-from unlearn.select import Selection, read_selection
 
 log = logging.getLogger(__name__)
 
@@ -241,11 +241,11 @@ def cross_frame(states: dict, base, topics_of: dict[str, str]) -> pd.DataFrame:
 def run_cross_topic(cfg: CrossTopicConfig, *, lm=None, sae=None, suite=None, console=None) -> Path:
     """Evaluate unhooked, each topic's top-n clamped alone, and all topics together, on every topic's
     question set; writes `results/cross-topic/<run-id>/` (`cross.json`, `cross.csv`)."""
-    from unlearn.evaluate import eval_config_from_preset, prepare_eval, weight_fingerprint
-    from unlearn.intervene import CLAMP_UNITS, clamp
+    from unlearn.clamp.intervene import CLAMP_UNITS, clamp
+    from unlearn.clamp.select import resolve_sae
+    from unlearn.eval.suite import eval_config_from_preset, prepare_eval, weight_fingerprint
     from unlearn.models import load_model, model_spec
     from unlearn.results import check_new_run, open_run, read_json, write_json, write_table
-    from unlearn.select import resolve_sae
 
     console = console or Console()
     check_new_run("cross-topic", cfg.run_id, overwrite=cfg.overwrite)

@@ -2,7 +2,7 @@
 
 The rules (letter: right in all 24 choice orders, Farrell et al. arXiv 2410.19278 / SAEBench
 `sae_bench/evals/unlearning/`; cloze: right, by `known_margin` nats, and not the answer prior) are in
-`unlearn.evaluate`'s docstring. The cache under `cache_dir()/known` is keyed by the model's source, a
+`unlearn.eval.suite`'s docstring. The cache under `cache_dir()/known` is keyed by the model's source, a
 fingerprint of its weights, the task, its questions, the split and the rule's settings, so a hooked or
 RMU-trained model can never reuse or pollute it.
 """
@@ -19,13 +19,13 @@ import pandas as pd
 import torch
 from torch import nn
 
+from unlearn.eval.scoring import ALL_ORDERS, make_letter_scorer, score_letter
 from unlearn.models import LoadedModel
 from unlearn.paths import cache_dir
 from unlearn.results import read_json, write_json
-from unlearn.scoring import ALL_ORDERS, make_letter_scorer, score_letter
 
 if TYPE_CHECKING:
-    from unlearn.evaluate import EvalConfig, EvalTask
+    from unlearn.eval.suite import EvalConfig, EvalTask
 
 PROMPT_VERSION = 2
 """Bump when prompt text or the known rule changes, so cached known subsets are recomputed
@@ -111,7 +111,7 @@ def unhooked_scores(
         )
         known = correct["correct"].all(axis=1)
     else:
-        from unlearn.evaluate import score_questions
+        from unlearn.eval.suite import score_questions
 
         with_prior = dataclasses.replace(cfg, mutual_info=True)  # the cloze rule needs the answer prior
         frame = score_questions(

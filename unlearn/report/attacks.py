@@ -141,7 +141,7 @@ def probe_frame(results_dir: Path) -> pd.DataFrame:
 def attack_tables(results_dir: Path) -> list[tuple[str, str, pd.DataFrame]]:
     """(title, intro, table) for the report: attacks per target (and probes when any ran); empty when
     no attack run completed."""
-    from unlearn.report_extras import non_empty
+    from unlearn.report.extras import non_empty
 
     return non_empty(results_dir, [("Attacks: is the knowledge gone, or only hidden?", ATTACK_INTRO, attack_frame),
                                    ("Linear probes: is the answer still decodable?", PROBE_INTRO, probe_frame)])  # fmt: skip

@@ -399,7 +399,7 @@ def collect(results_dir: Path) -> Collection:
             points[col] = None
     _assign_sections(points)
     _add_deltas(points, notes)
-    from unlearn.report_claims import add_paired_intervals
+    from unlearn.report.claims import add_paired_intervals
 
     add_paired_intervals(points, notes)
     points["pareto"] = False

@@ -89,7 +89,7 @@ def feature_info(selection, ranked: list[int], lm, sae, hook: str, preset, *, un
             f"{selection.source} has no typical activations / controls (made by an older version): rerun "
             "select-features, or pass --clamp-unit absolute --controls none."
         )
-    from unlearn.feature_checks import measure_features
+    from unlearn.clamp.feature_checks import measure_features
 
     if preset is None or not preset.select.get("forget_text"):
         raise UnlearnError(

@@ -1,0 +1,1 @@
+"""SAE feature edits: feature statistics, selection, the clamp hook, controls, gates, sweeps."""

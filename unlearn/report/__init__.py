@@ -1,0 +1,1 @@
+"""The report: collect runs from results/, render tables, plots and claims."""

@@ -1,0 +1,1 @@
+"""SAEs: the SAE module, on-disk formats, release registry, training, activations, quality."""
