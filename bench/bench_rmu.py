@@ -1,6 +1,6 @@
 """RMU step cost on the embedded Gemma 3 270M: our lean trainer vs the plain two-copies algorithm.
 
-Lean (`unlearn.rmu_train.RMUTrainer`): one model; forwards stop at `layers[L]`; the frozen activations
+Lean (`unlearn.rmu.train.RMUTrainer`): one model; forwards stop at `layers[L]`; the frozen activations
 come from the same truncated forward with the 3 original `down_proj` matrices swapped in.
 Naive (the WMDP reference code's structure): an updated model and a `copy.deepcopy` frozen model, full
 forwards (every layer and the 262k-token output layer) with `output_hidden_states`.

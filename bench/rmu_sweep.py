@@ -28,7 +28,7 @@ from rich.table import Table
 
 from unlearn.eval.suite import eval_config_from_preset, prepare_eval
 from unlearn.hooks import text_config
-from unlearn.models import load_model, model_spec
+from unlearn.models import load_model
 from unlearn.paths import results_dir
 from unlearn.presets import DEFAULT_PRESET, get_preset
 from unlearn.results import write_table
@@ -120,7 +120,7 @@ def main(argv=None) -> None:
         mask_bos=args.mask_bos or None,
         param_pattern=args.param_pattern,
     )
-    lm = load_model(model_spec(args.preset, None), device=None, dtype=None)
+    lm = load_model(args.preset)
     d_model = text_config(lm.model).hidden_size
     ev = eval_config_from_preset(preset, forget=[args.forget], retain=[args.retain], known_only=True,
                                  limit=args.eval_limit)  # fmt: skip

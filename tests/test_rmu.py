@@ -66,7 +66,7 @@ def one_thread():
 def fresh(tiny, family):
     """A private copy of the session's tiny model (the trainer changes weights in place)."""
     lm = tiny(family)
-    return copy.copy(lm).__class__(copy.deepcopy(lm.model), lm.tokenizer, lm.preset, lm.source)
+    return copy.copy(lm).__class__(copy.deepcopy(lm.model), lm.tokenizer, lm.setup)
 
 
 def batches(lm, texts, bs=3, max_length=24):
@@ -278,8 +278,9 @@ def corpora(tmp_path, monkeypatch):
 
 
 def tiny_cfg(tiny_folder, corpora, **kw):
+    """The embedded preset's RMU settings on a tiny model (`--preset gemma-3-270m --model DIR`)."""
     base = dict(
-        model=str(tiny_folder("gemma2")), layer=2, n_batches=4, batch_size=2, max_length=16,
+        preset="gemma-3-270m", model=str(tiny_folder("gemma2")), layer=2, n_batches=4, batch_size=2, max_length=16,
         forget_source=[str(corpora["forget"])], retain_source=[str(corpora["retain"])],
         eval_limit=3, device="cpu", dtype="float32", run_id="t",
     )  # fmt: skip
@@ -340,7 +341,7 @@ def test_nan_run_saves_nothing_as_good(tiny_folder, corpora):
 def test_command_parses_options(tiny_folder, corpora):
     app = typer.Typer()
     app.command()(rmu_baseline_command)
-    args = ["--model", str(tiny_folder("gemma2")), "--layer", "2", "--update-layers", "1,2", "--n-batches", "2",
+    args = ["--preset", "gemma-3-270m", "--model", str(tiny_folder("gemma2")), "--layer", "2", "--update-layers", "1,2", "--n-batches", "2",
             "--batch-size", "2", "--forget-source", str(corpora["forget"]), "--forget-source",
             str(corpora["forget"]), "--retain-source", str(corpora["retain"]), "--mask-padding", "--no-eval",
             "--device", "cpu", "--dtype", "float32", "--run-id", "cli"]  # fmt: skip

@@ -384,7 +384,7 @@ def test_resolve_sae_casts_a_float16_file_to_the_models_dtype(tiny, tmp_path):
 
     SAE(64, 32, hook_name="blocks.1.hook_resid_post", dtype=torch.float16).save(tmp_path / "sae16")
     lm = tiny("gemma2")
-    sae, _, hook = resolve_sae(str(tmp_path / "sae16"), None, None, lm.model)
+    sae, _, hook = resolve_sae(lm.setup, lm.model, str(tmp_path / "sae16"))
     assert sae.W_enc.dtype == torch.float32 == lm.model.dtype
     assert hook == "blocks.1.hook_resid_post"
 

@@ -157,7 +157,7 @@ def test_rmu_has_one_seeded_control_vector_per_corpus_and_uses_it_for_that_corpu
     from unlearn.rmu.train import DEFAULT_PARAM_PATTERN, RMUTrainer, rmu_mse, steering_vectors
 
     base = tiny("gemma2")
-    lm = type(base)(copy.deepcopy(base.model), base.tokenizer, base.preset, base.source)
+    lm = type(base)(copy.deepcopy(base.model), base.tokenizer, base.setup)
     bio = [["The heart pumps blood.", "Cells divide."], ["A virus infects cells."], ["Genes code proteins."]]
     chem = [["Acids give protons."], ["Salt dissolves in water.", "Bases take protons."], ["Metals conduct."]]
     retain = [["History of Rome."], ["The river flows."], ["Maps of the city."]]

@@ -19,15 +19,18 @@ from rich.rule import Rule
 from unlearn.clamp.intervene import InterveneConfig, run_intervene
 from unlearn.clamp.select import SelectConfig, run_select
 from unlearn.models import load_model
-from unlearn.presets import DEFAULT_PRESET, get_preset
 from unlearn.report.run import ReportConfig, run_report
 from unlearn.rmu.run import RMUConfig, run_rmu
+from unlearn.setup import setup_of
 
 
 @dataclass
 class DemoConfig:
-    preset: str = DEFAULT_PRESET
-    """Preset to run everything on."""
+    preset: str | None = None
+    """Preset to run everything on (default gemma-3-270m)."""
+    model: str | None = None
+    """Model instead of the preset's (`unlearn.setup`: with `preset`, its settings; alone, generic
+    defaults, so `--sae` and the rest must come from somewhere)."""
     scales: list[float] | None = None
     """Clamp values swept by `intervene` (default: the preset's `demo.scales`, chosen on dev; zero
     ablation always runs beside them)."""
@@ -50,33 +53,35 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
     on the test halves of the question sets; the preset's clamp values and RMU settings were chosen on
     the dev halves (README, "Tuning on dev")."""
     console = console or Console()
-    preset = get_preset(cfg.preset)
-    scales = cfg.scales or list(preset.demo.get("scales", [-20.0]))
-    n_features = cfg.n_features or list(preset.demo.get("n_features", [20]))
+    setup = setup_of(cfg)
+    demo = setup.demo
+    scales = cfg.scales or list(demo.get("scales", [-20.0]))
+    n_features = cfg.n_features or list(demo.get("n_features", [20]))
     limit = 40 if cfg.quick else None
     start = time.perf_counter()
-    lm = load_model(cfg.preset)
+    lm = load_model(setup)
+    same = {"preset": cfg.preset, "model": cfg.model}
 
     console.print(Rule("1/4  unlearn select-features --topic bio"))
-    select = SelectConfig(preset=cfg.preset, topics=["bio"], n_features=max(n_features),
+    select = SelectConfig(**same, topics=["bio"], n_features=max(n_features),
                           **({"max_tokens": 20_000} if cfg.quick else {}))  # fmt: skip
     select_dir = run_select(select, lm=lm)
     gates = ",".join(cfg.gates)
     console.print(Rule(f"2/4  unlearn intervene --modes zero,clamp --gate {gates} (with controls)"))
-    dilution = cfg.dilution or list(preset.demo.get("dilution", [0, 100, 400]))
-    sweep = InterveneConfig(preset=cfg.preset, features=str(select_dir), modes=["zero", "clamp"],
+    dilution = cfg.dilution or list(demo.get("dilution", [0, 100, 400]))
+    sweep = InterveneConfig(**same, features=str(select_dir), modes=["zero", "clamp"],
                             n_features=n_features, scales=scales, gates=cfg.gates, limit=limit,
                             dilution=[0, 20] if cfg.quick else dilution,
-                            dilution_questions=8 if cfg.quick else int(preset.demo.get("dilution_questions", 40)))  # fmt: skip
+                            dilution_questions=8 if cfg.quick else int(demo.get("dilution_questions", 40)))  # fmt: skip
     run_intervene(sweep, lm=lm, console=console)
     del lm  # RMU loads its own copy and changes its weights
     console.print(Rule("3/4  unlearn rmu-baseline"))
-    run_rmu(RMUConfig(preset=cfg.preset, eval_limit=limit, **({"n_batches": 10} if cfg.quick else {})))
+    run_rmu(RMUConfig(**same, eval_limit=limit, **({"n_batches": 10} if cfg.quick else {})))
     if cfg.attacks:
         console.print(Rule("unlearn attack (reduced set)"))
         _attack(cfg, scales, n_features, console)
     console.print(Rule("4/4  unlearn report"))
-    report_dir = run_report(ReportConfig(preset=cfg.preset), console=console)
+    report_dir = run_report(ReportConfig(preset=setup.name), console=console)
     console.print(
         f"[bold green]demo finished in {time.perf_counter() - start:.0f} s[/]; report: {report_dir}"
     )
@@ -92,12 +97,15 @@ def _attack(cfg: DemoConfig, scales: list[float], n_features: list[int], console
     pid = f"clamp_n{max(n_features)}_s{scales[0]:g}"
     targets = [f"intervene:{sweep}/{pid}", f"intervene:{sweep}/{pid}_gate-window", f"rmu:{rmu}"]
     run_attacks(
-        demo_config(preset=cfg.preset, **({"limit": 10} if cfg.quick else {})), targets, console=console
+        demo_config(preset=cfg.preset, model=cfg.model, **({"limit": 10} if cfg.quick else {})),
+        targets,
+        console=console,
     )
 
 
 def demo_command(
-    preset: str = typer.Option(DEFAULT_PRESET, help="Preset to run (default: the embedded Gemma 3 270M)."),
+    preset: str = typer.Option(None, help="Preset to run (default: the embedded Gemma 3 270M)."),
+    model: str = typer.Option(None, help="Model instead of the preset's (hub id, folder, .gguf)."),
     scales: str = typer.Option(
         "", help="Clamp values for intervene, comma-separated (default: the preset's)."
     ),
@@ -114,6 +122,7 @@ def demo_command(
     run_demo(
         DemoConfig(
             preset=preset,
+            model=model,
             scales=[float(s) for s in scales.split(",")] if scales.strip() else None,
             n_features=[int(n) for n in n_features.split(",")] if n_features.strip() else None,
             gates=[g.strip() for g in gates.split(",") if g.strip()],

@@ -11,7 +11,8 @@ from rich.table import Table
 
 from unlearn.errors import UnlearnError
 from unlearn.hooks import decoder_layers, forward_to, hook_width, text_config
-from unlearn.models import load_model, model_spec
+from unlearn.models import load_model
+from unlearn.setup import setup_of
 
 SAMPLE_TEXT = "The mitochondria produce ATP for the cell, while ribosomes build proteins from amino acids."
 
@@ -32,12 +33,13 @@ class InfoConfig:
 
 def run_info(cfg: InfoConfig) -> dict[str, object]:
     """Load the model (and SAE), run one sentence, and return the facts shown by `unlearn info`."""
-    lm = load_model(model_spec(cfg.preset, cfg.model), device=cfg.device, dtype=cfg.dtype)
-    preset = lm.preset if lm.preset else None
+    setup = setup_of(cfg)
+    lm = load_model(setup)
+    preset = setup.preset
     model = lm.model
     text_cfg = text_config(model)
     facts: dict[str, object] = {
-        "model": lm.source if not preset else f"{preset.name} ({preset.model})",
+        "model": f"{preset.name} ({setup.model.source})" if preset else setup.model.source,
         "class": type(model).__name__,
         "layers": len(decoder_layers(model)),
         "d_model": text_cfg.hidden_size,
@@ -46,14 +48,16 @@ def run_info(cfg: InfoConfig) -> dict[str, object]:
         "device": str(model.device),
         "chat template": "yes" if lm.tokenizer.chat_template else "no",
     }
-    sae_spec = cfg.sae if cfg.sae is not None else (preset.sae if preset and not cfg.model else None)
-    hook = cfg.hook or (preset.hook_point if preset and not cfg.model else None)
+    sae_spec = setup.sae_spec()
+    point = setup.hook_for()
+    hook = point.name if point else None
     sae = None
     if sae_spec and sae_spec != "none":
         from unlearn.sae.model import check_compatible, load_sae
 
         sae = load_sae(sae_spec, device=model.device, dtype=model.dtype)
-        hook = hook or sae.hook_name
+        point = setup.hook_for(sae.hook_name)
+        hook = point.name if point else None
     if hook:
         facts["hook point"] = hook
         facts["width at hook"] = hook_width(model, hook)

@@ -19,7 +19,8 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, P
 
 from unlearn.errors import UnlearnError
 from unlearn.paths import cache_dir
-from unlearn.presets import DEFAULT_PRESET, Preset, get_preset, preset_names
+from unlearn.presets import DEFAULT_PRESET, Preset, preset_names
+from unlearn.setup import Setup, resolve_setup
 
 log = logging.getLogger(__name__)
 
@@ -33,13 +34,22 @@ EMBEDDED = {
 class LoadedModel:
     model: PreTrainedModel
     tokenizer: PreTrainedTokenizerBase
-    preset: Preset | None
-    source: str
-    """What was asked for: a preset name, hub id, folder or GGUF path."""
+    setup: Setup
+    """The resolved setup it was loaded for (`unlearn.setup`)."""
+
+    @property
+    def preset(self) -> Preset | None:
+        """The preset whose settings apply (None: generic defaults)."""
+        return self.setup.preset
+
+    @property
+    def source(self) -> str:
+        """What was asked for: a preset name, hub id, folder or GGUF path."""
+        return self.setup.name
 
     @property
     def name(self) -> str:
-        return self.preset.name if self.preset else self.source
+        return self.setup.name
 
 
 def default_device() -> torch.device:
@@ -53,44 +63,46 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
     if dtype in (None, "auto"):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     try:
-        return {
-            "float32": torch.float32,
-            "fp32": torch.float32,
-            "bfloat16": torch.bfloat16,
-            "bf16": torch.bfloat16,
-            "float16": torch.float16,
-            "fp16": torch.float16,
-        }[dtype]
+        return DTYPES[dtype]
     except KeyError:
         raise UnlearnError(f"Unknown dtype {dtype!r}; use float32, bfloat16 or float16.") from None
 
 
-def model_spec(preset: str | None, model: str | None) -> str:
-    """What a command's `--preset`/`--model` pair asks to load: `--model` wins; `--preset` must name a
-    preset (a typo is an error, not a hub lookup); neither means the embedded default."""
-    if preset is not None:
-        get_preset(preset)
-    return model or preset or DEFAULT_PRESET
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+"""dtype names the flags accept."""
 
 
 def load_model(
-    spec: str | None = None,
+    spec: str | Setup | None = None,
     *,
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
 ) -> LoadedModel:
-    """Load `spec`: a preset name (default `gemma-3-270m`), `embedded:<name>`, a `.gguf` file, a local
-    folder or a hub id. The preset's dtype is used unless `dtype` is given; CPU runs use float32 when the
-    preset asks for bf16, since bf16 is much slower on CPUs."""
-    spec = spec or DEFAULT_PRESET
+    """Load a resolved `Setup`'s model; a string is shorthand for a preset name (default `gemma-3-270m`)
+    or a model alone (`embedded:<name>`, a `.gguf` file, a local folder or a hub id), resolved by
+    `resolve_setup`. The preset's dtype is used unless `dtype` (or the setup's `--dtype`) is given; CPU
+    runs use float32 when the preset asks for bf16, since bf16 is much slower on CPUs."""
+    if isinstance(spec, Setup):
+        setup = spec
+    elif spec is None or spec in preset_names():
+        setup = resolve_setup(preset=spec or DEFAULT_PRESET)
+    else:
+        setup = resolve_setup(model=spec)
+    dtype = dtype if dtype is not None else setup.dtype
+    device = device if device is not None else setup.device
     device = torch.device(device) if device is not None else default_device()
-    preset = get_preset(spec) if spec in preset_names() else None
-    source = preset.model if preset else spec
-    wanted = dtype if dtype is not None else (preset.dtype if preset else "auto")
+    wanted = dtype if dtype is not None else setup.model.dtype
     if dtype is None and device.type == "cpu" and wanted in ("bfloat16", "bf16"):
         wanted = "float32"
     torch_dtype = resolve_dtype(wanted, device)
-    attn = preset.attn_implementation if preset else "eager"
+    source = setup.model.source
 
     if source.startswith("embedded:"):
         folder, gguf_file = _embedded_folder(source.removeprefix("embedded:")), None
@@ -102,10 +114,12 @@ def load_model(
     else:
         folder, gguf_file = source, None
 
-    model, tokenizer = _from_pretrained(folder, gguf_file=gguf_file, dtype=torch_dtype, attn=attn)
+    model, tokenizer = _from_pretrained(
+        folder, gguf_file=gguf_file, dtype=torch_dtype, attn=setup.model.attn_implementation
+    )
     model.to(device).eval()
     model.requires_grad_(False)
-    return LoadedModel(model=model, tokenizer=tokenizer, preset=preset, source=spec)
+    return LoadedModel(model=model, tokenizer=tokenizer, setup=setup)
 
 
 def _from_pretrained(folder, *, gguf_file, dtype, attn):

@@ -26,7 +26,7 @@ from unlearn.paths import data_dir
 
 @dataclass(frozen=True)
 class Bare:
-    """A question with its text removed (satisfies `unlearn.prompts.QuestionLike`)."""
+    """A question with its text removed (satisfies `unlearn.eval.prompts.QuestionLike`)."""
 
     question: str
     choices: list[str]

@@ -30,6 +30,7 @@ from unlearn.attacks.state import Target
 from unlearn.errors import UnlearnError
 from unlearn.eval.suite import EvalOutcome, EvalSuite
 from unlearn.models import LoadedModel
+from unlearn.setup import setup_of
 from unlearn.stats import bootstrap_ci
 
 log = logging.getLogger(__name__)
@@ -213,12 +214,13 @@ def run_attack(
     (`state.target_from_spec`); `base` is the untouched model's outcome on `suite` when already known."""
     from unlearn.attacks import steps
     from unlearn.eval.suite import weight_fingerprint
-    from unlearn.models import load_model, model_spec
+    from unlearn.models import load_model
     from unlearn.results import open_run
 
     console = console or Console()
+    setup = setup_of(cfg)
     check_attacks(cfg)
-    lm = lm or load_model(model_spec(cfg.preset, cfg.model), device=cfg.device, dtype=cfg.dtype)
+    lm = lm or load_model(setup)
     suite = suite or prepare_suite(cfg, lm)
     target = unlearned if isinstance(unlearned, Target) else steps.build_target(cfg, lm, unlearned)
     fingerprint = weight_fingerprint(lm.model)
@@ -265,10 +267,11 @@ def run_attacks(
 ) -> list[Path]:
     """`run_attack` for each target (`--target` strings or Targets) on one loaded model: the suite is
     prepared and the base model evaluated once. One run folder per target (`<run_id>-<i>` when named)."""
-    from unlearn.models import load_model, model_spec
+    from unlearn.models import load_model
 
+    setup = setup_of(cfg)
     check_attacks(cfg)
-    lm = lm or load_model(model_spec(cfg.preset, cfg.model), device=cfg.device, dtype=cfg.dtype)
+    lm = lm or load_model(setup)
     suite = suite or prepare_suite(cfg, lm)
     with torch.inference_mode():
         base = suite.run(lm.model, desc="base")

@@ -10,7 +10,7 @@ point and, for SAE edits, the decoder rows whose span the edit moves activations
 - `intervene:<intervene run folder>/<point id>` rebuilds exactly the hook an `unlearn intervene` point
   was scored with (static clamp with its features, mode and per-feature clamp values, or the gated clamp
   from the point's recorded gate; a random-direction control with its seeded rotation), through
-  `unlearn.intervene.clamp` / `unlearn.gates.gated` themselves;
+  `unlearn.clamp.intervene.clamp` / `unlearn.clamp.gates.gated` themselves;
 - `rmu:<run>` swaps in an `unlearn rmu-baseline` run's trained matrices;
 - `clamp` clamps the top features of a select-features run.
 """
@@ -163,7 +163,7 @@ def intervene_target(path: str | Path, lm, sae: nn.Module | None = None) -> Targ
     The run's `config.json` names the SAE and hook point; the point's JSON its features, mode, clamp
     values (`clamp_unit` typical: one per feature), gate and control. The SAE is loaded as intervene
     loaded it unless `sae` is given (the same SAE already in memory). The hook itself is installed by
-    `unlearn.intervene.clamp` or `unlearn.gates.gated`, so it is the scored hook, not a re-implementation.
+    `unlearn.clamp.intervene.clamp` or `unlearn.clamp.gates.gated`, so it is the scored hook, not a re-implementation.
     """
     from unlearn.clamp.controls import random_rotation
     from unlearn.clamp.gates import Gate, gated
@@ -182,7 +182,7 @@ def intervene_target(path: str | Path, lm, sae: nn.Module | None = None) -> Targ
     if sae is None:
         from unlearn.clamp.select import resolve_sae
 
-        sae, _, hook = resolve_sae(cfg.get("sae"), cfg.get("hook"), lm.preset, lm.model)
+        sae, _, hook = resolve_sae(lm.setup, lm.model, cfg.get("sae"), cfg.get("hook"))
     hook = cfg.get("hook") or sae.hook_name
     mode = check_mode(point["mode"])
     feats = [int(f) for f in point["features"]]
@@ -253,7 +253,7 @@ def target_from_spec(
         selection = read_selection(features, topic)
         hook = selection.hook
         if sae is None:
-            sae, _, hook = resolve_sae(selection.sae, selection.hook, lm.preset, lm.model)
+            sae, _, hook = resolve_sae(lm.setup, lm.model, selection.sae, selection.hook)
         target = clamp_target(sae, selection.features[:n_features], mode, scale, hook=hook or sae.hook_name)
     else:
         raise UnlearnError(

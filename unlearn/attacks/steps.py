@@ -16,7 +16,7 @@ from unlearn.attacks.relearn import relearn_texts, relearned, trainable_names
 from unlearn.attacks.state import Target, target_from_spec
 from unlearn.data import iter_texts, load_questions
 from unlearn.errors import UnlearnError
-from unlearn.hooks import decoder_layers
+from unlearn.hooks import decoder_layers, parse_hook_name
 
 if TYPE_CHECKING:
     from unlearn.attacks.run import AttackConfig, _Runner
@@ -43,7 +43,7 @@ def _prompt_tokens(tokenizer, text: str) -> int:
 
 
 def _layer(target: Target) -> int:
-    return int(target.hook.split(".")[1])
+    return parse_hook_name(target.hook).layer
 
 
 def hook_removal(r: _Runner) -> None:

@@ -56,9 +56,8 @@ from unlearn.clamp.gate_points import (
 from unlearn.clamp.gates import FiringLog, Gate, gated
 from unlearn.errors import UnlearnError
 from unlearn.eval.suite import EvalSuite, Reuse
-from unlearn.hooks import edit_with_inputs, sae_site, text_config
-from unlearn.models import LoadedModel, load_model, model_spec
-from unlearn.presets import DEFAULT_PRESET
+from unlearn.hooks import edit_with_inputs, parse_hook_name, sae_site, text_config
+from unlearn.models import LoadedModel, load_model
 from unlearn.results import (
     EvalBlock,
     check_new_run,
@@ -69,6 +68,7 @@ from unlearn.results import (
     write_json,
     write_table,
 )
+from unlearn.setup import setup_of
 
 log = logging.getLogger(__name__)
 
@@ -187,13 +187,14 @@ def clamp(
 
 @dataclass
 class InterveneConfig:
-    preset: str = DEFAULT_PRESET
-    """Preset whose model, SAE and evaluation tasks are used."""
+    preset: str | None = None
+    """Preset whose model, SAE and evaluation tasks are used (`unlearn.setup`: default gemma-3-270m
+    unless `model` is given alone)."""
     model: str | None = None
     """Model instead of the preset's: hub id, local folder or .gguf file."""
     features: str | None = None
     """select-features run folder or its features.json (default: the latest run); `dirA,dirB` merges the
-    selections (`unlearn.topics.read_topics`: round-robin, so the top n holds each topic's best)."""
+    selections (`unlearn.clamp.topics.read_topics`: round-robin, so the top n holds each topic's best)."""
     topic: str | None = None
     """Topic of the selection to clamp (default: its first); `bio,chem` clamps several topics at once."""
     feature_ids: list[int] | None = None
@@ -387,18 +388,20 @@ def run_intervene(
     from unlearn.eval.suite import weight_fingerprint
 
     console = console or Console()
+    setup = setup_of(cfg)
     check_intervene_flags(cfg)
     selection = None if cfg.feature_ids else read_topics(cfg.features, cfg.topic)  # before the model
-    lm = lm or load_model(model_spec(cfg.preset, cfg.model), device=cfg.device, dtype=cfg.dtype)
-    preset = lm.preset  # None when --model names a non-preset model
+    lm = lm or load_model(setup)
+    setup = setup.on(lm)
+    preset = setup.preset  # None: generic defaults (--model alone)
     ranked = list(cfg.feature_ids) if cfg.feature_ids else selection.features
     if not ranked:
         raise UnlearnError("The selection is empty (no feature passed the retain threshold); "
                            "rerun select-features with a higher --retain-threshold or pass --feature-ids.")  # fmt: skip
     if sae is None:
-        spec = cfg.sae or (selection.sae if selection else None)
-        hook = cfg.hook or (selection.hook if selection and not cfg.sae else None)
-        sae, sae_spec, hook = resolve_sae(spec, hook, preset, lm.model)
+        spec = selection.sae if selection else None
+        hook = selection.hook if selection and not cfg.sae else None
+        sae, sae_spec, hook = resolve_sae(setup, lm.model, spec, hook)
     else:
         sae_spec, hook = cfg.sae or "<in-memory>", cfg.hook or sae.hook_name
     d_sae = getattr(sae, "d_sae", None)
@@ -415,7 +418,7 @@ def run_intervene(
     points = with_gates(
         grid(cfg.modes, sorted({min(n, len(ranked)) for n in sizes}), cfg.scales), cfg.gates, cfg.controls
     )
-    unit = cfg.clamp_unit or (getattr(preset, "clamp_unit", None) if preset else None) or "absolute"
+    unit = cfg.clamp_unit or setup.clamp_unit
     if unit not in CLAMP_UNITS:
         raise UnlearnError(f"--clamp-unit must be one of {', '.join(CLAMP_UNITS)}, got {unit!r}.")
     if suite is None:
@@ -448,7 +451,7 @@ def run_intervene(
         rotation_DD = random_rotation(sae.d_in, cfg.seed, dtype=sae.W_dec.dtype, device=sae.W_dec.device)
     plan = ClampPlan(unit, typical, control_ids, control_typical, rotation_DD, cfg.seed, cfg.gate_fpr,
                      (cfg.dilution, cfg.dilution_questions, cfg.dilution_text))  # fmt: skip
-    layer = int(hook.split(".")[1]) if hook.startswith("blocks.") else None
+    layer = parse_hook_name(hook).layer
     config = {"layer": layer, "grid": {"modes": cfg.modes, "n_features": sizes, "scales": cfg.scales},
               "controls": cfg.controls, "seed": cfg.seed, "gates": cfg.gates, "gate_fpr": cfg.gate_fpr,
               "dilution": {"prefix_tokens": cfg.dilution, "questions": cfg.dilution_questions,
@@ -615,7 +618,7 @@ def intervene_command(
     ] = None,
     topic: Annotated[str | None, typer.Option(help="Topic of the selection; bio,chem clamps both.")] = None,
     feature_ids: Annotated[str | None, typer.Option(help="Explicit feature ids, e.g. 12,7,301.")] = None,
-    preset: Annotated[str, typer.Option(help="Model preset.")] = DEFAULT_PRESET,
+    preset: Annotated[str | None, typer.Option(help="Model preset (default gemma-3-270m).")] = None,
     model: Annotated[str | None, typer.Option(help="Model instead of the preset's.")] = None,
     sae: Annotated[str | None, typer.Option(help="SAE instead of the selection's.")] = None,
     hook: Annotated[str | None, typer.Option(help="Hook point instead of the selection's.")] = None,

@@ -47,8 +47,8 @@ from unlearn.clamp.controls import EditStats, feature_info
 from unlearn.clamp.intervene import CLAMP_UNITS, check_mode, clamp
 from unlearn.errors import UnlearnError
 from unlearn.eval.suite import EvalSuite, Reuse
-from unlearn.presets import DEFAULT_PRESET
 from unlearn.results import check_new_run, open_run, read_json, write_json, write_table
+from unlearn.setup import Setup, setup_of
 from unlearn.stats import _truthy, outcome_column, paired_deltas
 
 log = logging.getLogger(__name__)
@@ -144,7 +144,7 @@ def greedy_select(
 
 @dataclass
 class ScreenConfig:
-    preset: str = DEFAULT_PRESET
+    preset: str | None = None
     """Preset whose model, SAE and evaluation tasks are used."""
     model: str | None = None
     features: str | None = None
@@ -296,7 +296,7 @@ class Clamper:
         )
 
 
-def _resolve(cfg: ScreenConfig, lm, sae):
+def _resolve(cfg: ScreenConfig, setup: Setup, lm, sae):
     """Selection, ranked ids, SAE, its spec and hook point: as `intervene` resolves them."""
     from unlearn.clamp.select import resolve_sae
     from unlearn.clamp.topics import read_topics
@@ -306,9 +306,9 @@ def _resolve(cfg: ScreenConfig, lm, sae):
     if not ranked:
         raise UnlearnError("The selection is empty: rerun select-features or pass --feature-ids.")
     if sae is None:
-        spec = cfg.sae or (selection.sae if selection else None)
-        hook = cfg.hook or (selection.hook if selection and not cfg.sae else None)
-        sae, spec, hook = resolve_sae(spec, hook, lm.preset, lm.model)
+        spec = selection.sae if selection else None
+        hook = selection.hook if selection and not cfg.sae else None
+        sae, spec, hook = resolve_sae(setup, lm.model, spec, hook)
     else:
         spec, hook = cfg.sae or "<in-memory>", cfg.hook or sae.hook_name
     if max(ranked) >= sae.d_sae:
@@ -334,19 +334,20 @@ def run_screen(cfg: ScreenConfig, *, lm=None, sae=None, suite=None, test_suite=N
     budget and evaluate the set on `cfg.test_split` beside its controls. Writes `results/screen-features/
     <run-id>/`: `screen.json` + `screen.csv`, and with greedy `greedy.json`, `features.json`, `test.json`."""
     from unlearn.eval.suite import weight_fingerprint
-    from unlearn.models import load_model, model_spec
+    from unlearn.models import load_model
 
     console = console or Console()
+    setup = setup_of(cfg)
     check_screen_flags(cfg)
-    lm = lm or load_model(model_spec(cfg.preset, cfg.model), device=cfg.device, dtype=cfg.dtype)
-    preset = lm.preset
-    selection, ranked, sae, sae_spec, hook = _resolve(cfg, lm, sae)
-    top_k = cfg.top_k or (preset.select.get("top_k") or preset.demo.get("top_k") if preset else None)
+    lm = lm or load_model(setup)
+    setup = setup.on(lm)
+    preset = setup.preset
+    selection, ranked, sae, sae_spec, hook = _resolve(cfg, setup, lm, sae)
+    top_k = cfg.top_k or setup.select.get("top_k") or setup.demo.get("top_k")
     top_k = min(int(top_k or DEFAULT_TOP_K), len(ranked))
     candidates = ranked[:top_k]
-    demo = preset.demo if preset else {}
-    scale = float(cfg.scale if cfg.scale is not None else (demo.get("scales") or [-20.0])[0])
-    unit = cfg.clamp_unit or (preset.clamp_unit if preset else None) or "absolute"
+    scale = float(cfg.scale if cfg.scale is not None else (setup.demo.get("scales") or [-20.0])[0])
+    unit = cfg.clamp_unit or setup.clamp_unit
     if unit not in CLAMP_UNITS:
         raise UnlearnError(f"--clamp-unit must be one of {', '.join(CLAMP_UNITS)}, got {unit!r}.")
     want_controls = ["random-features"] if cfg.greedy and cfg.controls else []
@@ -591,7 +592,7 @@ def screen_features_command(
     controls: Annotated[
         bool, typer.Option("--controls/--no-controls", help="Matched random features beside the greedy set.")
     ] = True,
-    preset: Annotated[str, typer.Option(help="Model preset.")] = DEFAULT_PRESET,
+    preset: Annotated[str | None, typer.Option(help="Model preset (default gemma-3-270m).")] = None,
     model: Annotated[str | None, typer.Option(help="Model instead of the preset's.")] = None,
     sae: Annotated[str | None, typer.Option(help="SAE instead of the selection's.")] = None,
     hook: Annotated[str | None, typer.Option(help="Hook point instead of the selection's.")] = None,

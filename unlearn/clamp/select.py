@@ -25,7 +25,7 @@ from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
 
-from unlearn.checks import check_model_path, finite_float, positive_int
+from unlearn.checks import finite_float, positive_int
 from unlearn.clamp.feature_checks import control_info, held_out_sources, iter_sources, selection_auroc
 from unlearn.clamp.feature_stats import (
     FeatureStats,
@@ -39,9 +39,8 @@ from unlearn.clamp.feature_stats import (
 from unlearn.errors import UnlearnError
 from unlearn.eval.suite import weight_fingerprint
 from unlearn.hooks import hook_width
-from unlearn.models import LoadedModel, load_model, model_spec
-from unlearn.paths import resolve_data_path, results_dir
-from unlearn.presets import DEFAULT_PRESET, Preset, get_preset
+from unlearn.models import LoadedModel, load_model
+from unlearn.paths import results_dir
 from unlearn.results import (
     check_new_run,
     is_complete,
@@ -52,6 +51,7 @@ from unlearn.results import (
     write_table,
 )
 from unlearn.sae.model import SAE, check_compatible, load_sae
+from unlearn.setup import Setup, setup_of
 
 log = logging.getLogger(__name__)
 
@@ -109,8 +109,9 @@ def select_features(
 
 @dataclass
 class SelectConfig:
-    preset: str = DEFAULT_PRESET
-    """Preset whose model, SAE, hook point and text sources are used."""
+    preset: str | None = None
+    """Preset whose model, SAE, hook point and text sources are used (`unlearn.setup`: default
+    gemma-3-270m unless `model` is given alone)."""
     model: str | None = None
     """Model instead of the preset's: hub id, local folder or .gguf file."""
     sae: str | None = None
@@ -161,32 +162,24 @@ class SelectConfig:
 
 
 def resolve_sae(
-    spec: str | None, hook: str | None, preset: Preset | None, model: nn.Module
+    setup: Setup, model: nn.Module, spec: str | None = None, hook: str | None = None
 ) -> tuple[SAE, str, str]:
-    """(SAE, spec as recorded, hook point): `spec` or the preset's, preset paths (`data/...`) resolved.
+    """(SAE, spec as recorded, hook point) for a run: `--sae`, else `spec` (e.g. a selection's), else the
+    preset's; the hook point by `Setup.hook_for` (`--hook`, else `hook`, else the SAE's, else the preset's).
 
     The SAE is cast to the model's device and dtype: a float16 file on a CPU would otherwise run every
     encode in float16, which CPUs compute an order of magnitude slower (and less exactly) than float32."""
-    spec = spec or (preset.sae if preset else None)
+    spec = setup.sae_spec(spec)
     if not spec:
         raise UnlearnError("No SAE: pass --sae (a SAELens folder, params.npz or registry id).")
-    local = resolve_data_path(spec)
-    if local.exists():
-        spec_used = str(local)
-    elif spec.startswith(("data/", "/", "./", "~")):
-        raise UnlearnError(
-            f"SAE {spec!r} not found (looked at {local}). Train it with `unlearn train-sae` or pass --sae."
-        )
-    else:
-        spec_used = spec
     param = next(model.parameters())
-    sae = load_sae(spec_used, device=param.device, dtype=param.dtype)
-    hook = hook or sae.hook_name or (preset.hook_point if preset else None)
-    if not hook:
+    sae = load_sae(spec, device=param.device, dtype=param.dtype)
+    point = setup.hook_for(hook, sae.hook_name)
+    if point is None:
         raise UnlearnError(
             f"SAE {spec!r} records no hook point; pass --hook (e.g. blocks.6.hook_resid_post)."
         )
-    return sae, spec, hook
+    return sae, spec, point.name
 
 
 def _first_tokens(chunks: list[list[int]], n: int | None) -> list[list[int]]:
@@ -203,8 +196,8 @@ def _first_tokens(chunks: list[list[int]], n: int | None) -> list[list[int]]:
     return out
 
 
-def _sources(cfg: SelectConfig, preset: Preset | None) -> tuple[dict[str, str | list], str | list]:
-    known = dict(preset.select.get("forget_text", {})) if preset else {}
+def _sources(cfg: SelectConfig, setup: Setup) -> tuple[dict[str, str | list], str | list]:
+    known = dict(setup.select.get("forget_text", {}))
     known.update(cfg.forget_sources)
     missing = [t for t in cfg.topics if t not in known]
     if missing:
@@ -212,7 +205,7 @@ def _sources(cfg: SelectConfig, preset: Preset | None) -> tuple[dict[str, str | 
             f"No forget text for topic(s) {', '.join(missing)}: pass --forget-source TOPIC=SOURCE "
             f"(preset topics: {', '.join(known) or 'none'})."
         )
-    retain = cfg.retain_source or (preset.select.get("retain_text") if preset else None)
+    retain = cfg.retain_source or setup.select.get("retain_text")
     if not retain:
         raise UnlearnError(
             "No retain text: pass --retain-source (wikitext, offline:retain or a .jsonl path)."
@@ -229,23 +222,23 @@ def check_select_flags(cfg: SelectConfig) -> None:
             f"--retain-threshold is a fraction of tokens in [0, 1], got {cfg.retain_threshold}"
         )
     check_new_run("select-features", cfg.run_id, overwrite=cfg.overwrite)
-    check_model_path(cfg.model)
 
 
 def run_select(cfg: SelectConfig, *, lm: LoadedModel | None = None, sae: SAE | None = None) -> Path:
     """Stats pass on each topic's forget text and on the retain text, selection, context pass; writes
     `results/select-features/<run-id>/` and returns it."""
+    setup = setup_of(cfg)
     if cfg.rank_by is None:
-        preset_rule = get_preset(cfg.preset).select.get("rank_by") if cfg.preset else None
-        cfg = dataclasses.replace(cfg, rank_by=preset_rule or "freq")
+        cfg = dataclasses.replace(cfg, rank_by=setup.select.get("rank_by") or "freq")
     if cfg.rank_by not in get_args(RankBy):
         raise UnlearnError(f"--rank-by must be one of {', '.join(get_args(RankBy))}, not {cfg.rank_by!r}.")
     check_select_flags(cfg)
-    lm = lm or load_model(model_spec(cfg.preset, cfg.model), device=cfg.device, dtype=cfg.dtype)
-    preset = lm.preset  # None when --model names a non-preset model
-    forget_sources, retain_source = _sources(cfg, preset)
+    lm = lm or load_model(setup)
+    setup = setup.on(lm)
+    preset = setup.preset  # None: generic defaults (--model alone)
+    forget_sources, retain_source = _sources(cfg, setup)
     if sae is None:
-        sae, sae_spec, hook = resolve_sae(cfg.sae, cfg.hook, preset, lm.model)
+        sae, sae_spec, hook = resolve_sae(setup, lm.model)
     else:
         sae_spec, hook = cfg.sae or "<in-memory>", cfg.hook or sae.hook_name
     check_compatible(sae, hook_width(lm.model, hook), hook, lm.name)
@@ -446,7 +439,7 @@ def _parse_sources(pairs: list[str]) -> dict[str, str | list[str]]:
 
 def select_features_command(
     topic: Annotated[list[str] | None, typer.Option(help="Topic(s) to select for (repeatable).")] = None,
-    preset: Annotated[str, typer.Option(help="Model preset.")] = DEFAULT_PRESET,
+    preset: Annotated[str | None, typer.Option(help="Model preset (default gemma-3-270m).")] = None,
     model: Annotated[str | None, typer.Option(help="Model instead of the preset's.")] = None,
     sae: Annotated[str | None, typer.Option(help="SAE instead of the preset's.")] = None,
     hook: Annotated[str | None, typer.Option(help="Hook point instead of the SAE's.")] = None,

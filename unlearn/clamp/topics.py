@@ -30,7 +30,6 @@ from rich.table import Table
 
 from unlearn.clamp.select import Selection, read_selection
 from unlearn.errors import UnlearnError
-from unlearn.presets import DEFAULT_PRESET
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +155,7 @@ class CrossTopicConfig:
     """select-features run folder(s) holding the topics (comma list; default: the latest run)."""
     topics: list[str] | None = None
     """Topics to clamp (default: every topic of the selection)."""
-    preset: str = DEFAULT_PRESET
+    preset: str | None = None
     model: str | None = None
     sae: str | None = None
     hook: str | None = None
@@ -182,8 +181,10 @@ class CrossTopicConfig:
     extra: dict = field(default_factory=dict)
 
 
-def demo_defaults(preset, n: int | None, scale: float | None) -> tuple[int, float]:
-    demo = preset.demo if preset else {}
+def demo_defaults(setup, n: int | None, scale: float | None) -> tuple[int, float]:
+    """Top-n and clamp value: as given, else the setup's demo point (`demo.n_features[0]`, `demo.scales[0]`),
+    else 20 and -20."""
+    demo = setup.demo
     return int(n or (demo.get("n_features") or [20])[0]), float(
         scale if scale is not None else (demo.get("scales") or [-20.0])[0]
     )
@@ -244,10 +245,12 @@ def run_cross_topic(cfg: CrossTopicConfig, *, lm=None, sae=None, suite=None, con
     from unlearn.clamp.intervene import CLAMP_UNITS, clamp
     from unlearn.clamp.select import resolve_sae
     from unlearn.eval.suite import eval_config_from_preset, prepare_eval, weight_fingerprint
-    from unlearn.models import load_model, model_spec
+    from unlearn.models import load_model
     from unlearn.results import check_new_run, open_run, read_json, write_json, write_table
+    from unlearn.setup import setup_of
 
     console = console or Console()
+    setup = setup_of(cfg)
     check_new_run("cross-topic", cfg.run_id, overwrite=cfg.overwrite)
     pairs = topic_pairs(cfg.features, ",".join(cfg.topics) if cfg.topics else None)
     if len(pairs) == 1 and pairs[0][1] is None:  # one run, no topic named: all of its topics
@@ -256,14 +259,15 @@ def run_cross_topic(cfg: CrossTopicConfig, *, lm=None, sae=None, suite=None, con
     selections = [read_selection(p, t) for p, t in pairs]
     merged = merge_selections(selections)  # checks one SAE and hook point, distinct topics
     topics = [s.topic for s in selections]
-    lm = lm or load_model(model_spec(cfg.preset, cfg.model), device=cfg.device, dtype=cfg.dtype)
-    preset = lm.preset
-    n, scale = demo_defaults(preset, cfg.n_features, cfg.scale)
-    unit = cfg.clamp_unit or (preset.clamp_unit if preset else "absolute")
+    lm = lm or load_model(setup)
+    setup = setup.on(lm)
+    preset = setup.preset
+    n, scale = demo_defaults(setup, cfg.n_features, cfg.scale)
+    unit = cfg.clamp_unit or setup.clamp_unit
     if unit not in CLAMP_UNITS:
         raise UnlearnError(f"--clamp-unit must be one of {', '.join(CLAMP_UNITS)}, got {unit!r}.")
     if sae is None:
-        sae, sae_spec, hook = resolve_sae(cfg.sae or merged.sae, cfg.hook or merged.hook, preset, lm.model)
+        sae, sae_spec, hook = resolve_sae(setup, lm.model, merged.sae, merged.hook)
     else:
         sae_spec, hook = cfg.sae or "<in-memory>", cfg.hook or sae.hook_name
     forget = cfg.forget_tasks or [topic_questions(preset, t) for t in topics]
@@ -354,7 +358,7 @@ def cross_topic_command(
     ] = None,
     retain_tasks: Annotated[str | None, typer.Option(help="Retain question sources (comma list).")] = None,
     split: Annotated[str | None, typer.Option(help="dev, test or all (default: the preset's).")] = None,
-    preset: Annotated[str, typer.Option(help="Model preset.")] = DEFAULT_PRESET,
+    preset: Annotated[str | None, typer.Option(help="Model preset (default gemma-3-270m).")] = None,
     model: Annotated[str | None, typer.Option(help="Model instead of the preset's.")] = None,
     sae: Annotated[str | None, typer.Option(help="SAE instead of the selection's.")] = None,
     hook: Annotated[str | None, typer.Option(help="Hook point instead of the selection's.")] = None,

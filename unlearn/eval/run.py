@@ -11,11 +11,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from unlearn.checks import check_model_path, positive_int
+from unlearn.checks import positive_int
 from unlearn.errors import UnlearnError
 from unlearn.eval.suite import Protocol, eval_config_from_preset, prepare_eval, protocol_name
 from unlearn.presets import Preset
 from unlearn.results import EvalBlock, check_new_run, open_run, read_json
+from unlearn.setup import setup_of
 
 
 @dataclass
@@ -49,8 +50,6 @@ def check_eval_flags(cfg: EvalRunConfig) -> Path | None:
     positive_int(cfg.batch_size, "--batch-size")
     positive_int(cfg.limit, "--limit")
     check_new_run("eval", cfg.run_id, overwrite=cfg.overwrite)
-    if cfg.model and not cfg.preset:
-        check_model_path(cfg.model)
     if cfg.rmu:
         from unlearn.rmu.run import completed_rmu_weights
 
@@ -74,11 +73,11 @@ def _roles(tasks: list[str], preset: Preset | None) -> dict[str, list[str]]:
 def run_eval(cfg: EvalRunConfig) -> Path:
     """Evaluate one model state and write `results/eval/<run-id>/` (config, metrics, questions.csv)."""
     from unlearn.models import load_model
-    from unlearn.presets import DEFAULT_PRESET, get_preset
 
+    setup = setup_of(cfg)
     rmu_weights = check_eval_flags(cfg)
-    preset = get_preset(cfg.preset or DEFAULT_PRESET) if (cfg.preset or not cfg.model) else None
-    lm = load_model(cfg.model or preset.name, device=cfg.device, dtype=cfg.dtype)
+    preset = setup.preset
+    lm = load_model(setup)
     overrides = dict(
         protocol=cfg.protocol,
         permutations=cfg.permutations,

@@ -6,7 +6,7 @@ orderings of its choices (Farrell et al., arXiv 2410.19278 §4; SAEBench `sae_be
 Cloze: a single order cannot rule out a lucky pick, and a small model's cloze pick is often just its
 answer prior, so a question is known only if (a) the cloze answer is right, (b) the right answer's
 log-likelihood beats the best distractor by `known_margin` nats and (c) the model does *not* pick the
-right answer with the question text removed (`unlearn.prompts.answer_prior`). Known subsets are cached
+right answer with the question text removed (`unlearn.eval.prompts.answer_prior`). Known subsets are cached
 under `cache_dir()/known`, keyed by the model's source, a fingerprint of its weights, the task, its
 questions, the split and the rule's settings — so a hooked or RMU-trained model can never reuse or
 pollute them, and they are only ever computed here, before any intervention is installed.

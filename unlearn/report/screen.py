@@ -21,7 +21,7 @@ from unlearn.results import is_complete, read_json, write_bytes
 log = logging.getLogger(__name__)
 
 SHOWN = {"test": ("test", "all"), "dev": ("dev",), "all": ("test", "dev", "all")}
-"""Run splits shown for each `report --split` (as `unlearn.report.SPLITS`)."""
+"""Run splits shown for each `report --split` (as `unlearn.report.run.SPLITS`)."""
 
 
 @dataclass

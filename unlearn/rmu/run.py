@@ -4,7 +4,7 @@ Defaults come from the preset's `rmu` section (Farrell et al.'s best gemma-2-2b-
 c=400, α=100, 300 batches of 3, lr 5e-5, padding masked); every value can be overridden. The training
 step lives in `unlearn.rmu.train`. A run writes `results/rmu-baseline/<run-id>/`: `config.json`,
 `losses.csv` + `loss.png`, `weights.safetensors` (only the trained matrices), `training.json` (did the
-forget loss converge: `unlearn.rmu_train.convergence`), and `metrics.json` = `{"before": block, "after":
+forget loss converge: `unlearn.rmu.train.convergence`), and `metrics.json` = `{"before": block, "after":
 block, "training": ...}` from the shared evaluator. `c` is absolute (`steering_coeff`, the papers' values)
 or relative to the layer's mean residual norm (`steering_coeff_rel`; both are recorded). `load_rmu_weights` puts the trained
 matrices into a freshly loaded model (`unlearn eval --rmu <run>`). A failed run (non-finite loss,
@@ -28,12 +28,11 @@ from rich.table import Table
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
-from unlearn.checks import check_model_path, finite_float, positive_int, require_finite_tensors
+from unlearn.checks import finite_float, positive_int, require_finite_tensors
 from unlearn.errors import UnlearnError
 from unlearn.hooks import decoder_layers, text_config
-from unlearn.models import LoadedModel, load_model, model_spec
+from unlearn.models import LoadedModel, load_model
 from unlearn.paths import results_dir
-from unlearn.presets import DEFAULT_PRESET, get_preset
 from unlearn.results import (
     FAILED_FILE,
     check_new_run,
@@ -55,6 +54,7 @@ from unlearn.rmu.train import (
     text_batches,
     tokenize,
 )
+from unlearn.setup import Setup, setup_of
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +63,9 @@ WEIGHTS_FILE = "weights.safetensors"
 
 @dataclass
 class RMUConfig:
-    preset: str = DEFAULT_PRESET
-    """Preset giving the model, the RMU defaults and the evaluation tasks."""
+    preset: str | None = None
+    """Preset giving the model, the RMU defaults and the evaluation tasks (`unlearn.setup`: default
+    gemma-3-270m unless `model` is given alone, which leaves the RMU settings to the flags)."""
     model: str | None = None
     """Model to load instead of the preset's (hub id, local folder or .gguf)."""
     layer: int | None = None
@@ -121,22 +122,32 @@ def _as_list(value) -> list:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def resolve_config(cfg: RMUConfig) -> RMUConfig:
-    """Fill every unset field from the preset's `rmu` section; a missing value is a clear error."""
-    defaults = get_preset(cfg.preset).rmu
+def resolve_config(cfg: RMUConfig, setup: Setup | None = None) -> RMUConfig:
+    """Fill every unset field from the setup's `rmu` section (the preset's; none with `--model` alone);
+    the settings nothing supplies are one clear error naming their flags."""
+    setup = setup or setup_of(cfg)
+    defaults = setup.rmu
     keys = {"forget_source": "forget_text", "retain_source": "retain_text"}
-    filled = {}
+    filled, missing = {}, []
     for f in ("layer", "alpha", "lr", "n_batches", "batch_size", "max_length",
               "mask_padding", "mask_bos", "forget_source", "retain_source"):  # fmt: skip
         value = getattr(cfg, f)
         if value is None:
             value = defaults.get(keys.get(f, f), False if f in ("mask_padding", "mask_bos") else None)
         if value is None:
-            raise UnlearnError(
-                f"Preset {cfg.preset!r} has no rmu.{keys.get(f, f)}; pass --{f.replace('_', '-')}."
-            )
-        filled[f] = _as_list(value) if f in keys else value
-    out = dataclasses.replace(cfg, **filled, **_coeff_fields(cfg, defaults))
+            missing.append(f"--{f.replace('_', '-')}")
+        filled[f] = _as_list(value) if f in keys and value is not None else value
+    coeff = _coeff_fields(cfg, defaults)
+    if coeff is None:
+        missing.append("--steering-coeff (or --steering-coeff-rel)")
+    if missing:
+        where = (f"preset {setup.preset.name!r} has no rmu setting for it" if setup.preset
+                 else f"--model {cfg.model!r} without --preset uses no preset's RMU settings")  # fmt: skip
+        raise UnlearnError(
+            f"RMU needs {', '.join(missing)}: {where}. Pass {'it' if len(missing) == 1 else 'them'}, or "
+            "--preset P to train with P's RMU settings (e.g. --preset gemma-2-2b-it --model M)."
+        )
+    out = dataclasses.replace(cfg, preset=setup.preset_name, **filled, **coeff)
     if out.update_layers is None:
         out.update_layers = [i for i in (out.layer - 2, out.layer - 1, out.layer) if i >= 0]
     out.param_pattern = out.param_pattern or defaults.get("param_pattern", DEFAULT_PARAM_PATTERN)
@@ -147,8 +158,9 @@ def resolve_config(cfg: RMUConfig) -> RMUConfig:
     return out
 
 
-def _coeff_fields(cfg: RMUConfig, defaults: dict) -> dict:
-    """An explicit absolute c, else an explicit relative one, else the preset's (relative first)."""
+def _coeff_fields(cfg: RMUConfig, defaults: dict) -> dict | None:
+    """An explicit absolute c, else an explicit relative one, else the preset's (relative first); None
+    when nothing supplies c."""
     if cfg.steering_coeff is not None and cfg.steering_coeff_rel is not None:
         raise UnlearnError("Pass --steering-coeff (absolute c) or --steering-coeff-rel, not both.")
     if cfg.steering_coeff is not None or cfg.steering_coeff_rel is not None:
@@ -157,9 +169,7 @@ def _coeff_fields(cfg: RMUConfig, defaults: dict) -> dict:
         return {"steering_coeff_rel": float(defaults["steering_coeff_rel"])}
     if defaults.get("steering_coeff") is not None:
         return {"steering_coeff": float(defaults["steering_coeff"])}
-    raise UnlearnError(
-        f"Preset {cfg.preset!r} has no rmu.steering_coeff(_rel); pass --steering-coeff or --steering-coeff-rel."
-    )
+    return None
 
 
 NORM_BATCHES = 4
@@ -361,22 +371,22 @@ def _eval_suite(lm: LoadedModel, cfg: RMUConfig):
 
     # Known subset by default, as `intervene` scores, so the report can set RMU beside the SAE points.
     overrides = {"known_only": True, "limit": cfg.eval_limit, **cfg.extra}
-    return prepare_eval(lm, eval_config_from_preset(get_preset(cfg.preset), **overrides))
+    return prepare_eval(lm, eval_config_from_preset(lm.preset, **overrides))
 
 
 def run_rmu(cfg: RMUConfig, *, progress: bool = True) -> Path:
     """Train RMU on a freshly loaded model, evaluate before and after, and write the run folder."""
     import pandas as pd
 
-    cfg = resolve_config(cfg)
+    setup = setup_of(cfg)
+    cfg = resolve_config(cfg, setup)
     check_rmu_flags(cfg)
     check_new_run("rmu-baseline", cfg.run_id, overwrite=cfg.overwrite)
-    check_model_path(cfg.model)
-    lm = load_model(model_spec(cfg.preset, cfg.model), device=cfg.device, dtype=cfg.dtype)
+    lm = load_model(setup)
     forget, retain, steps = load_batches(cfg)  # fail on missing corpora before any slow work
     cfg = absolute_coeff(lm, cfg, retain)
-    identity = {"command": "rmu-baseline", **dataclasses.asdict(cfg),
-                "model": lm.source if cfg.model else get_preset(cfg.preset).model, "steps": steps}  # fmt: skip
+    identity = {"command": "rmu-baseline", **dataclasses.asdict(cfg), "model": setup.model.source,
+                "steps": steps}  # fmt: skip
     with open_run("rmu-baseline", identity, run_id=cfg.run_id, overwrite=cfg.overwrite) as run:
         run_dir = run.path
         suite = _eval_suite(lm, cfg) if cfg.eval else None  # known subset from the unhooked model
@@ -391,7 +401,7 @@ def run_rmu(cfg: RMUConfig, *, progress: bool = True) -> Path:
         write_table(run_dir / "losses.csv", add_loss_ratios(losses, training))
         write_json(run_dir / "training.json", training)
         write_bytes(run_dir / "loss.png", loss_plot(losses))
-        meta = {"model": str(lm.source), "preset": cfg.preset, "layer": str(cfg.layer)}
+        meta = {"model": str(lm.source), "preset": str(setup.preset_name), "layer": str(cfg.layer)}
         save_rmu_weights(run_dir / WEIGHTS_FILE, trainer.changed_weights(), meta)
         if suite:
             after = suite.run(lm.model, desc="after RMU")
@@ -432,8 +442,8 @@ class _progress:
 
 def rmu_baseline_command(
     preset: Annotated[
-        str, typer.Option(help="Preset: model, RMU defaults, evaluation tasks.")
-    ] = DEFAULT_PRESET,
+        str | None, typer.Option(help="Preset: model, RMU defaults, evaluation tasks (default gemma-3-270m).")
+    ] = None,
     model: Annotated[
         str | None, typer.Option(help="Model instead of the preset's (hub id, folder, .gguf).")
     ] = None,

@@ -257,7 +257,7 @@ def load_sae(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> SAE:
-    """Load an SAE from a local path or the pretrained registry; see `unlearn.sae_loaders.load_sae`."""
+    """Load an SAE from a local path or the pretrained registry; see `unlearn.sae.loaders.load_sae`."""
     from unlearn.sae import (
         loaders as sae_loaders,  # loaders import this module; import lazily to avoid a cycle
     )

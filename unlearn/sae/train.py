@@ -17,16 +17,16 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from unlearn.checks import check_model_path, finite_float, positive_int, writable_dir
+from unlearn.checks import finite_float, positive_int, writable_dir
 from unlearn.errors import UnlearnError
 from unlearn.hooks import hook_width
 from unlearn.models import load_model
-from unlearn.presets import DEFAULT_PRESET
 from unlearn.results import check_new_run, open_run, read_json, write_json, write_table
 from unlearn.sae.activations import collect_activations, mixed_texts
 from unlearn.sae.model import load_sae
 from unlearn.sae.quality import evaluate_sae
 from unlearn.sae.training import SAETrainConfig, check_train_config, train_sae
+from unlearn.setup import setup_of
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,11 @@ log = logging.getLogger(__name__)
 class TrainSAEConfig:
     """One `unlearn train-sae` run: where activations come from, how to train, where the SAE goes."""
 
-    model: str = DEFAULT_PRESET
-    """Preset name (its model and hook point) or a model spec (hub id, folder, .gguf)."""
+    preset: str | None = None
+    """Preset whose model and hook point are used (`unlearn.setup`: default gemma-3-270m unless `model`
+    is given alone)."""
+    model: str | None = None
+    """Model instead of the preset's: hub id, local folder or .gguf file."""
     hook: str | None = None
     """Hook point, e.g. `blocks.6.hook_resid_post`; default: the preset's."""
     sources: list[str] = field(default_factory=lambda: ["offline:bio-forget", "offline:retain"])
@@ -95,8 +98,6 @@ def check_train_sae_flags(cfg: TrainSAEConfig) -> None:
     check_new_run("train-sae", cfg.run_id, overwrite=cfg.overwrite)
     if cfg.out is not None:
         writable_dir(cfg.out, "--out")
-    if cfg.model.startswith(("/", ".", "~")) or cfg.model.endswith(".gguf"):
-        check_model_path(cfg.model)
 
 
 def run_train_sae(cfg: TrainSAEConfig, *, progress: bool = True) -> Path:
@@ -105,25 +106,28 @@ def run_train_sae(cfg: TrainSAEConfig, *, progress: bool = True) -> Path:
         raise UnlearnError("pass at least one training corpus with --source")
     if cfg.save_dtype not in _SAVE_DTYPES:
         raise UnlearnError(f"--save-dtype must be one of {', '.join(_SAVE_DTYPES)}, got {cfg.save_dtype!r}")
+    setup = setup_of(cfg)
     check_train_sae_flags(cfg)
     if cfg.tokens < cfg.train.batch_size:
         raise UnlearnError(f"--tokens ({cfg.tokens}) must be at least --batch-size ({cfg.train.batch_size})")
-    lm = load_model(cfg.model, dtype=cfg.dtype, device=cfg.device)
-    hook = cfg.hook or (lm.preset.hook_point if lm.preset else None)
-    if hook is None:
+    point = setup.hook_for()
+    if point is None:
         raise UnlearnError(
-            f"{cfg.model!r} is not a preset with a hook point; pass --hook blocks.<L>.hook_resid_post"
+            f"--model {cfg.model!r} alone names no hook point: pass --hook blocks.<L>.hook_resid_post "
+            "(or --preset P for P's)"
         )
+    hook = point.name
+    lm = load_model(setup)
     d_in = hook_width(lm.model, hook)
     check_train_config(cfg.train, d_in)
     model_dtype = str(next(lm.model.parameters()).dtype).removeprefix("torch.")
     config = {
         "command": "train-sae",
-        "preset": lm.preset.name if lm.preset else None,
+        "preset": setup.preset_name,
         "model": lm.source,
         "hook": hook,
         "d_in": d_in,
-        **dataclasses.asdict(cfg),
+        **{k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("preset", "model", "hook")},
     }
     with open_run("train-sae", config, run_id=cfg.run_id, overwrite=cfg.overwrite) as run:
         run_dir = run.path
@@ -217,7 +221,12 @@ def metrics_table(metrics: dict) -> Table:
 
 
 def train_sae_command(
-    model: Annotated[str, typer.Option(help="Preset (model + hook point) or model spec.")] = DEFAULT_PRESET,
+    preset: Annotated[
+        str | None, typer.Option(help="Preset: model and hook point (default gemma-3-270m).")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model instead of the preset's (hub id, folder, .gguf).")
+    ] = None,
     hook: Annotated[str | None, typer.Option(help="Hook point (default: the preset's).")] = None,
     architecture: Annotated[str, typer.Option(help="jumprelu or topk.")] = "jumprelu",
     width: Annotated[int, typer.Option(help="Latents (d_sae).")] = 2048,
@@ -267,6 +276,7 @@ def train_sae_command(
         seed=seed,
     )
     cfg = TrainSAEConfig(
+        preset=preset,
         model=model,
         hook=hook,
         sources=source or defaults.sources,

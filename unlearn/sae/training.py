@@ -1,6 +1,6 @@
 """Training a sparse autoencoder on an activation tensor (the optimisation behind `unlearn train-sae`).
 
-Two architectures, both giving a plain `unlearn.saes.SAE` (SAELens format when saved):
+Two architectures, both giving a plain `unlearn.sae.model.SAE` (SAELens format when saved):
 - `jumprelu` (Rajamanoharan et al. 2024, arXiv 2407.14435; the Gemma Scope recipe, arXiv 2408.05147):
   `f = pre · H(pre − θ)`, loss `‖x − x̂‖² + λ·L0`. H has no useful derivative, so θ learns through
   straight-through estimators with a rectangle kernel of bandwidth ε (`JumpReLUFn`, `StepFn`).
