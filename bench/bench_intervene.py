@@ -22,12 +22,12 @@ from unlearn.clamp.intervene import EditStats, clamp, random_rotation
 from unlearn.data import iter_texts
 from unlearn.hooks import forward_to, hook_width
 from unlearn.models import load_model
-from unlearn.paths import resolve_data_path
+from unlearn.paths import resolve_path
 from unlearn.sae.model import SAE, load_sae
 
 
 def get_sae(preset, d_model: int) -> tuple[SAE, str]:
-    path = resolve_data_path(preset.sae)
+    path = resolve_path(preset.sae)
     if path.exists():
         return load_sae(str(path)), str(path)
     g = torch.Generator().manual_seed(0)

@@ -13,13 +13,14 @@ import pytest
 
 from unlearn.data import iter_texts
 
-CORPORA = Path(__file__).resolve().parents[1] / "data" / "corpora"
-STATEMENTS = CORPORA / "statements"
+SCRIPTS = Path(__file__).resolve().parents[1] / "data" / "corpora"
+STATEMENTS = SCRIPTS / "statements"
+CORPORA = Path(__file__).resolve().parents[1] / "unlearn" / "shipped" / "corpora"
 
 
 @pytest.fixture
 def bs(monkeypatch):
-    monkeypatch.syspath_prepend(str(CORPORA))  # the script imports its sibling build_corpora
+    monkeypatch.syspath_prepend(str(SCRIPTS))  # the script imports its sibling build_corpora
     return importlib.import_module("build_statements")
 
 

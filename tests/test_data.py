@@ -6,6 +6,7 @@ import gzip
 import importlib.util
 import json
 from collections import Counter
+from pathlib import Path
 
 import datasets
 import pandas as pd
@@ -14,14 +15,17 @@ import pytest
 from unlearn import data
 from unlearn.data import Question, iter_texts, load_questions, split_by_subject
 from unlearn.errors import UnlearnError
-from unlearn.paths import data_dir
+from unlearn.paths import shipped_dir
+
+QUESTION_SOURCES = Path(__file__).resolve().parents[1] / "data" / "questions"
+"""The question sources and their build script (the built .jsonl files ship in unlearn/shipped/questions)."""
 
 GOOD = {"question": "Which organ pumps blood?", "choices": ["heart", "liver", "kidney", "lung"], "answer": 0}
 
 
 def _raw_rows(name: str) -> list[dict]:
     """The shipped file read independently of the loader."""
-    with open(data_dir() / "questions" / f"{name}.jsonl", encoding="utf-8") as f:
+    with open(shipped_dir() / "questions" / f"{name}.jsonl", encoding="utf-8") as f:
         return [json.loads(line) for line in f]
 
 
@@ -39,7 +43,7 @@ MIN_COUNTS = {"bio": 520, "retain": 560, "other": 220}
 def _shipped_set(name: str) -> list[Question]:
     """`other` is loaded by path: it is shipped before it is registered as an `offline:` source."""
     if name == "other":
-        return load_questions(str(data_dir() / "questions" / "other.jsonl"))
+        return load_questions(str(shipped_dir() / "questions" / "other.jsonl"))
     return load_questions(f"offline:{name}")
 
 
@@ -59,7 +63,7 @@ def test_offline_sets_are_well_formed(name):
 
 def _make_questions():
     spec = importlib.util.spec_from_file_location(
-        "make_questions", data_dir() / "questions" / "make_questions.py"
+        "make_questions", QUESTION_SOURCES / "make_questions.py"
     )
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -70,13 +74,13 @@ def test_shipped_sets_are_the_rebuild_of_their_sources():
     """The .jsonl files are byte-identical to a rebuild from src/<set>/*.txt (nobody edited them by hand),
     every source line is in its set with its correct answer, and no question repeats across sets."""
     mq = _make_questions()
-    src = data_dir() / "questions" / "src"
+    src = QUESTION_SOURCES / "src"
     built = mq.build(src)
     assert {"bio", "retain", "other"} <= set(built)
     all_questions = []
     for name, rows in built.items():
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-        assert (data_dir() / "questions" / f"{name}.jsonl").read_text(encoding="utf-8") == text
+        assert (shipped_dir() / "questions" / f"{name}.jsonl").read_text(encoding="utf-8") == text
         by_question = {r["question"]: r for r in rows}
         n_lines = 0
         for path in sorted((src / name).glob("*.txt")):

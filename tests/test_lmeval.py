@@ -46,12 +46,13 @@ def test_cloze_matches_lm_eval(tiny):
 
 
 def test_shipped_task_runs_on_shipped_data(tiny, tmp_path):
-    """`evals/offline_bio_cloze.yaml` as shipped (data path rewritten) gives the same answers as our scorer."""
+    """`unlearn/shipped/evals/offline_bio_cloze.yaml` as shipped (data path rewritten) gives the same answers
+    as our scorer."""
     from unlearn.data import load_questions
 
     lm = tiny("gemma2")
     folder = include_dir(tmp_path / "tasks")
-    assert "test: data/questions" not in (folder / "offline_bio_cloze.yaml").read_text()
+    assert "test: questions/" not in (folder / "offline_bio_cloze.yaml").read_text()
     results = run_tasks(
         lm.model, lm.tokenizer, ["offline_bio_cloze"], include_path=folder, limit=6, batch_size=8
     )

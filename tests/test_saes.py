@@ -145,12 +145,18 @@ def test_saelens_folder_round_trip(tmp_path, arch, apply_b_dec, x_BTD):
     assert load_sae(tmp_path / "sae", dtype=torch.float32, hook_name="h").hook_name == "h"
 
 
-def test_preset_data_path_resolves_to_data_dir(tmp_path, monkeypatch):
-    """Presets name shipped SAEs `data/saes/...`; they must load from $UNLEARN_DATA, not the CWD."""
-    monkeypatch.setenv("UNLEARN_DATA", str(tmp_path))
-    monkeypatch.chdir(tmp_path.parent)
-    make_sae("topk", random_params(9), False).save(tmp_path / "saes" / "mine")
-    assert load_sae("data/saes/mine").architecture == "topk"
+def test_shipped_paths_resolve_to_the_package_data_never_the_cwd(tmp_path, monkeypatch):
+    """Presets name shipped SAEs `shipped:saes/...` (older runs recorded `data/saes/...`); both load from
+    the shipped folder ($UNLEARN_DATA here), and a `data/` folder in the working directory does not
+    shadow the shipped one unless the user names its path."""
+    monkeypatch.setenv("UNLEARN_DATA", str(tmp_path / "shipped"))
+    make_sae("topk", random_params(9), False).save(tmp_path / "shipped" / "saes" / "mine")
+    monkeypatch.chdir(tmp_path)
+    assert load_sae("shipped:saes/mine").architecture == "topk"
+    assert load_sae("data/saes/mine").architecture == "topk"  # no ./data/saes/mine: the shipped one
+    make_sae("standard", random_params(9), False).save(tmp_path / "data" / "saes" / "mine")
+    assert load_sae("shipped:saes/mine").architecture == "topk"  # a cwd data/ never shadows shipped:
+    assert load_sae("data/saes/mine").architecture == "standard"  # an explicit existing path wins
 
 
 def write_legacy_folder(folder, params, **cfg):
@@ -488,9 +494,10 @@ def test_unit_norm_decoder_refuses_topk_with_uneven_norms():
 def test_shipped_sae_is_in_the_unit_norm_convention():
     from safetensors import safe_open
 
-    from unlearn.paths import resolve_data_path
+    from unlearn.paths import resolve_path
+    from unlearn.presets import get_preset
 
-    folder = resolve_data_path("data/saes/gemma-3-270m-res-l6")
+    folder = resolve_path(get_preset("gemma-3-270m").sae)
     weights = folder / "sae_weights.safetensors"
     assert weights.stat().st_size < 6_000_000
     with safe_open(str(weights), "pt") as f:

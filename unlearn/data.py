@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from unlearn.errors import UnlearnError
-from unlearn.paths import data_dir, resolve_data_path
+from unlearn.paths import resolve_path, shipped_dir
 
 log = logging.getLogger(__name__)
 
@@ -183,10 +183,10 @@ def _offline_question_rows(source: str) -> list[tuple[int, dict]]:
     name, _, subject = source.removeprefix("offline:").partition("/")
     if name not in OFFLINE_QUESTIONS or (subject and name not in MULTI_SUBJECT):
         raise UnlearnError(f"Unknown offline question set {source!r}. Valid forms: {QUESTION_SOURCES_HELP}.")
-    path = data_dir() / OFFLINE_QUESTIONS[name]
+    path = shipped_dir() / OFFLINE_QUESTIONS[name]
     if not path.is_file():
         raise UnlearnError(
-            f"Offline question file {path} is missing; reinstall the repo or set UNLEARN_DATA."
+            f"Offline question file {path} is missing; reinstall unlearn (or unset UNLEARN_DATA)."
         )
     rows = list(enumerate(_read_table(path)))
     if subject:
@@ -252,10 +252,10 @@ def _texts(source: str) -> Iterator[str]:
         name = source.removeprefix("offline:")
         if name not in OFFLINE_CORPORA:
             raise UnlearnError(f"Unknown offline corpus {source!r}. Valid forms: {TEXT_SOURCES_HELP}.")
-        path = data_dir() / OFFLINE_CORPORA[name]
+        path = shipped_dir() / OFFLINE_CORPORA[name]
         if not path.is_file():
             raise UnlearnError(
-                f"Offline corpus {path} is missing; rebuild it with data/corpora/build_corpora.py."
+                f"Offline corpus {path} is missing; reinstall unlearn, or rebuild it with data/corpora/build_corpora.py."
             )
         return _jsonl_texts(path, source)
     if source == "wikitext":
@@ -321,10 +321,10 @@ def _txt_paragraphs(path: Path) -> Iterator[str]:
 
 
 def _local_path(source: str, suffixes: tuple[str, ...]) -> Path | None:
-    """The file a source names (as given, else under the data folder: presets say `data/...`), or None."""
+    """The file a source names (`paths.resolve_path`: as given, or `shipped:REL`), or None."""
     if not source.endswith(suffixes):
         return None
-    path = resolve_data_path(source)
+    path = resolve_path(source)
     if not path.is_file():
         raise UnlearnError(f"File not found: {source} (also looked for {path}).")
     return path

@@ -347,7 +347,9 @@ def main() -> None:
     parser.add_argument(
         "--pydoc-words", type=int, default=120_000, help="words of Python docs to add to retain"
     )
-    parser.add_argument("--out-dir", type=Path, default=Path(__file__).resolve().parent)
+    parser.add_argument(
+        "--out-dir", type=Path, default=Path(__file__).resolve().parents[2] / "unlearn" / "shipped" / "corpora"
+    )
     args = parser.parse_args()
 
     forget = wordnet_documents(args.wordnet_dir, FORGET_LEXFILES, drop_bio=False)

@@ -149,7 +149,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--statements-dir", type=Path, default=here / "statements")
-    parser.add_argument("--out-dir", type=Path, default=here)
+    parser.add_argument("--out-dir", type=Path, default=here.parents[1] / "unlearn" / "shipped" / "corpora")
     args = parser.parse_args()
     try:
         outputs = build(args.statements_dir, args.out_dir)

@@ -108,8 +108,9 @@ def interleave(rows: list[dict]) -> list[dict]:
 
 
 def main() -> None:
-    out_dir = Path(__file__).resolve().parent
-    for name, rows in build(out_dir / "src").items():
+    here = Path(__file__).resolve().parent
+    out_dir = here.parents[1] / "unlearn" / "shipped" / "questions"  # shipped inside the package
+    for name, rows in build(here / "src").items():
         write_jsonl(out_dir / f"{name}.jsonl", rows)
         counts: dict[str, int] = {}
         for row in rows:

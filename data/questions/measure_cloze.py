@@ -21,7 +21,7 @@ import numpy as np
 from unlearn.data import Question, load_questions
 from unlearn.eval.scoring import score_cloze
 from unlearn.models import load_model
-from unlearn.paths import data_dir
+from unlearn.paths import shipped_dir
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def main() -> None:
     print("| set | subject | n | cloze acc | prior-only acc |\n|---|---|---|---|---|")
     for name in args.sets:
         # by path, so a set works before it is registered as an `offline:` source
-        qs: list[Question] = load_questions(str(data_dir() / "questions" / f"{name}.jsonl"))
+        qs: list[Question] = load_questions(str(shipped_dir() / "questions" / f"{name}.jsonl"))
         bare = [Bare("", list(q.choices), q.answer, q.subject) for q in qs]
         answer = np.array([q.answer for q in qs])
         nan = np.full(len(qs), np.nan)

@@ -2,7 +2,7 @@
 
 `HFLM(pretrained=<model>, tokenizer=<tokenizer>, add_bos_token=True)` wraps the loaded model, so hooks
 installed by an intervention act inside lm-eval too; Gemma needs the BOS token (reference §4). Local
-question files run as YAML tasks from `evals/` (`dataset_path: json`); `TaskManager(include_path=…,
+question files run as YAML tasks from `unlearn/shipped/evals/` (`dataset_path: json`); `TaskManager(include_path=…,
 include_defaults=False)` skips lm-eval's 10 s scan of its own tasks. Hub tasks (`wmdp_bio`, `mmlu_*`)
 use lm-eval's defaults.
 
@@ -27,7 +27,7 @@ from torch import nn
 from unlearn.checks import require_finite
 from unlearn.errors import UnlearnError
 from unlearn.eval.prompts import QuestionLike, question_subject, subject_phrase
-from unlearn.paths import REPO_DIR, data_dir
+from unlearn.paths import shipped_dir
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +35,8 @@ Style = Literal["letter", "cloze", "mmlu"]
 
 
 def evals_dir() -> Path:
-    """The shipped lm-eval YAML tasks (`<repo>/evals`)."""
-    return REPO_DIR / "evals"
+    """The shipped lm-eval YAML tasks (`unlearn/shipped/evals`)."""
+    return shipped_dir() / "evals"
 
 
 def lm_eval_task_name(source: str) -> str:
@@ -54,12 +54,12 @@ def lm_eval_task_name(source: str) -> str:
 
 
 def include_dir(dest: Path) -> Path:
-    """Copy `evals/` to `dest` with the shipped data paths made absolute (lm-eval resolves `data_files`
-    against the working directory, not the YAML file)."""
+    """Copy the shipped task YAMLs to `dest` with their data paths made absolute (lm-eval resolves
+    `data_files` against the working directory, not the YAML file)."""
     shutil.copytree(evals_dir(), dest, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__"))
-    questions = (data_dir() / "questions").resolve()
+    questions = (shipped_dir() / "questions").resolve()
     for path in dest.glob("*.yaml"):
-        text = re.sub(r"test: data/questions/", f"test: {questions}/", path.read_text())
+        text = re.sub(r"test: questions/", f"test: {questions}/", path.read_text())
         path.write_text(text)
     return dest
 

@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 
 from unlearn.checks import require_finite_tensors
 from unlearn.errors import UnlearnError
-from unlearn.paths import resolve_data_path
+from unlearn.paths import SHIPPED, resolve_path
 from unlearn.sae.model import ARCHITECTURES, SAE, SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
 
 logger = logging.getLogger(__name__)
@@ -419,16 +419,17 @@ def load_sae(
     `gemma-scope-2b-pt-res-canonical/layer_3/width_16k/canonical`,
     `gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_142`, `gemma-scope-2b-pt-res/layer_7/width_16k/l0~100`.
     """
-    path = Path(spec).expanduser()
-    if not path.exists():  # presets name shipped SAEs as `data/saes/...`
-        path = resolve_data_path(path) if resolve_data_path(path).exists() else path
+    path = resolve_path(spec)
     if path.exists():
         return load_local(path, hook_name=hook_name, device=device, dtype=dtype)
     text = str(spec)
     if (
         isinstance(spec, Path)
-        or text.startswith(("/", ".", "~", "data/"))
+        or text.startswith(("/", ".", "~", "data/", SHIPPED))
         or path.suffix in (".npz", ".safetensors", ".pt")
     ):
-        raise UnlearnError(f"SAE file or folder {path} does not exist (not found)")
+        raise UnlearnError(
+            f"SAE {text!r}: file or folder {path} does not exist (not found); train one with "
+            "`unlearn train-sae` or pass --sae"
+        )
     return load_from_registry(resolve(text), hook_name=hook_name, device=device, dtype=dtype)

@@ -68,7 +68,7 @@ class TrainSAEConfig:
     activations: Path | None = None
     """Float16 activation cache file (outside the repo) to reuse/resume between tries; None: in memory."""
     out: Path | None = None
-    """Also copy the SAE folder (+ training.json, metrics.json) here, e.g. data/saes/<name>."""
+    """Also copy the SAE folder (+ training.json, metrics.json) here, e.g. unlearn/shipped/saes/<name>."""
     dtype: str | None = None
     """Model dtype (default: the preset's)."""
     device: str | None = None
@@ -252,7 +252,7 @@ def train_sae_command(
     ce_tokens: Annotated[int, typer.Option(help="Held-out tokens for the spliced CE.")] = 8192,
     seed: Annotated[int, typer.Option(help="Initialisation and shuffling seed.")] = 0,
     activations: Annotated[Path | None, typer.Option(help="Activation cache file to reuse/resume.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Also copy the SAE here (e.g. data/saes/NAME).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Also copy the SAE here (e.g. unlearn/shipped/saes/NAME).")] = None,
     save_dtype: Annotated[str, typer.Option(help="float16, float32 or bfloat16.")] = "float16",
     dtype: Annotated[str | None, typer.Option(help="Model dtype.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda ...")] = None,
