@@ -14,6 +14,7 @@ from unlearn.attacks import run as attack
 from unlearn.clamp import intervene, screen, select, topics
 from unlearn.errors import UnlearnError
 from unlearn.eval import run as eval_run
+from unlearn.options import writes_results
 from unlearn.report import run as report
 from unlearn.rmu import run as rmu
 from unlearn.sae import train as train_sae
@@ -30,19 +31,19 @@ def _root() -> None:
     """SAE-based unlearning experiments: select features, clamp them, compare with RMU, report."""
 
 
-# In pipeline order, as `unlearn --help` lists them.
+# In pipeline order, as `unlearn --help` lists them; every command that writes takes --results DIR.
 app.command("info")(info.info_command)
 app.command("list-saes")(info.list_saes_command)
-app.command("eval")(eval_run.eval_command)
-app.command("select-features")(select.select_features_command)
-app.command("intervene")(intervene.intervene_command)
-app.command("screen-features")(screen.screen_features_command)
-app.command("cross-topic")(topics.cross_topic_command)
-app.command("rmu-baseline")(rmu.rmu_baseline_command)
-app.command("attack")(attack.attack_command)
+app.command("eval")(writes_results(eval_run.eval_command))
+app.command("select-features")(writes_results(select.select_features_command))
+app.command("intervene")(writes_results(intervene.intervene_command))
+app.command("screen-features")(writes_results(screen.screen_features_command))
+app.command("cross-topic")(writes_results(topics.cross_topic_command))
+app.command("rmu-baseline")(writes_results(rmu.rmu_baseline_command))
+app.command("attack")(writes_results(attack.attack_command))
 app.command("report")(report.report_command)
-app.command("train-sae")(train_sae.train_sae_command)
-app.command("demo")(demo.demo_command)
+app.command("train-sae")(writes_results(train_sae.train_sae_command))
+app.command("demo")(writes_results(demo.demo_command))
 
 
 def main() -> None:

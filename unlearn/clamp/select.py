@@ -16,11 +16,10 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, get_args
+from typing import Literal, get_args
 
 import pandas as pd
 import torch
-import typer
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
@@ -40,6 +39,7 @@ from unlearn.errors import UnlearnError
 from unlearn.eval.suite import weight_fingerprint
 from unlearn.hooks import hook_width
 from unlearn.models import LoadedModel, load_model
+from unlearn.options import Flag, command
 from unlearn.paths import results_dir
 from unlearn.results import (
     check_new_run,
@@ -437,43 +437,8 @@ def _parse_sources(pairs: list[str]) -> dict[str, str | list[str]]:
     return out
 
 
-def select_features_command(
-    topic: Annotated[list[str] | None, typer.Option(help="Topic(s) to select for (repeatable).")] = None,
-    preset: Annotated[str | None, typer.Option(help="Model preset (default gemma-3-270m).")] = None,
-    model: Annotated[str | None, typer.Option(help="Model instead of the preset's.")] = None,
-    sae: Annotated[str | None, typer.Option(help="SAE instead of the preset's.")] = None,
-    hook: Annotated[str | None, typer.Option(help="Hook point instead of the SAE's.")] = None,
-    forget_source: Annotated[
-        list[str] | None, typer.Option(help="TOPIC=SOURCE text source (repeatable).")
-    ] = None,
-    retain_source: Annotated[
-        str | None, typer.Option(help="Retain text source(s), comma list read in order.")
-    ] = None,
-    retain_threshold: Annotated[float, typer.Option(help="Max retain firing frequency.")] = 0.01,
-    n_features: Annotated[int, typer.Option(help="Features kept per topic.")] = 50,
-    rank_by: Annotated[
-        str | None, typer.Option(help="freq (paper), ratio or log-odds (default: the preset's, else freq).")
-    ] = None,
-    max_tokens: Annotated[int, typer.Option(help="Tokens read per source.")] = 60_000,
-    max_length: Annotated[int, typer.Option(help="Tokens per sequence.")] = 128,
-    batch_tokens: Annotated[int, typer.Option(help="Token slots per forward.")] = 2048,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16, ...")] = None,
-    run_id: Annotated[str | None, typer.Option(help="Run folder name.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run of this --run-id.")] = False,
-    counters_from: Annotated[
-        str | None, typer.Option(help="Reuse the feature counters of this earlier run (only re-rank).")
-    ] = None,
-) -> None:
-    """Select SAE features that fire on forget text and (almost) never on retain text."""
-    cfg = SelectConfig(
-        preset=preset, model=model, sae=sae, hook=hook, topics=topic or ["bio"],
-        forget_sources=_parse_sources(forget_source or []),
-        retain_source=None if retain_source is None else retain_source.split(",") if "," in retain_source else retain_source,
-        retain_threshold=retain_threshold, n_features=n_features, rank_by=rank_by,  # type: ignore[arg-type]
-        max_tokens=max_tokens, max_length=max_length, batch_tokens=batch_tokens, device=device, dtype=dtype,
-        run_id=run_id, overwrite=overwrite, counters_from=counters_from,
-    )  # fmt: skip
+def show_selection(cfg: SelectConfig) -> None:
+    """`unlearn select-features`: run the selection and print each topic's features and detection AUROC."""
     run_dir = run_select(cfg)
     features = read_json(run_dir / "features.json")
     console = Console()
@@ -485,3 +450,19 @@ def select_features_command(
             console.print(f"{name}: topic-detection AUROC {d['auroc']:.3f} ({top}) on {d['n_forget']} "
                           f"{'+'.join(d['forget'])} vs {d['n_retain']} {'+'.join(d['retain'])} questions")  # fmt: skip
     console.print(f"wrote {run_dir}")
+
+
+select_features_command = command(
+    SelectConfig,
+    show_selection,
+    doc="Select SAE features that fire on forget text and (almost) never on retain text.",
+    flags={
+        "topics": Flag("--topic", help="Topic(s) to select for (repeatable; default bio)."),
+        "forget_sources": Flag("--forget-source", type=list[str] | None, parse=lambda v: _parse_sources(v or []),
+                               help="TOPIC=SOURCE forget text source (repeatable, read in order)."),
+        "retain_source": Flag(type=str | None, parse=lambda v: v.split(",") if v and "," in v else v,
+                              help="Retain text source(s), a comma list read in order (default: the preset's)."),
+        "auroc_forget": Flag(comma=True),
+        "auroc_retain": Flag(comma=True),
+    },
+)  # fmt: skip

@@ -6,14 +6,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import get_args
 
-import typer
 from rich.console import Console
 
 from unlearn.checks import positive_int
 from unlearn.errors import UnlearnError
 from unlearn.eval.suite import Protocol, eval_config_from_preset, prepare_eval, protocol_name
+from unlearn.options import Flag, command
 from unlearn.presets import Preset
 from unlearn.results import EvalBlock, check_new_run, open_run, read_json
 from unlearn.setup import setup_of
@@ -26,27 +26,38 @@ class EvalRunConfig:
     model: str | None = None
     """Hub id, local folder or .gguf file instead of the preset's model."""
     tasks: list[str] | None = None
-    """Question sources (default: the preset's forget + retain lists). Roles: the preset's lists, else
-    `forget` for wmdp-* and offline:bio, `other` for anything else."""
+    """Question sources, comma-separated (wmdp-bio,mmlu:college_biology,offline:bio,file.jsonl; default:
+    the preset's forget + retain lists). Roles: the preset's lists, else `forget` for wmdp-* and
+    offline:bio, `other` for anything else."""
     protocol: Protocol | None = None
+    """letter, cloze or lm-eval (default: the preset's)."""
     permutations: bool = False
+    """Letter protocol: score all 24 choice orders."""
     known_only: bool = False
+    """Only questions the base model knows (cached per model)."""
     chat_template: bool | None = None
+    """Wrap prompts in the tokenizer's chat template (default: the preset's)."""
     batch_size: int | None = None
     """Sequences per forward pass (default: the preset's `eval.batch_size`, else 16)."""
     limit: int | None = None
+    """At most this many questions per source."""
     rmu: str | None = None
     """An `rmu-baseline` run folder whose trained weights are loaded into the model after the known
     subsets are computed (so they describe the base model)."""
     device: str | None = None
+    """cpu, cuda, cuda:1 ... (default: cuda if available)."""
     dtype: str | None = None
+    """float32, bfloat16 ... (default: the preset's)."""
     run_id: str | None = None
+    """Run folder name (default: a timestamp + random suffix)."""
     overwrite: bool = False
     """Replace an existing run of the same `run_id` (cleared first)."""
 
 
 def check_eval_flags(cfg: EvalRunConfig) -> Path | None:
-    """Everything checkable without the model: counts, run id, the --rmu run; returns its weights file."""
+    """Everything checkable without the model: protocol, counts, run id, the --rmu run; returns its weights file."""
+    if cfg.protocol is not None and cfg.protocol not in get_args(Protocol):
+        raise UnlearnError(f"Unknown protocol {cfg.protocol!r}; use letter, cloze or lm-eval.")
     positive_int(cfg.batch_size, "--batch-size")
     positive_int(cfg.limit, "--limit")
     check_new_run("eval", cfg.run_id, overwrite=cfg.overwrite)
@@ -125,47 +136,15 @@ def scores_table(block: EvalBlock, title: str = "Evaluation"):
     return table
 
 
-def eval_command(
-    preset: Annotated[str | None, typer.Option(help="Model preset (default gemma-3-270m).")] = None,
-    model: Annotated[
-        str | None, typer.Option(help="Hub id, local folder or .gguf instead of the preset's model.")
-    ] = None,
-    tasks: Annotated[
-        str | None,
-        typer.Option(help="Comma-separated sources: wmdp-bio,mmlu:college_biology,offline:bio,file.jsonl."),
-    ] = None,
-    protocol: Annotated[
-        str | None, typer.Option(help="letter | cloze | lm-eval (default: the preset's).")
-    ] = None,
-    permutations: Annotated[bool, typer.Option(help="Letter protocol: score all 24 choice orders.")] = False,
-    known_only: Annotated[
-        bool, typer.Option(help="Only questions the base model knows (cached per model).")
-    ] = False,
-    chat_template: Annotated[
-        bool | None, typer.Option("--chat-template/--no-chat-template", help="Default: the preset's.")
-    ] = None,
-    batch_size: Annotated[
-        int | None, typer.Option(help="Sequences per forward pass (default: the preset's, else 16).")
-    ] = None,
-    limit: Annotated[int | None, typer.Option(help="At most N questions per source.")] = None,
-    rmu: Annotated[
-        str | None, typer.Option(help="results/rmu-baseline/<id>: evaluate the RMU-trained weights.")
-    ] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 ...")] = None,
-    run_id: Annotated[str | None, typer.Option(help="Run folder name (default: timestamp).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run of this --run-id.")] = False,
-) -> None:
-    """Score a model on forget/retain question sets; writes results/eval/<run-id>/."""
-    if protocol is not None and protocol not in ("letter", "cloze", "lm-eval"):
-        raise UnlearnError(f"Unknown protocol {protocol!r}; use letter, cloze or lm-eval.")
-    task_list = [t.strip() for t in tasks.split(",") if t.strip()] if tasks else None
-    cfg = EvalRunConfig(
-        preset=preset, model=model, tasks=task_list, protocol=protocol, permutations=permutations,
-        known_only=known_only, chat_template=chat_template, batch_size=batch_size, limit=limit, rmu=rmu,
-        device=device, dtype=dtype, run_id=run_id, overwrite=overwrite,
-    )  # fmt: skip
+def show_eval(cfg: EvalRunConfig) -> None:
+    """`unlearn eval`: evaluate and print the per-task table."""
     run_dir = run_eval(cfg)
     console = Console()
     console.print(scores_table(EvalBlock.from_dict(read_json(run_dir / "metrics.json"))))
     console.print(f"Results: {run_dir}")
+
+
+eval_command = command(
+    EvalRunConfig, show_eval, doc="Score a model on forget/retain question sets; writes results/eval/<run-id>/.",
+    flags={"tasks": Flag(comma=True)},
+)  # fmt: skip

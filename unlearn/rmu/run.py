@@ -19,10 +19,8 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
 
 import torch
-import typer
 from rich.console import Console
 from rich.table import Table
 from safetensors.torch import load_file, save
@@ -32,6 +30,7 @@ from unlearn.checks import finite_float, positive_int, require_finite_tensors
 from unlearn.errors import UnlearnError
 from unlearn.hooks import decoder_layers, text_config
 from unlearn.models import LoadedModel, load_model
+from unlearn.options import Flag, command
 from unlearn.paths import results_dir
 from unlearn.results import (
     FAILED_FILE,
@@ -109,7 +108,9 @@ class RMUConfig:
     eval_limit: int | None = None
     """At most this many questions per task (quick runs)."""
     device: str | None = None
+    """cpu, cuda, cuda:1 ... (default: cuda if available)."""
     dtype: str | None = None
+    """float32, bfloat16 ... (default: the preset's)."""
     run_id: str | None = None
     """Run folder name under results/rmu-baseline/ (default: a timestamp + random suffix)."""
     overwrite: bool = False
@@ -440,66 +441,8 @@ class _progress:
             self.bar.__exit__(*exc)
 
 
-def rmu_baseline_command(
-    preset: Annotated[
-        str | None, typer.Option(help="Preset: model, RMU defaults, evaluation tasks (default gemma-3-270m).")
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option(help="Model instead of the preset's (hub id, folder, .gguf).")
-    ] = None,
-    layer: Annotated[int | None, typer.Option(help="L: losses at the output of layers[L].")] = None,
-    update_layers: Annotated[
-        str | None, typer.Option(help="Trained layers, comma-separated (default L-2,L-1,L).")
-    ] = None,
-    param_pattern: Annotated[
-        str | None, typer.Option(help="Regex with {layer} naming the trained parameter.")
-    ] = None,
-    steering_coeff: Annotated[
-        float | None, typer.Option(help="c: forget activations pushed toward c·u.")
-    ] = None,
-    steering_coeff_rel: Annotated[
-        float | None, typer.Option(help="c as a multiple of the mean residual norm at layers[L].")
-    ] = None,
-    alpha: Annotated[float | None, typer.Option(help="α: retain loss weight.")] = None,
-    lr: Annotated[float | None, typer.Option(help="AdamW learning rate.")] = None,
-    n_batches: Annotated[
-        int | None, typer.Option(help="Training steps (one forget + one retain batch each).")
-    ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Texts per batch.")] = None,
-    max_length: Annotated[int | None, typer.Option(help="Tokens per text (right truncation).")] = None,
-    mask_padding: Annotated[
-        bool | None,
-        typer.Option(
-            "--mask-padding/--no-mask-padding", help="Farrell et al.'s masked loss (default: preset)."
-        ),
-    ] = None,  # fmt: skip
-    mask_bos: Annotated[
-        bool | None,
-        typer.Option("--mask-bos/--no-mask-bos", help="Leave BOS out of both losses (default: preset)."),
-    ] = None,
-    forget_source: Annotated[
-        list[str] | None, typer.Option(help="Forget corpus (repeat for several).")
-    ] = None,
-    retain_source: Annotated[
-        list[str] | None, typer.Option(help="Retain corpus (one, or one per forget).")
-    ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the random control vectors.")] = 42,
-    eval: Annotated[bool, typer.Option("--eval/--no-eval", help="Evaluate before and after.")] = True,
-    eval_limit: Annotated[int | None, typer.Option(help="At most N questions per task.")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1 ...")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16 ...")] = None,
-    run_id: Annotated[str | None, typer.Option(help="Run folder name (default: timestamp).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run of this --run-id.")] = False,
-) -> None:
-    """RMU baseline (Li et al. 2024; Farrell et al.'s variant with --mask-padding), evaluated before/after."""
-    layers = [int(x) for x in update_layers.split(",")] if update_layers else None
-    cfg = RMUConfig(
-        preset=preset, model=model, layer=layer, update_layers=layers, param_pattern=param_pattern,
-        steering_coeff=steering_coeff, steering_coeff_rel=steering_coeff_rel, alpha=alpha, lr=lr, n_batches=n_batches, batch_size=batch_size,
-        max_length=max_length, mask_padding=mask_padding, mask_bos=mask_bos, forget_source=forget_source or None,
-        retain_source=retain_source or None, seed=seed, eval=eval, eval_limit=eval_limit, device=device,
-        dtype=dtype, run_id=run_id, overwrite=overwrite,
-    )  # fmt: skip
+def show_rmu(cfg: RMUConfig) -> None:
+    """`unlearn rmu-baseline`: train, then print the before/after table and whether RMU converged."""
     run_dir = run_rmu(cfg)
     console = Console()
     metrics = run_dir / "metrics.json"
@@ -512,6 +455,12 @@ def rmu_baseline_command(
             f"the initial ({training['criterion']}); this baseline is weak."
         )
     console.print(f"RMU run: {run_dir}  (evaluate later with: unlearn eval --rmu {run_dir})")
+
+
+rmu_baseline_command = command(
+    RMUConfig, show_rmu, skip=("resid_norm",), flags={"update_layers": Flag(comma=True)},
+    doc="RMU baseline (Li et al. 2024; Farrell et al.'s variant with --mask-padding), evaluated before/after.",
+)  # fmt: skip
 
 
 def before_after_table(metrics: dict) -> Table:
