@@ -12,6 +12,7 @@ from rich.table import Table
 from unlearn.errors import UnlearnError
 from unlearn.hooks import decoder_layers, forward_to, hook_width, text_config
 from unlearn.models import load_model
+from unlearn.options import command
 from unlearn.setup import setup_of
 
 SAMPLE_TEXT = "The mitochondria produce ATP for the cell, while ribosomes build proteins from amino acids."
@@ -28,7 +29,9 @@ class InfoConfig:
     hook: str | None = None
     """Hook point instead of the preset's / the SAE's."""
     device: str | None = None
+    """cpu, cuda, cuda:1 (default: cuda when present)."""
     dtype: str | None = None
+    """float32, bfloat16 or float16 (default: the preset's)."""
 
 
 def run_info(cfg: InfoConfig) -> dict[str, object]:
@@ -77,22 +80,21 @@ def run_info(cfg: InfoConfig) -> dict[str, object]:
     return facts
 
 
-def info_command(
-    preset: str = typer.Option(None, help="Preset name (default gemma-3-270m, the embedded model)."),
-    model: str = typer.Option(None, help="Hub id, local folder or .gguf file instead of a preset."),
-    sae: str = typer.Option(None, help="SAE spec (registry id, SAELens folder, params.npz) or 'none'."),
-    hook: str = typer.Option(None, help="Hook point, e.g. blocks.6.hook_resid_post."),
-    device: str = typer.Option(None, help="cpu, cuda, cuda:1 (default: cuda when present)."),
-    dtype: str = typer.Option(None, help="float32, bfloat16 or float16 (default: the preset's)."),
-) -> None:
-    """Show a model's layers, widths and hook point, and its SAE's shape and L0 on a sample sentence."""
-    facts = run_info(InfoConfig(preset=preset, model=model, sae=sae, hook=hook, device=device, dtype=dtype))
+def show_info(cfg: InfoConfig) -> None:
+    """`unlearn info`: the facts of `run_info` as a table."""
+    facts = run_info(cfg)
     table = Table(title="unlearn info", show_header=False)
     table.add_column(style="bold cyan")
     table.add_column()
     for key, value in facts.items():
         table.add_row(key, str(value))
     Console().print(table)
+
+
+info_command = command(
+    InfoConfig, show_info,
+    doc="Show a model's layers, widths and hook point, and its SAE's shape and L0 on a sample sentence.",
+)  # fmt: skip
 
 
 def list_saes_command(

@@ -20,16 +20,15 @@ import dataclasses
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
 
 import pandas as pd
 import torch
-import typer
 from rich.console import Console
 from rich.table import Table
 
 from unlearn.clamp.select import Selection, read_selection
 from unlearn.errors import UnlearnError
+from unlearn.options import Flag, command
 
 log = logging.getLogger(__name__)
 
@@ -156,9 +155,13 @@ class CrossTopicConfig:
     topics: list[str] | None = None
     """Topics to clamp (default: every topic of the selection)."""
     preset: str | None = None
+    """Model preset (`unlearn.setup`: default gemma-3-270m unless `model` is given alone)."""
     model: str | None = None
+    """Model instead of the preset's: hub id, local folder or .gguf file."""
     sae: str | None = None
+    """SAE instead of the selection's."""
     hook: str | None = None
+    """Hook point instead of the selection's."""
     n_features: int | None = None
     """Top-n features of each topic (default: the preset's `demo.n_features[0]`, else 20)."""
     scale: float | None = None
@@ -168,17 +171,27 @@ class CrossTopicConfig:
     forget_tasks: list[str] | None = None
     """Question sets, one per topic in `topics` order (default: each topic's own, from the preset)."""
     retain_tasks: list[str] | None = None
+    """Retain question sources (default: the preset's)."""
     split: str | None = None
     """dev, test or all (default: the preset's)."""
     protocol: str | None = None
+    """letter, cloze or lm-eval (default: the preset's)."""
     known_only: bool = True
+    """Score the known subset only (questions the unhooked model knows)."""
     limit: int | None = None
+    """At most this many questions per source."""
     batch_size: int | None = None
+    """Evaluation sequences per forward."""
     run_id: str | None = None
+    """Run folder name (default: a timestamp + random suffix)."""
     overwrite: bool = False
+    """Replace the existing run `run_id`."""
     device: str | None = None
+    """cpu, cuda, ... (default: cuda if available)."""
     dtype: str | None = None
+    """float32, bfloat16, ... (default: the preset's)."""
     extra: dict = field(default_factory=dict)
+    """Further `EvalConfig` overrides (notebooks, tests)."""
 
 
 def demo_defaults(setup, n: int | None, scale: float | None) -> tuple[int, float]:
@@ -341,43 +354,10 @@ def _fmt(v) -> str:
     return "-" if v is None or pd.isna(v) else f"{v:.3f}"
 
 
-def cross_topic_command(
-    features: Annotated[
-        str | None, typer.Option(help="select-features run (comma list; default: latest).")
-    ] = None,
-    topic: Annotated[
-        list[str] | None, typer.Option(help="Topic to clamp (repeatable; default: all).")
-    ] = None,
-    n_features: Annotated[int | None, typer.Option(help="Top-n features per topic.")] = None,
-    scale: Annotated[
-        float | None, typer.Option(help="Clamp value (default: the preset's demo point).")
-    ] = None,
-    clamp_unit: Annotated[str | None, typer.Option(help="absolute or typical.")] = None,
-    forget_tasks: Annotated[
-        str | None, typer.Option(help="One question source per topic (comma list).")
-    ] = None,
-    retain_tasks: Annotated[str | None, typer.Option(help="Retain question sources (comma list).")] = None,
-    split: Annotated[str | None, typer.Option(help="dev, test or all (default: the preset's).")] = None,
-    preset: Annotated[str | None, typer.Option(help="Model preset (default gemma-3-270m).")] = None,
-    model: Annotated[str | None, typer.Option(help="Model instead of the preset's.")] = None,
-    sae: Annotated[str | None, typer.Option(help="SAE instead of the selection's.")] = None,
-    hook: Annotated[str | None, typer.Option(help="Hook point instead of the selection's.")] = None,
-    protocol: Annotated[str | None, typer.Option(help="letter, cloze or lm-eval.")] = None,
-    known_only: Annotated[
-        bool, typer.Option("--known-only/--all-questions", help="Known subset only.")
-    ] = True,
-    limit: Annotated[int | None, typer.Option(help="Questions per source.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Evaluation batch size.")] = None,
-    run_id: Annotated[str | None, typer.Option(help="Run folder name.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace the existing run --run-id.")] = False,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16, ...")] = None,
-) -> None:
-    """Clamp each topic's features alone and all together; accuracy on every topic's questions."""
-    split_list = lambda s: None if s is None else [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
-    run_cross_topic(CrossTopicConfig(
-        features=features, topics=topic or None, preset=preset, model=model, sae=sae, hook=hook,
-        n_features=n_features, scale=scale, clamp_unit=clamp_unit, forget_tasks=split_list(forget_tasks),
-        retain_tasks=split_list(retain_tasks), split=split, protocol=protocol, known_only=known_only,
-        limit=limit, batch_size=batch_size, run_id=run_id, overwrite=overwrite, device=device, dtype=dtype,
-    ))  # fmt: skip
+cross_topic_command = command(
+    CrossTopicConfig, run_cross_topic,
+    doc="Clamp each topic's features alone and all together; accuracy on every topic's questions.",
+    flags={"topics": Flag("--topic", help="Topic to clamp (repeatable; default: all)."),
+           "forget_tasks": Flag(comma=True), "retain_tasks": Flag(comma=True),
+           "known_only": Flag("--known-only/--all-questions")},
+)  # fmt: skip
