@@ -35,7 +35,7 @@ GEMMA_CHAT_TEMPLATE = (
     "{{ '<start_of_turn>' + role + '\n' + message['content'] | trim + '<end_of_turn>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}"
 )
-"""Gemma's chat template, reduced to what the evaluation protocol uses (reference §1)."""
+"""Gemma's chat template, reduced to what the evaluation protocol uses (SAEBench `sae_bench/evals/unlearning/`)."""
 
 TOKENIZER_TEXT = [
     "The following are multiple choice questions (with answers) about biology.",

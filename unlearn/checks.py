@@ -19,6 +19,25 @@ from torch import Tensor
 
 from unlearn.errors import UnlearnError
 
+DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float64": torch.float64,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+"""dtype names that flags and SAE configs use (the one table; `--dtype`, `--save-dtype`, cfg.json)."""
+
+
+def dtype_named(name: str, flag: str = "--dtype", allowed: tuple[str, ...] | None = None) -> torch.dtype:
+    """The torch dtype a flag names, or an error listing the names it accepts."""
+    names = allowed or tuple(DTYPES)
+    if name not in names:
+        raise UnlearnError(f"{flag} must be one of {', '.join(names)}, got {name!r}")
+    return DTYPES[name]
+
 
 class NonFiniteError(UnlearnError):
     """A score, loss or weight is NaN or infinite: the numbers built on it would be meaningless."""

@@ -19,6 +19,7 @@ from rich.rule import Rule
 from unlearn.clamp.intervene import InterveneConfig, run_intervene
 from unlearn.clamp.select import SelectConfig, run_select
 from unlearn.models import load_model
+from unlearn.options import parse_list
 from unlearn.report.run import ReportConfig, run_report
 from unlearn.rmu.run import RMUConfig, run_rmu
 from unlearn.setup import setup_of
@@ -123,9 +124,9 @@ def demo_command(
         DemoConfig(
             preset=preset,
             model=model,
-            scales=[float(s) for s in scales.split(",")] if scales.strip() else None,
-            n_features=[int(n) for n in n_features.split(",")] if n_features.strip() else None,
-            gates=[g.strip() for g in gates.split(",") if g.strip()],
+            scales=parse_list(scales, float, "--scales") or None,
+            n_features=parse_list(n_features, int, "--n-features") or None,
+            gates=parse_list(gates, str, "--gates"),
             attacks=attacks,
             quick=quick,
         )

@@ -229,7 +229,7 @@ def forward_to(
     """Activations at `names` from a forward that stops after the deepest of them.
 
     This is what activation statistics, SAE training and RMU need: nothing after the hooked layer, and
-    in particular not Gemma's 256k-token output layer, which dominates CPU time (reference §5).
+    in particular not Gemma's 256k-token output layer, which dominates CPU time.
     """
     with capture(model, names, detach=detach, stop=True) as store:
         try:

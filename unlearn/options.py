@@ -23,6 +23,7 @@ from typing import Annotated, Any, Literal
 
 import typer
 
+from unlearn.checks import finite_float
 from unlearn.errors import UnlearnError
 from unlearn.paths import results_at
 
@@ -53,13 +54,15 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def parse_list(text: str | None, kind: Callable = str, flag: str = "a list") -> list | None:
-    """A comma-separated flag value (`-5,-20,-50`) as a list of `kind`; None stays None."""
+    """A comma-separated flag value (`-5,-20,-50`) as a list of `kind` (floats must be finite); None
+    stays None. The one comma-list parser of the CLI."""
     if text is None:
         return None
     try:
-        return [kind(x.strip()) for x in text.split(",") if x.strip()]
+        values = [kind(x.strip()) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise UnlearnError(f"{flag} takes a comma-separated list of {kind.__name__}, got {text!r}") from None
+        raise UnlearnError(f"Expected a comma-separated list of {kind.__name__} values, got {text!r}.") from None
+    return [finite_float(v, f"{flag} {text!r}: every value") for v in values] if kind is float else values
 
 
 @dataclass(frozen=True)

@@ -30,6 +30,7 @@ from unlearn.attacks.state import Target
 from unlearn.errors import UnlearnError
 from unlearn.eval.suite import EvalOutcome, EvalSuite
 from unlearn.models import LoadedModel
+from unlearn.options import parse_list
 from unlearn.setup import setup_of
 from unlearn.stats import bootstrap_ci
 
@@ -313,14 +314,6 @@ def attack_table(rows: list[dict], title: str) -> Table:
     return table
 
 
-def _ints(text: str | None) -> list[int] | None:
-    return [int(x) for x in text.split(",") if x.strip()] if text else None
-
-
-def _strs(text: str | None) -> list[str] | None:
-    return [x.strip() for x in text.split(",") if x.strip()] if text else None
-
-
 def attack_command(
     target: Annotated[
         str,
@@ -376,11 +369,11 @@ def attack_command(
     """Attack an unlearned state: is the knowledge gone, or only hidden? Writes results/attack/<run-id>/."""
     cfg = AttackConfig(
         preset=preset, model=model, target=target, features=features, n_features=n_features, mode=mode,
-        scale=scale, attacks=_strs(attacks) or [], forget_tasks=_strs(forget_tasks),
-        retain_tasks=_strs(retain_tasks), known_only=known_only, limit=limit, relearn_k=_ints(relearn_k) or [],
-        relearn_steps=_ints(relearn_steps) or [], relearn_lr=relearn_lr, relearn_layers=_ints(relearn_layers), relearn_corpora=_strs(relearn_corpora) or [],
+        scale=scale, attacks=parse_list(attacks) or [], forget_tasks=parse_list(forget_tasks),
+        retain_tasks=parse_list(retain_tasks), known_only=known_only, limit=limit, relearn_k=parse_list(relearn_k, int) or [],
+        relearn_steps=parse_list(relearn_steps, int) or [], relearn_lr=relearn_lr, relearn_layers=parse_list(relearn_layers, int), relearn_corpora=parse_list(relearn_corpora) or [],
         relearn_forget=relearn_forget, relearn_retain=relearn_retain,
-        shots=shots, pad_tokens=pad_tokens, direction_tokens=direction_tokens, probe_layers=_ints(probe_layers),
+        shots=shots, pad_tokens=pad_tokens, direction_tokens=direction_tokens, probe_layers=parse_list(probe_layers, int),
         seed=seed, run_id=run_id, device=device, dtype=dtype, direction_control=direction_control,
         overwrite=overwrite,
     )  # fmt: skip

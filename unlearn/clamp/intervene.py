@@ -58,6 +58,7 @@ from unlearn.errors import UnlearnError
 from unlearn.eval.suite import EvalSuite, Reuse
 from unlearn.hooks import edit_with_inputs, parse_hook_name, sae_site, text_config
 from unlearn.models import LoadedModel, load_model
+from unlearn.options import parse_list
 from unlearn.results import (
     EvalBlock,
     check_new_run,
@@ -571,18 +572,6 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan:
     write_table(run_dir / "summary.csv", summary_frame(run_dir))
 
 
-def _split(text: str | None, kind=str, flag: str = "a list") -> list | None:
-    if text is None:
-        return None
-    try:
-        values = [kind(x.strip()) for x in text.split(",") if x.strip()]
-        return [finite_float(v, f"{flag} {text!r}: every value") for v in values] if kind is float else values
-    except ValueError:
-        raise UnlearnError(
-            f"Expected a comma-separated list of {kind.__name__} values, got {text!r}."
-        ) from None
-
-
 def intervene_command(
     scale: Annotated[str, typer.Option(help="Clamp value(s), e.g. -20 or -5,-20,-50.")] = "-20",
     clamp_unit: Annotated[
@@ -643,13 +632,13 @@ def intervene_command(
 ) -> None:
     """Clamp selected SAE features during evaluation, over a grid of feature counts and scales."""
     cfg = InterveneConfig(
-        preset=preset, model=model, features=features, topic=topic, feature_ids=_split(feature_ids, int),
-        sae=sae, hook=hook, modes=_split(mode), n_features=_split(n_features, int), scales=_split(scale, float, "--scale"),
-        protocol=protocol, forget_tasks=_split(forget_tasks), retain_tasks=_split(retain_tasks),
+        preset=preset, model=model, features=features, topic=topic, feature_ids=parse_list(feature_ids, int),
+        sae=sae, hook=hook, modes=parse_list(mode), n_features=parse_list(n_features, int), scales=parse_list(scale, float, "--scale"),
+        protocol=protocol, forget_tasks=parse_list(forget_tasks), retain_tasks=parse_list(retain_tasks),
         known_only=known_only, permutations=permutations, limit=limit, batch_size=batch_size, run_id=run_id,
         resume=resume, overwrite=overwrite, device=device, dtype=dtype, clamp_unit=clamp_unit,
-        controls=[] if controls.strip() == "none" else _split(controls), gates=_split(gate),
-        gate_fpr=gate_fpr, split=split, dilution=_split(dilution, int, "--dilution") or [],
+        controls=[] if controls.strip() == "none" else parse_list(controls), gates=parse_list(gate),
+        gate_fpr=gate_fpr, split=split, dilution=parse_list(dilution, int, "--dilution") or [],
         dilution_questions=dilution_questions, dilution_text=dilution_text,
     )  # fmt: skip
     console = Console()

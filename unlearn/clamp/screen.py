@@ -47,6 +47,7 @@ from unlearn.clamp.controls import EditStats, feature_info
 from unlearn.clamp.intervene import CLAMP_UNITS, check_mode, clamp
 from unlearn.errors import UnlearnError
 from unlearn.eval.suite import EvalSuite, Reuse
+from unlearn.options import parse_list
 from unlearn.results import check_new_run, open_run, read_json, write_json, write_table
 from unlearn.setup import Setup, setup_of
 from unlearn.stats import _truthy, outcome_column, paired_deltas
@@ -559,15 +560,6 @@ def test_table(test: dict, title: str) -> Table:
     return table
 
 
-def _ints(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise UnlearnError(f"Expected comma-separated integers, got {text!r}.") from None
-
-
 def screen_features_command(
     features: Annotated[
         str | None, typer.Option(help="select-features run (default: latest; comma list merges topics).")
@@ -611,12 +603,11 @@ def screen_features_command(
     dtype: Annotated[str | None, typer.Option(help="float32, bfloat16, ...")] = None,
 ) -> None:
     """Clamp each candidate feature alone on dev; with --greedy, accumulate them under a retain budget."""
-    split_list = lambda s: None if s is None else [x.strip() for x in s.split(",") if x.strip()]  # noqa: E731
     run_screen(ScreenConfig(
-        preset=preset, model=model, features=features, topic=topic, feature_ids=_ints(feature_ids), sae=sae,
+        preset=preset, model=model, features=features, topic=topic, feature_ids=parse_list(feature_ids, int), sae=sae,
         hook=hook, top_k=top_k, mode=mode, scale=scale, clamp_unit=clamp_unit, split=split, greedy=greedy,
         retain_budget=retain_budget, max_features=max_features, test_split=test_split, controls=controls,
-        protocol=protocol, forget_tasks=split_list(forget_tasks), retain_tasks=split_list(retain_tasks),
+        protocol=protocol, forget_tasks=parse_list(forget_tasks), retain_tasks=parse_list(retain_tasks),
         known_only=known_only, permutations=permutations, limit=limit, batch_size=batch_size, run_id=run_id,
         overwrite=overwrite, device=device, dtype=dtype,
     ))  # fmt: skip

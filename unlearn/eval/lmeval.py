@@ -1,7 +1,7 @@
 """lm-evaluation-harness backend: run its tasks in-process on our (possibly hooked) model object.
 
 `HFLM(pretrained=<model>, tokenizer=<tokenizer>, add_bos_token=True)` wraps the loaded model, so hooks
-installed by an intervention act inside lm-eval too; Gemma needs the BOS token (reference §4). Local
+installed by an intervention act inside lm-eval too; Gemma needs the BOS token (`HFLM(add_bos_token=True)`). Local
 question files run as YAML tasks from `unlearn/shipped/evals/` (`dataset_path: json`); `TaskManager(include_path=…,
 include_defaults=False)` skips lm-eval's 10 s scan of its own tasks. Hub tasks (`wmdp_bio`, `mmlu_*`)
 use lm-eval's defaults.
@@ -65,12 +65,7 @@ def include_dir(dest: Path) -> Path:
 
 
 def _hflm(model: nn.Module, tokenizer, batch_size: int):
-    try:
-        from lm_eval.models.huggingface import HFLM
-    except ImportError:
-        raise UnlearnError(
-            "The lm-eval backend needs lm-evaluation-harness: pip install 'lm_eval>=0.4.13'."
-        ) from None
+    from lm_eval.models.huggingface import HFLM  # a dependency (pyproject: lm-eval>=0.4.8)
     return HFLM(pretrained=model, tokenizer=tokenizer, add_bos_token=True, batch_size=batch_size)
 
 

@@ -1,6 +1,6 @@
 """Prompt text for the two scoring protocols, shared by our scorers and the lm-eval YAML tasks.
 
-*Letter* (Farrell et al. 2024 / SAEBench `sae_bench/evals/unlearning/`, reference §1):
+*Letter* (Farrell et al. 2024 / SAEBench `sae_bench/evals/unlearning/`):
 
     The following are multiple choice questions (with answers) about biology.
     {question}

@@ -1,6 +1,6 @@
 """Batched scorers that compute output logits only where they are needed.
 
-Gemma's 256k-token output layer dominates CPU time (reference §5), so neither scorer asks the model for
+Gemma's 256k-token output layer dominates CPU time (Gemma 3 270M, batch 8×128: 566 tok/s with all logits, 1,245 keeping one position), so neither scorer asks the model for
 its (batch, seq, vocab) logits: we run the decoder body (`model.get_decoder()`; layer hooks still act),
 gather the final hidden states at the positions that matter, and apply the output head to those rows —
 for the letter protocol only to the rows of the letter tokens. Gemma 2/3 final-logit soft-capping
@@ -36,7 +36,7 @@ from unlearn.eval.prompts import (
 from unlearn.hooks import text_config
 
 ALL_ORDERS: list[tuple[int, ...]] = list(permutations(range(4)))
-"""The 24 orderings of four choices; a question is *known* if answered right in all of them (reference §1)."""
+"""The 24 orderings of four choices; a question is *known* if answered right in all of them (Farrell et al., arXiv 2410.19278; SAEBench)."""
 
 Progress = Callable[[int], None]
 """Called with the number of sequences just scored (drives a rich progress bar)."""

@@ -220,7 +220,7 @@ class RMUTrainer:
 
 
 def text_batches(source: str, batch_size: int, n: int, min_len: int = 0) -> list[list[str]]:
-    """The first `n` batches of a corpus in file order (reference §2), skipping texts ≤ `min_len` chars."""
+    """The first `n` batches of a corpus in file order (as centerforaisafety/wmdp `rmu/unlearn.py`), skipping texts ≤ `min_len` chars."""
     from unlearn.data import iter_texts
 
     texts = (t for t in iter_texts(source) if len(t) > min_len)

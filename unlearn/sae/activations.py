@@ -45,7 +45,7 @@ def token_windows(
     tokenizer, texts: Iterable[str], max_length: int, min_tokens: int = 8
 ) -> Iterator[list[int]]:
     """Documents joined by blank lines into one token stream, cut into windows of `max_length` tokens,
-    each starting with BOS (Gemma is very sensitive to a missing BOS, reference §4). Full windows need no
+    each starting with BOS (Gemma is very sensitive to a missing BOS; lm-eval's `add_bos_token`). Full windows need no
     padding: cutting each ~150-token document on its own wasted about half of every forward."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     body = max_length - len(bos)

@@ -29,7 +29,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from unlearn.checks import require_finite_tensors
+from unlearn.checks import DTYPES, require_finite_tensors
 from unlearn.errors import UnlearnError
 from unlearn.paths import SHIPPED, resolve_path
 from unlearn.sae.model import ARCHITECTURES, SAE, SAE_CFG_FILENAME, SAE_WEIGHTS_FILENAME
@@ -37,12 +37,6 @@ from unlearn.sae.model import ARCHITECTURES, SAE, SAE_CFG_FILENAME, SAE_WEIGHTS_
 logger = logging.getLogger(__name__)
 
 Device = torch.device | str | None
-_DTYPES = {
-    "float32": torch.float32,
-    "float64": torch.float64,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
 _LOCAL_HINT = "pass a local SAE instead (--sae path/to/params.npz, or a SAELens folder with cfg.json + sae_weights.safetensors)"
 
 
@@ -108,7 +102,7 @@ def _from_tensors(
 def load_gemma_scope_npz(
     path: str | Path, *, hook_name: str | None = None, device: Device = None, dtype: torch.dtype | None = None
 ) -> SAE:
-    """A Gemma Scope `params.npz`: JumpReLU, `apply_b_dec_to_input=False` (reference §1)."""
+    """A Gemma Scope `params.npz`: JumpReLU, `apply_b_dec_to_input=False` (Gemma Scope, arXiv 2408.05147)."""
     path = Path(path)
     try:
         with np.load(path) as data:
@@ -176,8 +170,8 @@ def _load_saelens_files(
         # SAELens multiplies f by this before decoding; folding it into W_dec keeps x_hat identical.
         logger.warning("%s: folding a finetuning scaling factor into W_dec", weights_path)
         tensors["W_dec"] = tensors["W_dec"] * scale[:, None]
-    if dtype is None and cfg.get("dtype") in _DTYPES:
-        dtype = _DTYPES[cfg["dtype"]]
+    if dtype is None and cfg.get("dtype") in DTYPES:
+        dtype = DTYPES[cfg["dtype"]]
     hook = hook_name or meta.get("hook_name") or cfg.get("hook_name") or cfg.get("hook_point")
     sae = _from_tensors(
         tensors,

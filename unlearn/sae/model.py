@@ -6,7 +6,7 @@
 - `topk` (Gao et al. 2024, arXiv 2406.04093): keep the k largest of `relu(pre)` per row, zero the rest.
 
 All decode as `f @ W_dec + b_dec`. `apply_b_dec_to_input` subtracts `b_dec` from the input first (SAELens'
-default); Gemma Scope SAEs must have it False (reference §1) or every activation is wrong.
+default); Gemma Scope SAEs must have it False (Gemma Scope, arXiv 2408.05147) or every activation is wrong.
 
 Dtype contract: `encode`/`decode`/`forward` compute in the SAE's dtype and return that dtype; an input of
 another dtype is cast in. Callers that edit a bf16 model cast the result back themselves.

@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from unlearn.checks import finite_float, positive_int, writable_dir
+from unlearn.checks import dtype_named, finite_float, positive_int, writable_dir
 from unlearn.errors import UnlearnError
 from unlearn.hooks import hook_width
 from unlearn.models import load_model
@@ -79,7 +79,7 @@ class TrainSAEConfig:
     """Replace an existing run of the same `run_id` (cleared first)."""
 
 
-_SAVE_DTYPES = {"float16": torch.float16, "float32": torch.float32, "bfloat16": torch.bfloat16}
+SAVE_DTYPES = ("float16", "float32", "bfloat16")
 
 
 def check_train_sae_flags(cfg: TrainSAEConfig) -> None:
@@ -104,8 +104,7 @@ def run_train_sae(cfg: TrainSAEConfig, *, progress: bool = True) -> Path:
     """Collect activations, train, save (SAELens folder), evaluate the saved SAE; returns the run folder."""
     if not cfg.sources:
         raise UnlearnError("pass at least one training corpus with --source")
-    if cfg.save_dtype not in _SAVE_DTYPES:
-        raise UnlearnError(f"--save-dtype must be one of {', '.join(_SAVE_DTYPES)}, got {cfg.save_dtype!r}")
+    dtype_named(cfg.save_dtype, "--save-dtype", SAVE_DTYPES)
     setup = setup_of(cfg)
     check_train_sae_flags(cfg)
     if cfg.tokens < cfg.train.batch_size:
@@ -156,7 +155,7 @@ def run_train_sae(cfg: TrainSAEConfig, *, progress: bool = True) -> Path:
         t1 = time.perf_counter()
         result = train_sae(acts_ND, cfg.train, progress=progress)
         t2 = time.perf_counter()
-        sae_dir = result.sae.to_sae(result.scale, hook_name=hook, dtype=_SAVE_DTYPES[cfg.save_dtype]).save(
+        sae_dir = result.sae.to_sae(result.scale, hook_name=hook, dtype=dtype_named(cfg.save_dtype, "--save-dtype", SAVE_DTYPES)).save(
             run_dir / "sae"
         )
         write_table(run_dir / "losses.csv", pd.DataFrame(result.history))
