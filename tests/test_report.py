@@ -501,7 +501,9 @@ def test_frontier_compares_each_family_best_at_the_retain_floor(tmp_path):
     def frame(n_right: int, name: str) -> str:
         rows = [{"task": "bio", "role": "forget", "index": i, "correct": i < n_right, "known": True}
                 for i in range(100)]  # fmt: skip
-        rows += [{"task": "ret", "role": "retain", "index": i, "correct": True, "known": True} for i in range(50)]
+        rows += [
+            {"task": "ret", "role": "retain", "index": i, "correct": True, "known": True} for i in range(50)
+        ]
         path = tmp_path / f"{name}.csv"
         pd.DataFrame(rows).to_csv(path, index=False)
         return str(path)

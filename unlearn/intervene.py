@@ -597,7 +597,8 @@ def intervene_command(
         float, typer.Option(help="Target false-positive rate of gates on dev retain questions.")
     ] = DEFAULT_FPR,
     window_span: Annotated[
-        str, typer.Option(help="Where a firing window gate edits: windows (inside passing windows) or sequence.")
+        str,
+        typer.Option(help="Where a firing window gate edits: windows (inside passing windows) or sequence."),
     ] = "windows",
     split: Annotated[
         str | None, typer.Option(help="Questions scored: dev (tuning), test (reporting), all.")

@@ -142,7 +142,7 @@ def frontier_table(points: pd.DataFrame, floor: float = FRONTIER_RETAIN) -> pd.D
             if r is not top and top_frame is not None and other is not None:
                 d = paired_deltas(top_frame, other)["forget"]
                 if d is not None:
-                    row[f"best − this (forget)"] = f"{d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
+                    row["best − this (forget)"] = f"{d.value:+.3f} [{d.low:+.3f}, {d.high:+.3f}]"
                     row["separated"] = "yes" if d.high < 0 else "no"
             elif r is top:
                 row["best − this (forget)"] = "best"
