@@ -385,3 +385,46 @@ def test_gated_target_installs_the_gate_instead_of_the_plain_clamp(tiny):
         assert not any(p.requires_grad for p in sae.parameters())
     assert n_hooks(model) == hooks and target.name.startswith("gated")
     torch.testing.assert_close(target.decoder_basis_DK, sae.W_dec[[0, 1]].T)
+
+
+def test_mean_ablation_sets_the_component_to_the_mean_and_keeps_the_rest():
+    g = torch.Generator().manual_seed(3)
+    x_ND = torch.randn(40, 12, dtype=torch.float64, generator=g) + 5.0
+    d_D = torch.randn(12, dtype=torch.float64, generator=g)
+    mu_D = torch.randn(12, dtype=torch.float64, generator=g)
+    unit = d_D / d_D.norm()
+    out = project_out(x_ND, orthonormal(d_D[:, None]), mu_D)
+    torch.testing.assert_close(out, x_ND - ((x_ND - mu_D) @ unit)[:, None] * unit, rtol=0, atol=1e-12)
+    torch.testing.assert_close(out @ unit, (mu_D @ unit).expand(40), rtol=0, atol=1e-12)
+    v = torch.randn(12, dtype=torch.float64, generator=g)
+    v = v - (v @ unit) * unit
+    torch.testing.assert_close(out @ v, x_ND @ v, rtol=0, atol=1e-12)
+
+
+def test_edit_rows_carry_the_base_mean_of_every_real_token(tiny, tokenizer):
+    from unlearn.hooks import forward_to
+
+    model = tiny("gemma2").model
+    sae = tiny_sae(64)
+    target = clamp_target(sae, list(range(8)), "clamp", -5.0, hook=HOOK)
+    rows = edit_differences(model, tokenizer, TEXTS, target, HOOK, batch_size=2)
+    parts = []
+    for text in TEXTS:  # one text at a time: no padding at all
+        ids = tokenizer(text, return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            x = forward_to(model, [HOOK], input_ids=ids)[HOOK][0].double()
+        parts.append(x[ids[0] != tokenizer.bos_token_id])
+    want = torch.cat(parts)
+    assert rows.n_tokens == len(want)
+    torch.testing.assert_close(rows.base_mean_D, want.mean(0), rtol=1e-5, atol=1e-5)
+
+
+def test_default_relearning_layers_sit_after_a_hook_and_on_rmu_s_layer():
+    from types import SimpleNamespace
+
+    from unlearn.attacks.steps import relearn_layers
+
+    hook = SimpleNamespace(kind="hook", hook="blocks.6.hook_resid_post")
+    assert relearn_layers(hook, 18) == [7, 8]
+    assert relearn_layers(SimpleNamespace(kind="hook", hook="blocks.17.hook_resid_post"), 18) == [17]
+    assert relearn_layers(SimpleNamespace(kind="weights", hook="blocks.2.hook_resid_post"), 18) == [2, 3]

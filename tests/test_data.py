@@ -62,9 +62,7 @@ def test_offline_sets_are_well_formed(name):
 
 
 def _make_questions():
-    spec = importlib.util.spec_from_file_location(
-        "make_questions", QUESTION_SOURCES / "make_questions.py"
-    )
+    spec = importlib.util.spec_from_file_location("make_questions", QUESTION_SOURCES / "make_questions.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module

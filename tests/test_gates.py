@@ -377,3 +377,70 @@ def test_forwarded_stats_equal_what_the_real_scorer_forwards(tiny, protocol, mut
         score_questions(lm.model, lm.tokenizer, qs, cfg, chat_template=False)
     assert sorted(fast) == pytest.approx(sorted(real.all_stats()), rel=1e-9, abs=1e-9)
     assert len(fast) >= len(qs) * (2 if mutual_info else 1)  # a row per choice past the sliding window
+
+
+def _brute_cover(e, w, tau):
+    """Token i is covered iff some w-token placement holding it (overhangs read zeros) has Σe / w > τ."""
+    n = len(e)
+    sums = {s: sum(e[t] for t in range(s, s + w) if 0 <= t < n) / w for s in range(-w + 1, n)}
+    return np.array([any(sums[s] > tau for s in range(i - w + 1, i + 1)) for i in range(n)], dtype=bool)
+
+
+def test_window_cover_matches_brute_force_and_ignores_evidence_free_text_around():
+    from unlearn.clamp.gates import window_cover
+
+    rng = np.random.default_rng(1)
+    partial = 0
+    for _ in range(300):
+        n, w = int(rng.integers(1, 40)), int(rng.integers(1, 10))
+        e = rng.random(n) * (rng.random(n) < 0.35)
+        tau = float(rng.uniform(0, 0.4))
+        cover = window_cover(e, w, tau)
+        np.testing.assert_array_equal(cover, _brute_cover(list(e), w, tau))
+        assert cover.any() == (window_stat(e, w) > tau)  # covers something iff the gate fires
+        before, after = np.zeros(int(rng.integers(0, 50))), np.zeros(int(rng.integers(0, 50)))
+        longer = window_cover(np.concatenate([before, e, after]), w, tau)
+        np.testing.assert_array_equal(longer[len(before) : len(before) + n], cover)
+        partial += bool(cover.any() and not cover[e > 0].all())
+    assert partial > 20, "some firing sequences must leave active tokens outside every passing window"
+
+
+def test_window_span_edits_exactly_the_covered_active_tokens(tiny):
+    """span='windows' = the dense edit on active, counted tokens inside a passing window (a reference built
+    from `sequence_evidence` and the brute-force cover); span='sequence' edits more of the same rows."""
+    from unlearn import hooks
+    from unlearn.clamp.gates import sequence_evidence
+
+    lm = tiny("gemma3")
+    sae = firing_sae(lm, frac=0.1).float()
+    texts = [" ".join(TEXTS * 3), TEXTS[1]]
+    inputs = _inputs(lm, texts)
+    e_rows = sequence_evidence(lm, sae, FEATURES, texts, evidence="sum")
+    w = 3
+    tau = float(np.quantile(np.concatenate([np.convolve(e, np.ones(w)) / w for e in e_rows]), 0.9))
+    gate = Gate("window", threshold=tau, features=FEATURES, value=-40.0, window=w, evidence="sum")
+    idx = torch.tensor(FEATURES)
+    T = inputs["input_ids"].shape[1]
+    cover = torch.zeros(len(texts), T, dtype=torch.bool)
+    for b, e in enumerate(e_rows):
+        cover[b, : len(e)] = torch.from_numpy(_brute_cover(list(e), w, tau))
+    assert 0 < int(cover.sum()) < sum(int((e > 0).sum()) for e in e_rows)
+    real = inputs["attention_mask"].bool()
+    counted = real & (inputs["input_ids"] != lm.tokenizer.bos_token_id)
+
+    def reference(x):
+        f = sae.encode_subset(x, idx)
+        mask = cover & counted & (f > 0).any(-1)
+        return _edited(sae, gate, x, f, mask, idx).to(x.dtype)
+
+    with torch.no_grad():
+        with hooks.edit(lm.model, HOOK, reference):
+            want = lm.model(**inputs).logits
+        with gated(lm.model, sae, gate.replace(span="windows")):
+            got = lm.model(**inputs).logits
+        with gated(lm.model, sae, gate):
+            whole = lm.model(**inputs).logits
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    assert (got - whole).abs().max() > 1e-3, "the sequence span must edit more on these rows"
+    with pytest.raises(UnlearnError, match="needs the window gate"):
+        Gate("dsg", features=FEATURES, span="windows")

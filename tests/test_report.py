@@ -492,3 +492,41 @@ def test_gate_and_dilution_tables_read_completed_runs_only(tmp_path: Path):
         "Gates: thresholds and firing rates",
         "Dilution check",
     ]
+
+
+def test_frontier_compares_each_family_best_at_the_retain_floor(tmp_path):
+    """Best point per family at retain ≥ 0.99 (controls never), paired forget difference vs the best."""
+    from unlearn.report.claims import frontier_table
+
+    def frame(n_right: int, name: str) -> str:
+        rows = [{"task": "bio", "role": "forget", "index": i, "correct": i < n_right, "known": True}
+                for i in range(100)]  # fmt: skip
+        rows += [
+            {"task": "ret", "role": "retain", "index": i, "correct": True, "known": True} for i in range(50)
+        ]
+        path = tmp_path / f"{name}.csv"
+        pd.DataFrame(rows).to_csv(path, index=False)
+        return str(path)
+
+    def row(method, point, forget, retain, n_right, gate=None, control=None):
+        return {"section": 1, "method": method, "run": "r", "point": point, "gate": gate, "control": control,
+                "forget_acc": forget, "retain_acc": retain, "forget_lo": forget - 0.05,
+                "forget_hi": forget + 0.05, "retain_lo": retain - 0.01, "retain_hi": 1.0,
+                "questions_file": frame(n_right, point)}  # fmt: skip
+
+    points = pd.DataFrame([
+        row("sae-clamp", "static_weak", 0.90, 0.995, 90),
+        row("sae-clamp", "static_strong", 0.50, 0.80, 50),  # below the floor
+        row("sae-clamp", "gated", 0.70, 0.995, 70, gate="dsg"),
+        row("sae-clamp", "gated_ctrl-direction", 0.10, 1.0, 10, gate="dsg", control="random-direction"),
+        row("rmu", "after", 0.40, 0.90, 40),
+        row("base", "baseline", 1.0, 1.0, 100),
+    ])  # fmt: skip
+    table = frontier_table(points).set_index("family")
+    assert set(table.index) == {"static clamp", "gated clamp (dsg)", "RMU"}
+    assert table.at["gated clamp (dsg)", "point"] == "gated"
+    assert table.at["gated clamp (dsg)", "best − this (forget)"] == "best"
+    assert table.at["static clamp", "point"] == "static_weak"
+    diff = table.at["static clamp", "best − this (forget)"]
+    assert diff.startswith("-0.200 [") and table.at["static clamp", "separated"] == "yes"
+    assert table.at["RMU", "point"].startswith("none reaches retain")

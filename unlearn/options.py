@@ -61,7 +61,9 @@ def parse_list(text: str | None, kind: Callable = str, flag: str = "a list") -> 
     try:
         values = [kind(x.strip()) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise UnlearnError(f"Expected a comma-separated list of {kind.__name__} values, got {text!r}.") from None
+        raise UnlearnError(
+            f"Expected a comma-separated list of {kind.__name__} values, got {text!r}."
+        ) from None
     return [finite_float(v, f"{flag} {text!r}: every value") for v in values] if kind is float else values
 
 
@@ -100,7 +102,9 @@ def _default(f: dataclasses.Field) -> Any:
     return None
 
 
-def options(cls: type, flags: dict[str, Flag] | None = None, skip: Iterable[str] = ()) -> list[inspect.Parameter]:
+def options(
+    cls: type, flags: dict[str, Flag] | None = None, skip: Iterable[str] = ()
+) -> list[inspect.Parameter]:
     """One typer option per field of `cls` (but `skip`, and fields no flag can hold: dicts, dataclasses)."""
     flags, skip, docs = flags or {}, set(skip), field_docs(cls)
     hints = typing.get_type_hints(cls)
@@ -109,7 +113,8 @@ def options(cls: type, flags: dict[str, Flag] | None = None, skip: Iterable[str]
         flag = flags.get(f.name, Flag())
         tp, optional = _plain(hints[f.name])
         if f.name in skip or (
-            flag.parse is None and (typing.get_origin(tp) is dict or tp is dict or dataclasses.is_dataclass(tp))
+            flag.parse is None
+            and (typing.get_origin(tp) is dict or tp is dict or dataclasses.is_dataclass(tp))
         ):
             continue
         default = _default(f)
@@ -122,7 +127,9 @@ def options(cls: type, flags: dict[str, Flag] | None = None, skip: Iterable[str]
             decls = [f"--{f.name.replace('_', '-')}/--no-{f.name.replace('_', '-')}"]
         option = typer.Option(*decls, help=flag.help or docs.get(f.name, ""))
         annotation = Annotated[tp | None if optional or default is None else tp, option]  # type: ignore[operator]
-        params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation))
+        params.append(
+            inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
+        )
     return params
 
 

@@ -348,7 +348,9 @@ def main() -> None:
         "--pydoc-words", type=int, default=120_000, help="words of Python docs to add to retain"
     )
     parser.add_argument(
-        "--out-dir", type=Path, default=Path(__file__).resolve().parents[2] / "unlearn" / "shipped" / "corpora"
+        "--out-dir",
+        type=Path,
+        default=Path(__file__).resolve().parents[2] / "unlearn" / "shipped" / "corpora",
     )
     args = parser.parse_args()
 

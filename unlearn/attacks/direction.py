@@ -11,7 +11,10 @@ the estimate toward directions the model uses everywhere. For an SAE edit the ed
 span of the clamped features' decoder rows, so that span can be projected out instead.
 
 The projection acts on the *unlearned* model only: its hook is installed after the method's hook at the
-same point, so it edits the already-edited activation, `x − Q Qᵀ x` (Q orthonormal, float64).
+same point, so it edits the already-edited activation. Łucki et al. zero the component (`x − Q Qᵀ x`, Q
+orthonormal, float64); with `mean_D` it is set to the base model's mean instead, `x − Q Qᵀ (x − μ)` (mean
+ablation): an edit direction built from SAE decoder rows carries a large component on *every* token of
+the base model too, and zeroing it damages the model more than the edit did.
 """
 
 from __future__ import annotations
@@ -37,19 +40,21 @@ def orthonormal(basis_DK: Tensor) -> Tensor:
     return u_DK[:, keep]
 
 
-def project_out(x_ND: Tensor, q_DK: Tensor) -> Tensor:
-    """`x − (x Q) Qᵀ` computed in float64 (then cast back by the hook): removes exactly the component
-    in span(Q) and nothing orthogonal to it."""
+def project_out(x_ND: Tensor, q_DK: Tensor, mean_D: Tensor | None = None) -> Tensor:
+    """`x − ((x − μ) Q) Qᵀ` computed in float64 (then cast back by the hook; μ = 0 without `mean_D`): the
+    component in span(Q) becomes μ's, and nothing orthogonal to span(Q) changes."""
     q = q_DK.to(device=x_ND.device, dtype=torch.float64)
     x = x_ND.to(torch.float64)
-    return x - (x @ q) @ q.T
+    centred = x if mean_D is None else x - mean_D.to(device=x.device, dtype=torch.float64)
+    return x - (centred @ q) @ q.T
 
 
 @contextmanager
-def ablated(model: nn.Module, hook: str, basis_DK: Tensor) -> Iterator[None]:
-    """Project span(basis) out of the activation at `hook` for every forward inside the block."""
+def ablated(model: nn.Module, hook: str, basis_DK: Tensor, mean_D: Tensor | None = None) -> Iterator[None]:
+    """Project span(basis) out of the activation at `hook` (to `mean_D`'s component, if given) for every
+    forward inside the block."""
     q_DK = orthonormal(basis_DK)
-    with edit(model, hook, lambda x: project_out(x, q_DK)):
+    with edit(model, hook, lambda x: project_out(x, q_DK, mean_D)):
         yield
 
 
@@ -61,6 +66,9 @@ class EditRows(NamedTuple):
     n_tokens: int
     """Real, non-BOS tokens forwarded."""
     n_edited: int
+    base_mean_D: Tensor | None = None
+    """float64 mean of the base model's activation over every real, non-BOS token looked at (the value
+    mean ablation sets the direction's component to)."""
 
 
 def edited_tokens(diff_ND: Tensor, base_ND: Tensor, rule: str = "nonzero", min_rel: float = 0.2) -> Tensor:
@@ -93,6 +101,7 @@ def edit_differences(
     with `rule`), BOS and padding excluded; stops once `max_tokens` edited tokens are collected."""
     rows: list[Tensor] = []
     n_edited = n_tokens = 0
+    base_sum_D: Tensor | None = None
     device = next(model.parameters()).device
     bos = tokenizer.bos_token_id
     for start in range(0, len(texts), batch_size):
@@ -111,6 +120,7 @@ def edit_differences(
         diff_ND = edited_BTD.double()[keep_BT] - base_ND
         mask_N = edited_tokens(diff_ND, base_ND, rule, min_rel)
         rows.append(diff_ND[mask_N])
+        base_sum_D = base_ND.sum(0) if base_sum_D is None else base_sum_D + base_ND.sum(0)
         n_tokens += int(keep_BT.sum())
         n_edited += int(mask_N.sum())
         if n_edited >= max_tokens:
@@ -120,7 +130,7 @@ def edit_differences(
             f"The unlearned state edited none of the {n_tokens} tokens of the direction text at {hook} "
             "(a gate that never fired, or --direction-text off topic); pass forget-topic --direction-text."
         )
-    return EditRows(torch.cat(rows)[:max_tokens], n_tokens, n_edited)
+    return EditRows(torch.cat(rows)[:max_tokens], n_tokens, n_edited, base_sum_D / max(n_tokens, 1))
 
 
 def dominant_direction(diff_ND: Tensor) -> tuple[Tensor, float]:

@@ -98,6 +98,9 @@ class AttackConfig:
     norm (hook edits: exactly the tokens the hook changed)."""
     direction_control: bool = True
     """Also project the direction out of the base model (what the projection costs by itself)."""
+    direction_ablation: str = "mean"
+    """`mean`: set the direction's component to the base model's mean on the direction text (mean
+    ablation); `zero`: remove it (Łucki et al.'s directional ablation)."""
     direction_span: bool = True
     """SAE edits: also project out the whole span of the clamped decoder rows."""
     probe_layers: list[int] | None = None
@@ -183,6 +186,8 @@ def check_attacks(cfg: AttackConfig) -> None:
     unknown = [a for a in cfg.attacks if a not in ATTACKS]
     if unknown:
         raise UnlearnError(f"Unknown attacks {unknown}; use any of: {', '.join(ATTACKS)}.")
+    if cfg.direction_ablation not in ("mean", "zero"):
+        raise UnlearnError(f"--direction-ablation must be mean or zero, got {cfg.direction_ablation!r}.")
 
 
 def prepare_suite(cfg: AttackConfig, lm: LoadedModel) -> EvalSuite:
@@ -360,6 +365,9 @@ def attack_command(
     direction_control: Annotated[
         bool, typer.Option(help="Also ablate the direction on the base model (its own cost).")
     ] = True,
+    direction_ablation: Annotated[
+        str, typer.Option(help="mean (set the component to the base mean) or zero (remove it).")
+    ] = "mean",
     seed: Annotated[int, typer.Option(help="Seed for text order, shots and probes.")] = 0,
     run_id: Annotated[str | None, typer.Option(help="Run folder name.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace the existing run --run-id.")] = False,
@@ -375,6 +383,7 @@ def attack_command(
         relearn_forget=relearn_forget, relearn_retain=relearn_retain,
         shots=shots, pad_tokens=pad_tokens, direction_tokens=direction_tokens, probe_layers=parse_list(probe_layers, int),
         seed=seed, run_id=run_id, device=device, dtype=dtype, direction_control=direction_control,
+        direction_ablation=direction_ablation,
         overwrite=overwrite,
     )  # fmt: skip
     run_dir = run_attack(cfg)

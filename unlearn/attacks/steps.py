@@ -54,13 +54,23 @@ def hook_removal(r: _Runner) -> None:
           seed=None)  # fmt: skip
 
 
+def relearn_layers(target: Target, n_layers: int) -> list[int]:
+    """Default layers to fine-tune: for a hook, the two after its hook point, so the hook sees the base
+    model's activations and decides exactly as it did (training at or before the hook moves features
+    across their JumpReLU thresholds and the clamp switches on and off under the optimizer, so the loss
+    rises); for RMU, its layer L and the next one, where its edit lives."""
+    layer = _layer(target)
+    first = layer + 1 if target.kind == "hook" else layer
+    return sorted({min(first, n_layers - 1), min(first + 1, n_layers - 1)})
+
+
 def relearn(r: _Runner) -> None:
     """Fine-tune with the unlearned state active (hooks and gates stay installed during training and
     evaluation and are removed after), once per text corpus × k × S; the loss on the training texts
     before and after is recorded, so a row whose fine-tuning did not fit shows it."""
     cfg, lm = r.cfg, r.lm
     n_layers = len(decoder_layers(lm.model))
-    layers = cfg.relearn_layers or sorted({_layer(r.target), min(_layer(r.target) + 1, n_layers - 1)})
+    layers = cfg.relearn_layers or relearn_layers(r.target, n_layers)
     params = trainable_names(lm.model, layers)
     n_params = sum(dict(lm.model.named_parameters())[n].numel() for n in params)
     corpora = {"forget": cfg.relearn_forget, "retain": cfg.relearn_retain}
@@ -124,7 +134,8 @@ def direction_attack(r: _Runner) -> None:
     texts = list(iter_texts(cfg.direction_text, limit_docs=max(8, cfg.direction_tokens // 16)))
     rule = "nonzero" if target.kind == "hook" else "large"
     setting = {"basis": "top singular vector", "hook": target.hook, "text": cfg.direction_text,
-               "edited": rule if rule == "nonzero" else f"|delta| >= {cfg.direction_min_rel:g} |x|"}  # fmt: skip
+               "edited": rule if rule == "nonzero" else f"|delta| >= {cfg.direction_min_rel:g} |x|",
+               "ablation": cfg.direction_ablation}  # fmt: skip
     try:
         rows = edit_differences(lm.model, lm.tokenizer, texts, target, target.hook, rule=rule,
                                 min_rel=cfg.direction_min_rel, max_tokens=cfg.direction_tokens)  # fmt: skip
@@ -133,20 +144,21 @@ def direction_attack(r: _Runner) -> None:
         return
     d_D, explained = dominant_direction(rows.diff_ND)
     fit = {"explained": explained, "edited_tokens": rows.n_edited, "tokens": rows.n_tokens}
-    with target(lm.model), ablated(lm.model, target.hook, d_D[:, None]):
+    mean_D = rows.base_mean_D if cfg.direction_ablation == "mean" else None
+    with target(lm.model), ablated(lm.model, target.hook, d_D[:, None], mean_D):
         outcome = r.evaluate("direction ablation")
     r.add("direction", setting, outcome,
           _cost(start, tokens=rows.n_tokens, examples=len(texts)), **fit, seed=None)  # fmt: skip
     if cfg.direction_control:
         start = time.perf_counter()
-        with ablated(lm.model, target.hook, d_D[:, None]):
+        with ablated(lm.model, target.hook, d_D[:, None], mean_D):
             outcome = r.evaluate("direction ablation on the base model")
         r.add("direction", {**setting, "state": "base model (control)"}, outcome, _cost(start),
               note="the same projection without the method: its own cost", seed=None)  # fmt: skip
     if cfg.direction_span and target.decoder_basis_DK is not None:
         start = time.perf_counter()
         k = target.decoder_basis_DK.shape[1]
-        with target(lm.model), ablated(lm.model, target.hook, target.decoder_basis_DK):
+        with target(lm.model), ablated(lm.model, target.hook, target.decoder_basis_DK, mean_D):
             outcome = r.evaluate("decoder-span ablation")
         r.add("direction", {"basis": f"W_dec span ({k})", "hook": target.hook}, outcome, _cost(start),
               seed=None)  # fmt: skip

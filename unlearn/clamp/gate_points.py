@@ -90,10 +90,12 @@ def with_scored_rates(gate: Gate, record: FiringLog, split: str) -> Gate:
     )
 
 
-def gate_evidence(kind: str, typical: Sequence[float]) -> dict:
-    """Evidence of a sweep's gate: `dsg` keeps the paper's rule (a token counts if any feature fires);
-    `window` and `cusum` sum the features' activations in units of their typical activation (continuous,
-    so τ meets its target rate; `gates` module docstring). Without typical activations: the paper's rule."""
+def gate_settings(kind: str, typical: Sequence[float], window_span: str = "windows") -> dict:
+    """Evidence and span of a sweep's gate: `dsg` keeps the paper's rule (a token counts if any feature
+    fires; a firing sequence is edited on every active token); `window` and `cusum` sum the features'
+    activations in units of their typical activation (continuous, so τ meets its target rate; `gates`
+    module docstring), and `window` edits only inside passing windows unless `window_span="sequence"`."""
+    span = {"span": window_span} if kind == "window" else {}
     if kind == "dsg" or not typical:
-        return {}
-    return {"evidence": "sum", "weights": tuple(1.0 / max(float(m), 1e-12) for m in typical)}
+        return span
+    return {"evidence": "sum", "weights": tuple(1.0 / max(float(m), 1e-12) for m in typical), **span}

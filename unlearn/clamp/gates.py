@@ -18,7 +18,10 @@ have e_t = 0 (their code zeroes BOS), padding is not part of the sequence. Per s
 
 If the statistic is > `threshold`, the sequence is edited on its active tokens (some feature > 0): with
 `scope="token"` (their rule) all N features are set to `value` there, with `scope="feature"` only the
-active ones (the static clamp's rule). The edit is the cheap exact form x + (f' − f)·W_dec (error term
+active ones (the static clamp's rule). `span="windows"` (window gate only) edits only the active tokens
+inside a window that itself passes the threshold (`window_cover`), so unrelated text around a forget
+question is neither counted nor edited: with `span="sequence"` a long prompt that fires edits every
+active token of it, and those edits damage the context the question is read in. The edit is the cheap exact form x + (f' − f)·W_dec (error term
 kept). Sequences that do not fire, BOS positions and inactive tokens are returned bit-identical.
 
 Cached generation: with a KV cache each forward sees only new tokens, so the hook keeps each batch row's
@@ -46,6 +49,7 @@ GateKind = Literal["none", "dsg", "window", "cusum"]
 GATE_KINDS: tuple[str, ...] = get_args(GateKind)
 Evidence = Literal["any", "count", "sum"]
 Scope = Literal["token", "feature"]
+Span = Literal["sequence", "windows"]
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,9 @@ class Gate:
     weights: tuple[float, ...] | None = None
     """`sum` evidence: one multiplier per feature (e.g. 1 / typical activation); None = 1."""
     scope: Scope = "token"
+    span: Span = "sequence"
+    """Where a firing sequence is edited: every active token (`sequence`, their rule), or only those inside
+    a window whose own statistic passes (`windows`; window gate only)."""
     target_fpr: float | None = None
     """The false-positive rate `threshold` was calibrated for (recorded, not used)."""
     measured_fpr: dict[str, float] | None = None
@@ -80,6 +87,10 @@ class Gate:
             raise UnlearnError(f"Unknown gate evidence {self.evidence!r}; use any, count or sum.")
         if self.scope not in get_args(Scope):
             raise UnlearnError(f"Unknown gate scope {self.scope!r}; use token or feature.")
+        if self.span not in get_args(Span):
+            raise UnlearnError(f"Unknown gate span {self.span!r}; use sequence or windows.")
+        if self.span == "windows" and self.kind != "window":
+            raise UnlearnError(f"span='windows' needs the window gate, not {self.kind!r}.")
         if self.window < 1:
             raise UnlearnError(f"Gate window must be >= 1 token, got {self.window}.")
         if not math.isfinite(self.threshold):
@@ -130,6 +141,17 @@ def window_stat(e_T: np.ndarray, window: int) -> float:
     padded = np.concatenate([np.zeros(window), np.asarray(e_T, dtype=np.float64), np.zeros(window - 1)])
     c = np.cumsum(padded)
     return float((c[window:] - c[:-window]).max() / window)
+
+
+def window_cover(e_T: np.ndarray, window: int, threshold: float) -> np.ndarray:
+    """Per token: does some window holding it pass (Σe / window > threshold)? Windows as in `window_stat`
+    (zero-padded ends), so an evidence-free prefix or suffix changes no original token's answer."""
+    e = np.asarray(e_T, dtype=np.float64)
+    padded = np.concatenate([np.zeros(window), e, np.zeros(window - 1)])
+    c = np.cumsum(padded)
+    passing = (c[window:] - c[:-window]) / window > threshold  # window s holds tokens s-window+1 .. s
+    hits = np.concatenate([[0], np.cumsum(passing)])
+    return hits[window : window + len(e)] - hits[: len(e)] > 0
 
 
 def cusum_stat(e_T: np.ndarray, drift: float) -> float:
@@ -216,6 +238,15 @@ def sequence_stats(gate: Gate, e_BT: Tensor, real_BT: Tensor) -> list[float]:
     return [statistic(gate, e[b][r[b]]) for b in range(e.shape[0])]
 
 
+def covered_tokens(gate: Gate, e_BT: Tensor, real_BT: Tensor) -> Tensor:
+    """(B, T) bool: real tokens inside a passing window of their row's real-token sequence."""
+    e, r = e_BT.detach().cpu().numpy(), real_BT.detach().cpu().numpy()
+    out = np.zeros(r.shape, dtype=bool)
+    for b in range(r.shape[0]):
+        out[b, r[b]] = window_cover(e[b][r[b]], gate.window, gate.threshold)
+    return torch.from_numpy(out).to(real_BT.device)
+
+
 def _edited(
     sae: nn.Module,
     gate: Gate,
@@ -296,6 +327,8 @@ def gated(
             return x_BTD
         fire_B = torch.tensor([s > gate.threshold for s in stats], device=x_BTD.device)
         edit_BT = fire_B[:, None] & counted_BT & (f_BTK > 0).any(-1)
+        if gate.span == "windows" and bool(fire_B.any()):
+            edit_BT &= covered_tokens(gate, history["e"], history["real"])[:, -shape[1] :]
         if not bool(edit_BT.any()):
             return x_BTD
         return _edited(sae, gate, x_BTD, f_BTK, edit_BT, idx_K, directions_KD)

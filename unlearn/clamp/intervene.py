@@ -50,7 +50,7 @@ from unlearn.clamp.gate_points import (
     DEFAULT_FPR,
     calibrate_gate,
     check_gates,
-    gate_evidence,
+    gate_settings,
     with_scored_rates,
 )
 from unlearn.clamp.gates import FiringLog, Gate, gated
@@ -222,6 +222,9 @@ class InterveneConfig:
     (max over 16-token windows; a prefix cannot dilute it), cusum (Page's CUSUM of the evidence)."""
     gate_fpr: float = DEFAULT_FPR
     """Target false-positive rate of each gate on the dev retain questions (sets its threshold)."""
+    window_span: str = "windows"
+    """Where a firing window gate edits: `windows` (only active tokens inside a passing window: text around
+    the question is not edited) or `sequence` (every active token, the dsg rule)."""
     dilution: list[int] = field(default_factory=list)
     """Dilution check (`unlearn.clamp.dilution`): prefix lengths N in tokens (e.g. 0,100,400,1600) of retain
     text put before the known forget questions; each clamp point (not its controls) and the unhooked
@@ -298,6 +301,8 @@ def check_intervene_flags(cfg: InterveneConfig) -> None:
     if cfg.n_features is not None and not cfg.n_features:
         raise UnlearnError("--n-features is empty: pass counts such as 10,20,50")
     check_gates(cfg.gates, finite_float(cfg.gate_fpr, "--gate-fpr"))
+    if cfg.window_span not in ("windows", "sequence"):
+        raise UnlearnError(f"--window-span must be windows or sequence, got {cfg.window_span!r}.")
     positive_ints(cfg.dilution, "--dilution", minimum=0)
     positive_int(cfg.dilution_questions, "--dilution-questions")
     finite_floats(cfg.scales, "--scale")
@@ -451,10 +456,11 @@ def run_intervene(
     if "random-direction" in cfg.controls:
         rotation_DD = random_rotation(sae.d_in, cfg.seed, dtype=sae.W_dec.dtype, device=sae.W_dec.device)
     plan = ClampPlan(unit, typical, control_ids, control_typical, rotation_DD, cfg.seed, cfg.gate_fpr,
-                     (cfg.dilution, cfg.dilution_questions, cfg.dilution_text))  # fmt: skip
+                     (cfg.dilution, cfg.dilution_questions, cfg.dilution_text), cfg.window_span)  # fmt: skip
     layer = parse_hook_name(hook).layer
     config = {"layer": layer, "grid": {"modes": cfg.modes, "n_features": sizes, "scales": cfg.scales},
               "controls": cfg.controls, "seed": cfg.seed, "gates": cfg.gates, "gate_fpr": cfg.gate_fpr,
+              "window_span": cfg.window_span,
               "dilution": {"prefix_tokens": cfg.dilution, "questions": cfg.dilution_questions,
                            "text": cfg.dilution_text}}  # fmt: skip
     with _open_run(cfg, identity, config) as run:
@@ -473,11 +479,12 @@ class ClampPlan(NamedTuple):
     seed: int
     gate_fpr: float  # target false-positive rate of gated points
     dilution: tuple[list[int], int, str | list[str] | None] = ([], 40, None)  # prefix N, questions, filler
+    window_span: str = "windows"
 
 
 def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan: ClampPlan, console) -> None:
     """Baseline, then each grid point not yet in the folder; a point's JSON is its last file."""
-    unit, typical, control_ids, control_typical, rotation_DD, seed, gate_fpr, dilution = plan
+    unit, typical, control_ids, control_typical, rotation_DD, seed, gate_fpr, dilution, window_span = plan
     dilute = Diluter(run_dir, lm, suite, *dilution) if dilution[0] else None
     calibrated_gates: dict[tuple, Gate] = {}  # a real point and its direction control share one gate
     base_frame = None  # per-question baseline: paired deltas, and the scores of questions a hook leaves alone
@@ -519,7 +526,7 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan:
                     gate_kind,
                     features=tuple(feats),
                     values=tuple(values),
-                    **gate_evidence(gate_kind, mus[:n]),
+                    **gate_settings(gate_kind, mus[:n], window_span),
                 )
                 benign = lm.preset.eval.get("benign", []) if lm.preset else []
                 calibrated_gates[key] = calibrate_gate(
@@ -587,6 +594,10 @@ def intervene_command(
     gate_fpr: Annotated[
         float, typer.Option(help="Target false-positive rate of gates on dev retain questions.")
     ] = DEFAULT_FPR,
+    window_span: Annotated[
+        str,
+        typer.Option(help="Where a firing window gate edits: windows (inside passing windows) or sequence."),
+    ] = "windows",
     split: Annotated[
         str | None, typer.Option(help="Questions scored: dev (tuning), test (reporting), all.")
     ] = None,
@@ -638,7 +649,7 @@ def intervene_command(
         known_only=known_only, permutations=permutations, limit=limit, batch_size=batch_size, run_id=run_id,
         resume=resume, overwrite=overwrite, device=device, dtype=dtype, clamp_unit=clamp_unit,
         controls=[] if controls.strip() == "none" else parse_list(controls), gates=parse_list(gate),
-        gate_fpr=gate_fpr, split=split, dilution=parse_list(dilution, int, "--dilution") or [],
+        gate_fpr=gate_fpr, window_span=window_span, split=split, dilution=parse_list(dilution, int, "--dilution") or [],
         dilution_questions=dilution_questions, dilution_text=dilution_text,
     )  # fmt: skip
     console = Console()

@@ -66,6 +66,7 @@ def include_dir(dest: Path) -> Path:
 
 def _hflm(model: nn.Module, tokenizer, batch_size: int):
     from lm_eval.models.huggingface import HFLM  # a dependency (pyproject: lm-eval>=0.4.8)
+
     return HFLM(pretrained=model, tokenizer=tokenizer, add_bos_token=True, batch_size=batch_size)
 
 

@@ -31,7 +31,7 @@ METHODS = ("base", "sae-clamp", "sae-zero", "sae-scale", "rmu", "eval")
 BASELINE_METHODS = ("base", "eval")
 
 PARAM_COLUMNS = (
-    "mode", "scale", "n_features", "retain_threshold", "rank_by", "hook", "sae",
+    "mode", "gate", "scale", "n_features", "retain_threshold", "rank_by", "hook", "sae",
     "layer", "steering_coeff", "alpha", "lr", "n_batches", "source",
 )  # fmt: skip
 META_COLUMNS = (
@@ -238,6 +238,7 @@ def _read_intervene(run_dir: Path, run: str, notes: list[str]) -> list[dict]:
                 run_dir / "questions" / f"{f.stem}.csv",
                 control=p.get("control"),
                 mode=mode,
+                gate=(p.get("gate") or {}).get("kind"),
                 scale=p.get("scale"),
                 n_features=p.get("n_features"),
                 retain_threshold=p.get("retain_threshold"),

@@ -66,6 +66,7 @@ def dilution_table(results_dir: Path) -> pd.DataFrame:
             if f.stem != "baseline":
                 first = d["acc"][0]
                 row["max rise vs N=0"] = f"{max(a - first for a in d['acc']):+.3f}"
+                row["max |change| vs N=0"] = f"{max(abs(a - first) for a in d['acc']):.3f}"
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -78,8 +79,9 @@ GATE_INTRO = (
 )
 DILUTION_INTRO = (
     "Known forget questions with N tokens of retain text put before them. A gate whose statistic a prefix "
-    "can dilute lets forget accuracy climb back as N grows; a dilution-resistant gate keeps it near its "
-    "N = 0 value. The unhooked row shows what the prefix alone does."
+    "can dilute lets forget accuracy climb back as N grows; an edit that also lands in the prefix (the "
+    "static clamp, a gate with span `sequence`) pushes it down instead. A dilution-resistant gate keeps it "
+    "near its N = 0 value (`max |change|`). The unhooked row shows what the prefix alone does."
 )
 
 

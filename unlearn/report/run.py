@@ -88,6 +88,13 @@ def best_points(section: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
+def frontier_extras(points: pd.DataFrame) -> list[tuple[str, str, pd.DataFrame]]:
+    from unlearn.report.claims import FRONTIER_INTRO, FRONTIER_RETAIN, frontier_table
+
+    table = frontier_table(points)
+    return [(f"Frontier at retain ≥ {FRONTIER_RETAIN:g}", FRONTIER_INTRO, table)] if len(table) else []
+
+
 # ---------------------------------------------------------------- the command
 
 FORMATS = ("md", "html", "csv", "png")
@@ -214,7 +221,7 @@ def run_report(cfg: ReportConfig, console: Console | None = None) -> Path:
         f"Split shown: {cfg.split}. claim ✓ = forget Δ interval below 0 and, where the run has a control "
         "point, forget below the control's with a paired interval below 0.",
         overview=overview, reasons=rr.separation_reasons(points), sections=sections, published=published,
-        features=c.features, notes=c.notes, extras=extra_tables(results),
+        features=c.features, notes=c.notes, extras=frontier_extras(points) + extra_tables(results),
     )  # fmt: skip
     rr.print_console(console, doc)
     run_cfg = {"command": "report", "preset": cfg.preset, "model": None, "results": str(results)}

@@ -155,9 +155,9 @@ def run_train_sae(cfg: TrainSAEConfig, *, progress: bool = True) -> Path:
         t1 = time.perf_counter()
         result = train_sae(acts_ND, cfg.train, progress=progress)
         t2 = time.perf_counter()
-        sae_dir = result.sae.to_sae(result.scale, hook_name=hook, dtype=dtype_named(cfg.save_dtype, "--save-dtype", SAVE_DTYPES)).save(
-            run_dir / "sae"
-        )
+        sae_dir = result.sae.to_sae(
+            result.scale, hook_name=hook, dtype=dtype_named(cfg.save_dtype, "--save-dtype", SAVE_DTYPES)
+        ).save(run_dir / "sae")
         write_table(run_dir / "losses.csv", pd.DataFrame(result.history))
 
         saved = load_sae(sae_dir, dtype=torch.float32, device=lm.model.device)
@@ -251,7 +251,9 @@ def train_sae_command(
     ce_tokens: Annotated[int, typer.Option(help="Held-out tokens for the spliced CE.")] = 8192,
     seed: Annotated[int, typer.Option(help="Initialisation and shuffling seed.")] = 0,
     activations: Annotated[Path | None, typer.Option(help="Activation cache file to reuse/resume.")] = None,
-    out: Annotated[Path | None, typer.Option(help="Also copy the SAE here (e.g. unlearn/shipped/saes/NAME).")] = None,
+    out: Annotated[
+        Path | None, typer.Option(help="Also copy the SAE here (e.g. unlearn/shipped/saes/NAME).")
+    ] = None,
     save_dtype: Annotated[str, typer.Option(help="float16, float32 or bfloat16.")] = "float16",
     dtype: Annotated[str | None, typer.Option(help="Model dtype.")] = None,
     device: Annotated[str | None, typer.Option(help="cpu, cuda ...")] = None,
