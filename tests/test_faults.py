@@ -150,10 +150,11 @@ def test_nan_scores_never_become_an_accuracy(tiny):
 
 
 def test_nan_scale_is_refused_at_parse_time_and_before_the_model(no_model):
-    from unlearn.clamp.intervene import InterveneConfig, _split, run_intervene
+    from unlearn.clamp.intervene import InterveneConfig, run_intervene
+    from unlearn.options import parse_list
 
     with pytest.raises(UnlearnError, match="finite"):
-        _split("-20,nan", float)
+        parse_list("-20,nan", float)
     with pytest.raises(UnlearnError, match="--scale must be a finite number"):
         run_intervene(InterveneConfig(feature_ids=[1, 2], scales=[float("inf")]))
     proc = subprocess.run(
