@@ -23,7 +23,8 @@ from unlearn.data import iter_texts
 from unlearn.hooks import forward_to, hook_width
 from unlearn.models import load_model
 from unlearn.paths import resolve_path
-from unlearn.sae.model import SAE, load_sae
+from unlearn.sae.loaders import load_sae
+from unlearn.sae.model import SAE
 
 
 def get_sae(preset, d_model: int) -> tuple[SAE, str]:

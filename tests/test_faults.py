@@ -81,7 +81,7 @@ def random_sae(d_in=64, d_sae=32, seed=0) -> SAE:
 
 
 def test_sae_with_nan_weights_is_refused_at_load_and_before_save(tmp_path):
-    from unlearn.sae.model import load_sae
+    from unlearn.sae.loaders import load_sae
 
     good = random_sae().save(tmp_path / "good")
     weights = load_file(good / "sae_weights.safetensors")
@@ -100,7 +100,7 @@ def test_sae_with_nan_weights_is_refused_at_load_and_before_save(tmp_path):
 
 def test_sae_save_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
     from unlearn import results
-    from unlearn.sae.model import load_sae
+    from unlearn.sae.loaders import load_sae
 
     folder = random_sae(seed=1).save(tmp_path / "sae")
     real = results._atomic_write
@@ -121,7 +121,7 @@ def test_sae_save_is_atomic_and_leaves_no_temp_files(tmp_path, monkeypatch):
 
 
 def test_cfg_d_in_contradicting_the_weights_is_an_error(tmp_path):
-    from unlearn.sae.model import load_sae
+    from unlearn.sae.loaders import load_sae
 
     folder = random_sae().save(tmp_path / "sae")
     cfg = json.loads((folder / "cfg.json").read_text())

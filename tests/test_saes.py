@@ -12,7 +12,8 @@ import torch
 
 from unlearn.errors import UnlearnError
 from unlearn.sae import loaders as sae_loaders
-from unlearn.sae.model import SAE, check_compatible, load_sae
+from unlearn.sae.loaders import load_sae
+from unlearn.sae.model import SAE, check_compatible
 
 D_IN, D_SAE, K = 12, 40, 5
 ARCHS = ["jumprelu", "standard", "topk"]
@@ -253,7 +254,7 @@ def test_hub_gemma_scope(tmp_path, fake_hub):
     sae = load_sae("gemma-scope-2b-pt-res/layer_3/width_16k/average_l0_142")
     assert calls == [("google/gemma-scope-2b-pt-res", "layer_3/width_16k/average_l0_142/params.npz")]
     assert sae.hook_name == "blocks.3.hook_resid_post" and not sae.apply_b_dec_to_input
-    SAE.from_pretrained("gemma-scope-2b-pt-res-canonical/layer_3/width_16k/canonical")
+    load_sae("gemma-scope-2b-pt-res-canonical/layer_3/width_16k/canonical")
     assert calls[-1] == ("google/gemma-scope-2b-pt-res", "layer_3/width_16k/average_l0_59/params.npz")
 
 

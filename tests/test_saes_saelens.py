@@ -11,7 +11,8 @@ import torch
 
 sae_lens = pytest.importorskip("sae_lens")
 
-from unlearn.sae.model import SAE, load_sae  # noqa: E402
+from unlearn.sae.loaders import load_sae  # noqa: E402
+from unlearn.sae.model import SAE  # noqa: E402
 
 D_IN, D_SAE, K = 16, 48, 6
 

@@ -11,7 +11,8 @@ import torch
 
 from unlearn.errors import UnlearnError
 from unlearn.sae.activations import collect_activations, token_windows
-from unlearn.sae.model import SAE, load_sae
+from unlearn.sae.loaders import load_sae
+from unlearn.sae.model import SAE
 from unlearn.sae.quality import evaluate_sae
 from unlearn.sae.train import TrainSAEConfig, run_train_sae
 from unlearn.sae.training import JumpReLUFn, SAETrainConfig, StepFn, TrainableSAE, train_sae

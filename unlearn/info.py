@@ -56,7 +56,8 @@ def run_info(cfg: InfoConfig) -> dict[str, object]:
     hook = point.name if point else None
     sae = None
     if sae_spec and sae_spec != "none":
-        from unlearn.sae.model import check_compatible, load_sae
+        from unlearn.sae.loaders import load_sae
+        from unlearn.sae.model import check_compatible
 
         sae = load_sae(sae_spec, device=model.device, dtype=model.dtype)
         point = setup.hook_for(sae.hook_name)

@@ -26,7 +26,7 @@ class Preset:
     chat_template: bool = False
     """Whether prompts go through the tokenizer's chat template (instruction-tuned models)."""
     sae: str | None = None
-    """SAE spec for `unlearn.sae.model.load_sae` (registry id, local folder or npz)."""
+    """SAE spec for `unlearn.sae.loaders.load_sae` (registry id, local folder, npz or `shipped:...`)."""
     hook_point: str | None = None
     clamp_unit: str = "absolute"
     """`intervene`'s default clamp unit: absolute (paper numbers) or typical (× mean active activation)."""

@@ -50,7 +50,8 @@ from unlearn.results import (
     write_json,
     write_table,
 )
-from unlearn.sae.model import SAE, check_compatible, load_sae
+from unlearn.sae.loaders import load_sae
+from unlearn.sae.model import SAE, check_compatible
 from unlearn.setup import Setup, setup_of
 
 log = logging.getLogger(__name__)

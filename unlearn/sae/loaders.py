@@ -247,29 +247,47 @@ def load_farrell_pt(
 
 
 Loader = Callable[..., SAE]
-LOADERS: dict[str, Loader] = {
-    "gemma_scope_npz": load_gemma_scope_npz,
-    "saelens": load_saelens_folder,
-    "farrell_pt": load_farrell_pt,
-}
+
+
+class Format(NamedTuple):
+    """One on-disk SAE format: whether a local path holds it, how to read it, how to load a release of it."""
+
+    matches: Callable[[Path], bool]
+    load: Loader
+    """Reads a local file or folder of this format."""
+    release: Callable[..., SAE]
+    """Downloads a release entry of this format (`_download`, the hub cache) and reads it."""
+
+
+LOADERS: dict[str, Format] = {
+    "gemma_scope_npz": Format(
+        matches=lambda p: p.suffix == ".npz" or (p.is_dir() and (p / "params.npz").exists()),
+        load=lambda p, **kw: load_gemma_scope_npz(p / "params.npz" if p.is_dir() else p, **kw),
+        release=lambda e, **kw: load_gemma_scope_npz(_download(e.repo_id, f"{e.path}/params.npz"), **kw),
+    ),
+    "saelens": Format(
+        matches=lambda p: (p.is_dir() and (p / SAE_CFG_FILENAME).exists())
+        or p.suffix == ".safetensors" or p.name == SAE_CFG_FILENAME,
+        load=lambda p, **kw: load_saelens_folder(p, **kw),
+        release=lambda e, **kw: _load_saelens_files(_download(e.repo_id, f"{e.path}/{SAE_CFG_FILENAME}"),
+                                                    _download(e.repo_id, f"{e.path}/{SAE_WEIGHTS_FILENAME}"), **kw),
+    ),
+    "farrell_pt": Format(
+        matches=lambda p: p.suffix in (".pt", ".pth"),
+        load=lambda p, **kw: load_farrell_pt(p, **kw),
+        release=lambda e, **kw: load_farrell_pt(_download(e.repo_id, e.path), **kw),
+    ),
+}  # fmt: skip
+"""Format name (as `releases.yaml` names it) -> Format; `load_local` and `load_from_registry` dispatch here."""
 
 
 def load_local(
     path: Path, *, hook_name: str | None = None, device: Device = None, dtype: torch.dtype | None = None
 ) -> SAE:
-    """Pick the loader from what is on disk."""
-    kw = {"hook_name": hook_name, "device": device, "dtype": dtype}
-    if path.is_dir():
-        if (path / "params.npz").exists():
-            return load_gemma_scope_npz(path / "params.npz", **kw)
-        if (path / SAE_CFG_FILENAME).exists():
-            return load_saelens_folder(path, **kw)
-    elif path.suffix == ".npz":
-        return load_gemma_scope_npz(path, **kw)
-    elif path.suffix in (".pt", ".pth"):
-        return load_farrell_pt(path, **kw)
-    elif path.suffix == ".safetensors" or path.name == SAE_CFG_FILENAME:
-        return load_saelens_folder(path, **kw)
+    """Pick the loader from what is on disk (the first format in `LOADERS` that matches)."""
+    for fmt in LOADERS.values():
+        if fmt.matches(path):
+            return fmt.load(path, hook_name=hook_name, device=device, dtype=dtype)
     raise UnlearnError(
         f"don't know how to read the SAE at {path}: expected a Gemma Scope params.npz (or a folder "
         f"holding one), a SAELens folder ({SAE_CFG_FILENAME} + {SAE_WEIGHTS_FILENAME}) or a .pt file"
@@ -388,19 +406,12 @@ def load_from_registry(
     device: Device = None,
     dtype: torch.dtype | None = None,
 ) -> SAE:
-    hook = hook_name or entry.hook_name
-    kw = {"hook_name": hook, "device": device, "dtype": dtype}
-    if entry.format == "gemma_scope_npz":
-        return load_gemma_scope_npz(_download(entry.repo_id, f"{entry.path}/params.npz"), **kw)
-    if entry.format == "saelens":
-        cfg_path = _download(entry.repo_id, f"{entry.path}/{SAE_CFG_FILENAME}")
-        weights = _download(entry.repo_id, f"{entry.path}/{SAE_WEIGHTS_FILENAME}")
-        return _load_saelens_files(cfg_path, weights, **kw)
-    if entry.format == "farrell_pt":
-        return load_farrell_pt(_download(entry.repo_id, entry.path), **kw)
-    raise UnlearnError(
-        f"release {entry.release} has unknown format {entry.format!r}; known: {', '.join(LOADERS)}"
-    )
+    fmt = LOADERS.get(entry.format)
+    if fmt is None:
+        raise UnlearnError(
+            f"release {entry.release} has unknown format {entry.format!r}; known: {', '.join(LOADERS)}"
+        )
+    return fmt.release(entry, hook_name=hook_name or entry.hook_name, device=device, dtype=dtype)
 
 
 def load_sae(

@@ -11,7 +11,7 @@ default); Gemma Scope SAEs must have it False (Gemma Scope, arXiv 2408.05147) or
 Dtype contract: `encode`/`decode`/`forward` compute in the SAE's dtype and return that dtype; an input of
 another dtype is cast in. Callers that edit a bf16 model cast the result back themselves.
 
-Files and the pretrained registry live in `unlearn.sae.loaders`; `load_sae` here is its entry point.
+This module is a leaf: files, formats and the pretrained registry live in `unlearn.sae.loaders` (`load_sae`).
 """
 
 from __future__ import annotations
@@ -236,33 +236,6 @@ class SAE(nn.Module):
         )
         write_json(folder / SAE_CFG_FILENAME, self.cfg_dict())
         return folder
-
-    @classmethod
-    def from_pretrained(
-        cls,
-        spec: str | Path,
-        *,
-        hook_name: str | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-    ) -> SAE:
-        """Same as `load_sae`: a local file/folder, a registry id `release/sae_id`, or `.../l0~N`."""
-        return load_sae(spec, hook_name=hook_name, device=device, dtype=dtype)
-
-
-def load_sae(
-    spec: str | Path,
-    *,
-    hook_name: str | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | None = None,
-) -> SAE:
-    """Load an SAE from a local path or the pretrained registry; see `unlearn.sae.loaders.load_sae`."""
-    from unlearn.sae import (
-        loaders as sae_loaders,  # loaders import this module; import lazily to avoid a cycle
-    )
-
-    return sae_loaders.load_sae(spec, hook_name=hook_name, device=device, dtype=dtype)
 
 
 def check_compatible(sae: SAE, d_model_at_hook: int, hook_name: str, model_name: str | None = None) -> None:

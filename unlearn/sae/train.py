@@ -23,7 +23,7 @@ from unlearn.hooks import hook_width
 from unlearn.models import load_model
 from unlearn.results import check_new_run, open_run, read_json, write_json, write_table
 from unlearn.sae.activations import collect_activations, mixed_texts
-from unlearn.sae.model import load_sae
+from unlearn.sae.loaders import load_sae
 from unlearn.sae.quality import evaluate_sae
 from unlearn.sae.training import SAETrainConfig, check_train_config, train_sae
 from unlearn.setup import setup_of
