@@ -14,7 +14,7 @@ once (`setup_of(cfg)`) and reads model-specific facts from it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from unlearn.checks import check_model_path
@@ -51,15 +51,38 @@ class Setup:
     """`--sae` (registry id, SAELens folder, params.npz); the preset's otherwise (`sae_spec`)."""
     hook: HookPoint | None = None
     """`--hook`, parsed once; else the SAE's recorded hook point, else the preset's (`hook_for`)."""
-    clamp_unit: str = "absolute"
-    eval: dict[str, Any] = field(default_factory=dict)
-    select: dict[str, Any] = field(default_factory=dict)
-    rmu: dict[str, Any] = field(default_factory=dict)
-    demo: dict[str, Any] = field(default_factory=dict)
 
     @property
     def preset_name(self) -> str | None:
         return self.preset.name if self.preset else None
+
+    def _section(self, name: str) -> dict[str, Any]:
+        return dict(getattr(self.preset, name)) if self.preset else {}
+
+    @property
+    def eval(self) -> dict[str, Any]:
+        """The preset's evaluation settings (`EvalConfig` fields; none without a preset)."""
+        return self._section("eval")
+
+    @property
+    def select(self) -> dict[str, Any]:
+        """The preset's selection text sources and rule."""
+        return self._section("select")
+
+    @property
+    def rmu(self) -> dict[str, Any]:
+        """The preset's RMU settings (`RMUConfig` fields)."""
+        return self._section("rmu")
+
+    @property
+    def demo(self) -> dict[str, Any]:
+        """The preset's demo point (chosen on the dev split)."""
+        return self._section("demo")
+
+    @property
+    def clamp_unit(self) -> str:
+        """`intervene`'s default clamp unit: the preset's, else absolute."""
+        return self.preset.clamp_unit if self.preset else "absolute"
 
     def on(self, lm: Any) -> Setup:
         """These flags on the model actually loaded: `lm.setup`'s preset and model (a caller such as
@@ -113,9 +136,7 @@ def resolve_setup(
         attn_implementation=p.attn_implementation,
         chat_template=p.chat_template,
     )
-    return Setup(preset=p, model=spec, name=model or p.name, device=device, dtype=dtype, sae=sae,
-                 hook=point, clamp_unit=p.clamp_unit, eval=dict(p.eval), select=dict(p.select),
-                 rmu=dict(p.rmu), demo=dict(p.demo))  # fmt: skip
+    return Setup(preset=p, model=spec, name=model or p.name, device=device, dtype=dtype, sae=sae, hook=point)
 
 
 def setup_of(cfg: Any) -> Setup:
