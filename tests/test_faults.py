@@ -165,8 +165,8 @@ def test_nan_scale_is_refused_at_parse_time_and_before_the_model(no_model):
 
 
 def test_diverging_rmu_update_is_caught_after_the_step_and_never_saved(tiny, tmp_path):
-    from unlearn.rmu.run import save_rmu_weights
     from unlearn.rmu.train import RMUTrainer, steering_vectors, tokenize
+    from unlearn.rmu.weights import save_rmu_weights
 
     lm = tiny("gemma2")
     batch = tokenize(lm.tokenizer, ["the heart pumps blood", "cells divide"], 16, lm.model.device)
@@ -294,7 +294,7 @@ def test_sigkill_leaves_a_running_marker_that_no_reader_trusts(results_root, tmp
     run = results_root / "rmu-baseline" / "k"
     assert (run / RUNNING_FILE).exists() and not is_complete(run)
     assert latest_run_dir("rmu-baseline") is None
-    from unlearn.rmu.run import completed_rmu_weights
+    from unlearn.rmu.weights import completed_rmu_weights
 
     (run / "weights.safetensors").write_bytes(b"")
     with pytest.raises(UnlearnError, match="did not complete .*no completion record"):

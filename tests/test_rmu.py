@@ -25,7 +25,6 @@ from unlearn.results import EvalBlock, read_json
 from unlearn.rmu.run import (
     RMUConfig,
     absolute_coeff,
-    load_rmu_weights,
     resolve_config,
     rmu_baseline_command,
     run_rmu,
@@ -39,6 +38,7 @@ from unlearn.rmu.train import (
     steering_vectors,
     tokenize,
 )
+from unlearn.rmu.weights import load_rmu_weights
 
 FORGET = [
     "The mitochondria produce ATP for the cell.",

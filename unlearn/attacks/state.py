@@ -124,16 +124,17 @@ def rmu_target(run: str | Path) -> Target:
     from safetensors.torch import load_file
 
     from unlearn.results import read_json
-    from unlearn.rmu.run import _weights_path
+    from unlearn.rmu.train import resid_hook
+    from unlearn.rmu.weights import weights_path
 
-    path = _weights_path(run)
+    path = weights_path(run)
     config = path.parent / "config.json"
     cfg = read_json(config) if config.is_file() else {}
     layer = cfg.get("layer")
     if layer is None:
         raise UnlearnError(f"{config} names no RMU layer; pass an `unlearn rmu-baseline` run folder.")
     return weights_target(
-        load_file(str(path)), f"blocks.{int(layer)}.hook_resid_post", f"rmu {path.parent.name}"
+        load_file(str(path)), resid_hook(int(layer)), f"rmu {path.parent.name}"
     )
 
 

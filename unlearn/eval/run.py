@@ -62,7 +62,7 @@ def check_eval_flags(cfg: EvalRunConfig) -> Path | None:
     positive_int(cfg.limit, "--limit")
     check_new_run("eval", cfg.run_id, overwrite=cfg.overwrite)
     if cfg.rmu:
-        from unlearn.rmu.run import completed_rmu_weights
+        from unlearn.rmu.weights import completed_rmu_weights
 
         return completed_rmu_weights(cfg.rmu)
     return None
@@ -102,7 +102,7 @@ def run_eval(cfg: EvalRunConfig) -> Path:
     eval_cfg = eval_config_from_preset(preset, **overrides)
     suite = prepare_eval(lm, eval_cfg)  # known subsets from the unmodified model
     if rmu_weights is not None:
-        from unlearn.rmu.run import load_rmu_weights
+        from unlearn.rmu.weights import load_rmu_weights
 
         load_rmu_weights(lm.model, rmu_weights)
     identity = {

@@ -6,7 +6,7 @@ step lives in `unlearn.rmu.train`. A run writes `results/rmu-baseline/<run-id>/`
 `losses.csv` + `loss.png`, `weights.safetensors` (only the trained matrices), `training.json` (did the
 forget loss converge: `unlearn.rmu.train.convergence`), and `metrics.json` = `{"before": block, "after":
 block, "training": ...}` from the shared evaluator. `c` is absolute (`steering_coeff`, the papers' values)
-or relative to the layer's mean residual norm (`steering_coeff_rel`; both are recorded). `load_rmu_weights` puts the trained
+or relative to the layer's mean residual norm (`steering_coeff_rel`; both are recorded). `rmu.weights.load_rmu_weights` puts the trained
 matrices into a freshly loaded model (`unlearn eval --rmu <run>`). A failed run (non-finite loss,
 interrupt) leaves `config.json` and a `FAILED` marker only.
 """
@@ -20,22 +20,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
-from safetensors.torch import load_file, save
-from torch import Tensor, nn
 
-from unlearn.checks import finite_float, positive_int, require_finite_tensors
+from unlearn.checks import finite_float, positive_int
 from unlearn.errors import UnlearnError
 from unlearn.hooks import decoder_layers, text_config
 from unlearn.models import LoadedModel, load_model
 from unlearn.options import Flag, command
-from unlearn.paths import results_dir
 from unlearn.results import (
-    FAILED_FILE,
     check_new_run,
-    is_complete,
     open_run,
     read_json,
     write_bytes,
@@ -53,11 +47,10 @@ from unlearn.rmu.train import (
     text_batches,
     tokenize,
 )
+from unlearn.rmu.weights import WEIGHTS_FILE, save_rmu_weights
 from unlearn.setup import Setup, setup_of
 
 log = logging.getLogger(__name__)
-
-WEIGHTS_FILE = "weights.safetensors"
 
 
 @dataclass
@@ -276,11 +269,6 @@ def train_rmu(
     return trainer, history
 
 
-def save_rmu_weights(path: Path, weights: dict[str, Tensor], metadata: dict[str, str]) -> None:
-    require_finite_tensors(weights, f"RMU weights to be saved at {path}", "not saved; lower --lr")
-    write_bytes(path, save(weights, metadata=metadata))
-
-
 def check_rmu_flags(cfg: RMUConfig) -> None:
     """Counts ≥ 1 and finite coefficients, before any model loads."""
     for name in ("n_batches", "batch_size", "max_length", "eval_limit"):
@@ -290,58 +278,6 @@ def check_rmu_flags(cfg: RMUConfig) -> None:
             finite_float(getattr(cfg, name), f"--{name.replace('_', '-')}")
     if cfg.lr is not None and cfg.lr <= 0:
         raise UnlearnError(f"--lr must be > 0, got {cfg.lr}")
-
-
-def completed_rmu_weights(run: str | Path) -> Path:
-    """The weights of a *completed* rmu-baseline run (`eval --rmu`): a killed or failed run is refused."""
-    path = _weights_path(run)
-    run_dir = path.parent
-    if (run_dir / "config.json").exists() and not is_complete(run_dir):
-        why = (
-            (run_dir / FAILED_FILE).read_text(errors="replace").strip()[:200]
-            if (run_dir / FAILED_FILE).exists()
-            else "it has no completion record (killed, or still running)"
-        )
-        raise UnlearnError(
-            f"--rmu {run}: run {run_dir} did not complete ({why}); pass a finished rmu-baseline run"
-        )
-    return path
-
-
-def _weights_path(run: str | Path) -> Path:
-    """A run folder, its `weights.safetensors`, or a run id under results/rmu-baseline/."""
-    for cand in (Path(run), results_dir() / Path(run), results_dir() / "rmu-baseline" / Path(run)):
-        if cand.is_file():
-            return cand
-        if (cand / WEIGHTS_FILE).is_file():
-            return cand / WEIGHTS_FILE
-    raise UnlearnError(
-        f"No RMU weights at {run!r}: pass a run folder (results/rmu-baseline/<run-id>) holding {WEIGHTS_FILE} "
-        "from a finished `unlearn rmu-baseline` run."
-    )
-
-
-def load_rmu_weights(model: nn.Module, run: str | Path) -> list[str]:
-    """Copy a run's trained matrices into `model` (loaded from the same base model); returns their names.
-
-    Names and shapes must match the model's parameters exactly (else UnlearnError, nothing changed).
-    """
-    path = _weights_path(run)
-    weights = load_file(str(path))
-    params = dict(model.named_parameters())
-    missing = [n for n in weights if n not in params]
-    wrong = [f"{n}: {tuple(w.shape)} vs {tuple(params[n].shape)}" for n, w in weights.items()
-             if n in params and w.shape != params[n].shape]  # fmt: skip
-    if missing or wrong or not weights:
-        raise UnlearnError(
-            f"RMU weights {path} do not fit this model (unknown names {missing[:3]}, shape mismatches {wrong[:3]}"
-            f"{', empty file' if not weights else ''}); load the same base model the run used (see its config.json)."
-        )
-    require_finite_tensors(weights, str(path), "the RMU run diverged; retrain it with a lower --lr")
-    with torch.no_grad():
-        for n, w in weights.items():
-            params[n].copy_(w.to(device=params[n].device, dtype=params[n].dtype))
-    return list(weights)
 
 
 def loss_plot(losses) -> bytes:
