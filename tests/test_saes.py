@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from unlearn.errors import UnlearnError
+from unlearn.hooks import check_compatible
 from unlearn.sae import loaders as sae_loaders
 from unlearn.sae.loaders import load_sae
-from unlearn.sae.model import SAE, check_compatible
+from unlearn.sae.model import SAE
 
 D_IN, D_SAE, K = 12, 40, 5
 ARCHS = ["jumprelu", "standard", "topk"]

@@ -7,6 +7,7 @@ and every edit returns a tensor of the activation's dtype (transformers 5 layers
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -101,6 +102,24 @@ def hook_width(model: nn.Module, name: str) -> int:
     return text_config(model).hidden_size
 
 
+def check_compatible(
+    sae, d_model_at_hook: int, hook_name: str, model_name: str | None = None, *, warn_moved: bool = True
+) -> None:
+    """The one d_in check: fail early, with a fix, when an SAE is put on a hook point of another width
+    (it would otherwise fail deep inside a matmul, or silently broadcast). A differing `sae.hook_name`
+    only warns: Gemma Scope SAEs of the pretrained model are used on the -it model on purpose."""
+    if sae.d_in != d_model_at_hook:
+        where = f"{hook_name} of {model_name}" if model_name else hook_name
+        raise UnlearnError(
+            f"SAE d_in {sae.d_in} != width {d_model_at_hook} of {where}: pass an SAE trained for this model "
+            "and hook point (--sae), or the hook point it was trained at (--hook)."
+        )
+    if warn_moved and getattr(sae, "hook_name", None) and sae.hook_name != hook_name:
+        logging.getLogger(__name__).warning(
+            "SAE was trained at %s but is applied at %s", sae.hook_name, hook_name
+        )
+
+
 def sae_site(model: nn.Module, sae: nn.Module, features, hook_name: str | None) -> tuple[str, Tensor]:
     """The hook point an SAE edit acts at (`hook_name`, else the SAE's) and its feature ids as a long
     tensor on the SAE's device, after checking the SAE fits that point and the ids fit the SAE: the one
@@ -110,12 +129,7 @@ def sae_site(model: nn.Module, sae: nn.Module, features, hook_name: str | None) 
     hook = hook_name or getattr(sae, "hook_name", None)
     if not hook:
         raise UnlearnError("The SAE has no hook point recorded; pass --hook (e.g. blocks.6.hook_resid_post).")
-    width = hook_width(model, hook)
-    if sae.d_in != width:
-        raise UnlearnError(
-            f"SAE d_in {sae.d_in} != width {width} of {hook}: pass an SAE trained for this model and hook "
-            "point (--sae), or the hook point it was trained at (--hook)."
-        )
+    check_compatible(sae, hook_width(model, hook), hook, warn_moved=False)
     idx_K = torch.as_tensor(features, dtype=torch.long, device=sae.W_dec.device).flatten()
     if idx_K.numel() and not (0 <= int(idx_K.min()) and int(idx_K.max()) < sae.d_sae):
         raise UnlearnError(f"Feature ids must lie in 0..{sae.d_sae - 1} for this SAE; got {idx_K.tolist()}.")

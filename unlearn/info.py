@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from unlearn.errors import UnlearnError
-from unlearn.hooks import decoder_layers, forward_to, hook_width, text_config
+from unlearn.hooks import check_compatible, decoder_layers, forward_to, hook_width, text_config
 from unlearn.models import load_model
 from unlearn.options import command
 from unlearn.setup import setup_of
@@ -57,7 +57,6 @@ def run_info(cfg: InfoConfig) -> dict[str, object]:
     sae = None
     if sae_spec and sae_spec != "none":
         from unlearn.sae.loaders import load_sae
-        from unlearn.sae.model import check_compatible
 
         sae = load_sae(sae_spec, device=model.device, dtype=model.dtype)
         point = setup.hook_for(sae.hook_name)

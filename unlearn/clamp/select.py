@@ -37,7 +37,7 @@ from unlearn.clamp.feature_stats import (
 )
 from unlearn.errors import UnlearnError
 from unlearn.eval.suite import weight_fingerprint
-from unlearn.hooks import hook_width
+from unlearn.hooks import check_compatible, hook_width
 from unlearn.models import LoadedModel, load_model
 from unlearn.options import Flag, command
 from unlearn.paths import results_dir
@@ -51,7 +51,7 @@ from unlearn.results import (
     write_table,
 )
 from unlearn.sae.loaders import load_sae
-from unlearn.sae.model import SAE, check_compatible
+from unlearn.sae.model import SAE
 from unlearn.setup import Setup, setup_of
 
 log = logging.getLogger(__name__)

@@ -236,20 +236,3 @@ class SAE(nn.Module):
         )
         write_json(folder / SAE_CFG_FILENAME, self.cfg_dict())
         return folder
-
-
-def check_compatible(sae: SAE, d_model_at_hook: int, hook_name: str, model_name: str | None = None) -> None:
-    """Fail early, with a fix, when an SAE is put on a hook point of another width.
-
-    A mismatched SAE would otherwise fail deep inside a matmul (or, worse, silently broadcast).
-    A differing `sae.hook_name` only warns: Gemma Scope SAEs of the pretrained model are used on the -it
-    model on purpose, and users may knowingly move an SAE.
-    """
-    if sae.d_in != d_model_at_hook:
-        where = f"{hook_name} of {model_name}" if model_name else hook_name
-        raise UnlearnError(
-            f"SAE d_in {sae.d_in} != width {d_model_at_hook} of {where}; "
-            "pass an SAE trained for this model/hook"
-        )
-    if sae.hook_name and sae.hook_name != hook_name:
-        logger.warning("SAE was trained at %s but is applied at %s", sae.hook_name, hook_name)
