@@ -57,6 +57,7 @@ def run_info(cfg: InfoConfig) -> dict[str, object]:
     sae = None
     if sae_spec and sae_spec != "none":
         from unlearn.sae.loaders import load_sae
+        from unlearn.sae.quality import variance_explained
 
         sae = load_sae(sae_spec, device=model.device, dtype=model.dtype)
         point = setup.hook_for(sae.hook_name)
@@ -73,10 +74,9 @@ def run_info(cfg: InfoConfig) -> dict[str, object]:
             x = forward_to(model, [hook], **inputs)[hook][0, 1:].to(sae.W_enc.dtype)  # (tokens, d_in), no BOS
             f = sae.encode(x)
             x_hat = sae.decode(f)
-        resid = (x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()
         facts["SAE"] = f"{sae.architecture}, d_in {sae.d_in}, d_sae {sae.d_sae}"
         facts["SAE L0 (sample)"] = f"{(f > 0).sum(-1).float().mean().item():.1f} over {x.shape[0]} tokens"
-        facts["SAE var. explained (sample)"] = f"{1 - resid.item():.3f}"
+        facts["SAE var. explained (sample)"] = f"{variance_explained(x, x_hat):.3f}"
     return facts
 
 

@@ -17,6 +17,13 @@ from unlearn.sae.model import SAE
 # --- evaluation on held-out text ---------------------------------------------------------------------------
 
 
+
+def variance_explained(x_ND, x_hat_ND) -> float:
+    """Fraction of the activations' variance (about their mean over the batch) the reconstruction keeps:
+    `1 - Σ(x̂ - x)² / Σ(x - x̄)²` (one batch; `evaluate_sae` accumulates the same over held-out text)."""
+    var = (x_ND - x_ND.mean(0)).pow(2).sum()
+    return 1 - (x_hat_ND - x_ND).pow(2).sum().item() / var.item()
+
 def _next_token_ce(logits_BTV: Tensor, ids_BT: Tensor, sel_BT: Tensor, mask_BT: Tensor) -> tuple[float, int]:
     """Summed next-token cross-entropy over positions t with sel[t] whose target t+1 is a real token."""
     sel_BT = sel_BT[:, :-1] & mask_BT[:, 1:].bool()

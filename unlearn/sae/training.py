@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from unlearn.errors import UnlearnError
 from unlearn.sae.model import SAE
+from unlearn.sae.quality import variance_explained
 
 # --- straight-through estimators (2407.14435, eqs. 11-12) -------------------------------------------------
 
@@ -311,7 +312,6 @@ def train_sae(acts_ND: Tensor, cfg: SAETrainConfig, *, progress: bool = True) ->
             last_fired_F[(f_NF > 0).any(0)] = seen
             if step % cfg.log_every == 0 or step == total - 1:
                 with torch.no_grad():
-                    var = (x_ND - x_ND.mean(0)).pow(2).sum()
                     row = {
                         "step": step,
                         "tokens": seen,
@@ -320,7 +320,7 @@ def train_sae(acts_ND: Tensor, cfg: SAETrainConfig, *, progress: bool = True) ->
                         "loss": loss.item(),
                         "mse": mse.item(),
                         "l0": (f_NF > 0).sum(-1).float().mean().item(),
-                        "var_explained": 1 - (x_hat_ND - x_ND).pow(2).sum().item() / var.item(),
+                        "var_explained": variance_explained(x_ND, x_hat_ND),
                         "dead_frac": dead_F.float().mean().item(),
                         "aux": float(aux),
                     }
