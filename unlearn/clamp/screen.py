@@ -33,12 +33,11 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
-import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -47,7 +46,7 @@ from unlearn.clamp.controls import EditStats, feature_info
 from unlearn.clamp.intervene import CLAMP_UNITS, check_mode, clamp
 from unlearn.errors import UnlearnError
 from unlearn.eval.suite import EvalSuite, Reuse
-from unlearn.options import parse_list
+from unlearn.options import Flag, command
 from unlearn.results import check_new_run, open_run, read_json, write_json, write_table
 from unlearn.setup import Setup, setup_of
 from unlearn.stats import _truthy, outcome_column, paired_deltas
@@ -146,16 +145,20 @@ def greedy_select(
 @dataclass
 class ScreenConfig:
     preset: str | None = None
-    """Preset whose model, SAE and evaluation tasks are used."""
+    """Preset whose model, SAE and evaluation tasks are used (`unlearn.setup`: default gemma-3-270m unless
+    `model` is given alone)."""
     model: str | None = None
+    """Model instead of the preset's: hub id, local folder or .gguf file."""
     features: str | None = None
     """select-features run folder or its features.json (default: the latest run); comma list: topics merged."""
     topic: str | None = None
     """Topic of the selection (default: its first)."""
     feature_ids: list[int] | None = None
-    """Explicit candidate ids, ranked, instead of a selection."""
+    """Explicit candidate ids, ranked, instead of a selection (comma list, e.g. 12,7,301)."""
     sae: str | None = None
+    """SAE instead of the selection's."""
     hook: str | None = None
+    """Hook point instead of the selection's."""
     top_k: int | None = None
     """Candidates screened: the selection's top K (default: the preset's `select.top_k` or `demo.top_k`, else 20)."""
     mode: str = "clamp"
@@ -179,16 +182,27 @@ class ScreenConfig:
     seed: int = 0
     """Seed of the controls when they are measured now (explicit ids); a selection's are drawn at selection."""
     protocol: str | None = None
+    """letter, cloze or lm-eval (default: the preset's)."""
     forget_tasks: list[str] | None = None
+    """Forget question sources (comma list; default: the preset's)."""
     retain_tasks: list[str] | None = None
+    """Retain question sources (comma list; default: the preset's)."""
     known_only: bool = True
+    """Score only questions the unhooked model knows."""
     permutations: bool | None = None
+    """Letter protocol: all 24 answer orders."""
     limit: int | None = None
+    """At most this many questions per source."""
     batch_size: int | None = None
+    """Evaluation sequences per forward."""
     run_id: str | None = None
+    """Run folder name (default: a timestamp + random suffix)."""
     overwrite: bool = False
+    """Replace the existing run `run_id`."""
     device: str | None = None
+    """cpu, cuda, ... (default: cuda if available)."""
     dtype: str | None = None
+    """float32, bfloat16, ... (default: the preset's)."""
 
 
 def check_screen_flags(cfg: ScreenConfig) -> None:
@@ -560,54 +574,9 @@ def test_table(test: dict, title: str) -> Table:
     return table
 
 
-def screen_features_command(
-    features: Annotated[
-        str | None, typer.Option(help="select-features run (default: latest; comma list merges topics).")
-    ] = None,
-    topic: Annotated[
-        str | None, typer.Option(help="Topic of the selection (comma list merges topics).")
-    ] = None,
-    feature_ids: Annotated[str | None, typer.Option(help="Explicit candidate ids, e.g. 12,7,301.")] = None,
-    top_k: Annotated[int | None, typer.Option(help="Candidates screened (default: preset, else 20).")] = None,
-    scale: Annotated[
-        float | None, typer.Option(help="Clamp value (default: the preset's demo point, else -20).")
-    ] = None,
-    clamp_unit: Annotated[str | None, typer.Option(help="absolute or typical (× mean activation).")] = None,
-    mode: Annotated[str, typer.Option(help="clamp, zero or scale.")] = "clamp",
-    split: Annotated[str, typer.Option(help="Split screened on (dev: tuning).")] = "dev",
-    greedy: Annotated[bool, typer.Option(help="Accumulate features greedily under --retain-budget.")] = False,
-    retain_budget: Annotated[
-        float, typer.Option(help="Allowed retain errors on dev (int), or a fraction < 1.")
-    ] = 0,
-    max_features: Annotated[int | None, typer.Option(help="Largest greedy set (default: --top-k).")] = None,
-    test_split: Annotated[str, typer.Option(help="Split the greedy set is evaluated on once.")] = "test",
-    controls: Annotated[
-        bool, typer.Option("--controls/--no-controls", help="Matched random features beside the greedy set.")
-    ] = True,
-    preset: Annotated[str | None, typer.Option(help="Model preset (default gemma-3-270m).")] = None,
-    model: Annotated[str | None, typer.Option(help="Model instead of the preset's.")] = None,
-    sae: Annotated[str | None, typer.Option(help="SAE instead of the selection's.")] = None,
-    hook: Annotated[str | None, typer.Option(help="Hook point instead of the selection's.")] = None,
-    protocol: Annotated[str | None, typer.Option(help="letter, cloze or lm-eval.")] = None,
-    forget_tasks: Annotated[str | None, typer.Option(help="Forget question sources (comma list).")] = None,
-    retain_tasks: Annotated[str | None, typer.Option(help="Retain question sources (comma list).")] = None,
-    known_only: Annotated[
-        bool, typer.Option("--known-only/--all-questions", help="Score only known questions.")
-    ] = True,
-    permutations: Annotated[bool | None, typer.Option(help="Letter protocol: all 24 orders.")] = None,
-    limit: Annotated[int | None, typer.Option(help="Questions per source.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Evaluation batch size.")] = None,
-    run_id: Annotated[str | None, typer.Option(help="Run folder name.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace the existing run --run-id.")] = False,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16, ...")] = None,
-) -> None:
-    """Clamp each candidate feature alone on dev; with --greedy, accumulate them under a retain budget."""
-    run_screen(ScreenConfig(
-        preset=preset, model=model, features=features, topic=topic, feature_ids=parse_list(feature_ids, int), sae=sae,
-        hook=hook, top_k=top_k, mode=mode, scale=scale, clamp_unit=clamp_unit, split=split, greedy=greedy,
-        retain_budget=retain_budget, max_features=max_features, test_split=test_split, controls=controls,
-        protocol=protocol, forget_tasks=parse_list(forget_tasks), retain_tasks=parse_list(retain_tasks),
-        known_only=known_only, permutations=permutations, limit=limit, batch_size=batch_size, run_id=run_id,
-        overwrite=overwrite, device=device, dtype=dtype,
-    ))  # fmt: skip
+screen_features_command = command(
+    ScreenConfig, run_screen,
+    doc="Clamp each candidate feature alone on dev; with --greedy, accumulate them under a retain budget.",
+    flags={"feature_ids": Flag(comma=True), "forget_tasks": Flag(comma=True), "retain_tasks": Flag(comma=True),
+           "known_only": Flag("--known-only/--all-questions")},
+)  # fmt: skip
