@@ -12,14 +12,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import typer
 from rich.console import Console
 from rich.rule import Rule
 
 from unlearn.clamp.intervene import InterveneConfig, run_intervene
 from unlearn.clamp.select import SelectConfig, run_select
 from unlearn.models import load_model
-from unlearn.options import parse_list
+from unlearn.options import Flag, command
 from unlearn.report.run import ReportConfig, run_report
 from unlearn.rmu.run import RMUConfig, run_rmu
 from unlearn.setup import setup_of
@@ -104,30 +103,9 @@ def _attack(cfg: DemoConfig, scales: list[float], n_features: list[int], console
     )
 
 
-def demo_command(
-    preset: str = typer.Option(None, help="Preset to run (default: the embedded Gemma 3 270M)."),
-    model: str = typer.Option(None, help="Model instead of the preset's (hub id, folder, .gguf)."),
-    scales: str = typer.Option(
-        "", help="Clamp values for intervene, comma-separated (default: the preset's)."
-    ),
-    n_features: str = typer.Option(
-        "", help="Feature counts for intervene, comma-separated (default: the preset's)."
-    ),
-    gates: str = typer.Option("none,window,dsg", help="Gates swept beside static clamping."),
-    attacks: bool = typer.Option(
-        False, help="Also run the reduced attack set (several CPU minutes per target)."
-    ),
-    quick: bool = typer.Option(False, help="Shrink every step (smoke test)."),
-) -> None:
-    """Run the whole experiment: select-features, intervene (clamp and zero ablation), rmu-baseline, report."""
-    run_demo(
-        DemoConfig(
-            preset=preset,
-            model=model,
-            scales=parse_list(scales, float, "--scales") or None,
-            n_features=parse_list(n_features, int, "--n-features") or None,
-            gates=parse_list(gates, str, "--gates"),
-            attacks=attacks,
-            quick=quick,
-        )
-    )
+demo_command = command(
+    DemoConfig, run_demo,
+    doc="Run the whole experiment: select-features, intervene (clamp and zero ablation), rmu-baseline, report.",
+    flags={"scales": Flag(comma=True), "n_features": Flag(comma=True), "gates": Flag(comma=True),
+           "dilution": Flag(comma=True)},
+)  # fmt: skip
