@@ -80,6 +80,8 @@ class Flag:
     type: Any = None
     help: str | None = None
     """Help instead of the field docstring."""
+    nested: bool = False
+    """A dataclass field whose own fields are flags too (e.g. train-sae's optimisation settings)."""
 
 
 def _plain(tp: Any) -> tuple[Any, bool]:
@@ -112,6 +114,9 @@ def options(
     for f in dataclasses.fields(cls):
         flag = flags.get(f.name, Flag())
         tp, optional = _plain(hints[f.name])
+        if flag.nested:
+            params += options(tp, flags, skip)
+            continue
         if f.name in skip or (
             flag.parse is None
             and (typing.get_origin(tp) is dict or tp is dict or dataclasses.is_dataclass(tp))
@@ -144,9 +149,15 @@ def command(
     """A typer command taking `cls`'s fields as options; it builds the config and calls `run(cfg)`."""
     flags = flags or {}
     params = options(cls, flags, skip)
+    nested = {name: _plain(typing.get_type_hints(cls)[name])[0] for name, f in flags.items() if f.nested}
 
     def cmd(**values: Any) -> None:
+        for name, sub in nested.items():
+            own = {f.name for f in dataclasses.fields(sub)}
+            values[name] = sub(**{k: values.pop(k) for k in list(values) if k in own})
         for name, value in values.items():
+            if name in nested:
+                continue
             flag = flags.get(name, Flag())
             if flag.parse is not None:
                 values[name] = flag.parse(value)

@@ -9,11 +9,9 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
 
 import pandas as pd
 import torch
-import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -21,6 +19,7 @@ from unlearn.checks import dtype_named, finite_float, positive_int, writable_dir
 from unlearn.errors import UnlearnError
 from unlearn.hooks import hook_width
 from unlearn.models import load_model
+from unlearn.options import Flag, command
 from unlearn.results import check_new_run, open_run, read_json, write_json, write_table
 from unlearn.sae.activations import collect_activations, mixed_texts
 from unlearn.sae.loaders import load_sae
@@ -219,82 +218,17 @@ def metrics_table(metrics: dict) -> Table:
     return table
 
 
-def train_sae_command(
-    preset: Annotated[
-        str | None, typer.Option(help="Preset: model and hook point (default gemma-3-270m).")
-    ] = None,
-    model: Annotated[
-        str | None, typer.Option(help="Model instead of the preset's (hub id, folder, .gguf).")
-    ] = None,
-    hook: Annotated[str | None, typer.Option(help="Hook point (default: the preset's).")] = None,
-    architecture: Annotated[str, typer.Option(help="jumprelu or topk.")] = "jumprelu",
-    width: Annotated[int, typer.Option(help="Latents (d_sae).")] = 2048,
-    l0_coeff: Annotated[float, typer.Option(help="jumprelu: λ of the L0 penalty.")] = 2e-3,
-    target_l0: Annotated[
-        float | None, typer.Option(help="jumprelu: penalise (L0/target − 1)² instead.")
-    ] = None,
-    preact_coeff: Annotated[
-        float, typer.Option(help="jumprelu: pre-activation loss weight (revives dead latents).")
-    ] = 0.0,
-    k: Annotated[int, typer.Option(help="topk: active latents per token.")] = 32,
-    l0_warmup: Annotated[
-        float, typer.Option(help="jumprelu: fraction of steps the L0 penalty ramps up.")
-    ] = 0.1,
-    threshold_lr_mult: Annotated[float, typer.Option(help="jumprelu: threshold lr / base lr.")] = 10.0,
-    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 2e-3,
-    tokens: Annotated[int, typer.Option(help="Activation tokens to collect.")] = 300_000,
-    epochs: Annotated[float, typer.Option(help="Passes over the collected activations.")] = 2.0,
-    batch_size: Annotated[int, typer.Option(help="Tokens per optimiser step.")] = 2048,
-    max_length: Annotated[int, typer.Option(help="Tokens per text window.")] = 128,
-    source: Annotated[list[str] | None, typer.Option(help="Training corpus (repeat to mix).")] = None,
-    eval_source: Annotated[list[str] | None, typer.Option(help="Held-out corpus (repeat to mix).")] = None,
-    ce_tokens: Annotated[int, typer.Option(help="Held-out tokens for the spliced CE.")] = 8192,
-    seed: Annotated[int, typer.Option(help="Initialisation and shuffling seed.")] = 0,
-    activations: Annotated[Path | None, typer.Option(help="Activation cache file to reuse/resume.")] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Also copy the SAE here (e.g. unlearn/shipped/saes/NAME).")
-    ] = None,
-    save_dtype: Annotated[str, typer.Option(help="float16, float32 or bfloat16.")] = "float16",
-    dtype: Annotated[str | None, typer.Option(help="Model dtype.")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda ...")] = None,
-    run_id: Annotated[str | None, typer.Option(help="Run folder name (default: timestamp).")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing run of this --run-id.")] = False,
-) -> None:
-    """Train a JumpReLU (or TopK) SAE on activations at a hook point; report its held-out quality."""
-    defaults = TrainSAEConfig()
-    train = SAETrainConfig(
-        architecture=architecture,
-        width=width,
-        l0_coeff=l0_coeff,
-        target_l0=target_l0,
-        preact_coeff=preact_coeff,
-        k=k,
-        l0_warmup=l0_warmup,
-        threshold_lr_mult=threshold_lr_mult,
-        lr=lr,
-        batch_size=batch_size,
-        epochs=epochs,
-        seed=seed,
-    )
-    cfg = TrainSAEConfig(
-        preset=preset,
-        model=model,
-        hook=hook,
-        sources=source or defaults.sources,
-        eval_sources=eval_source or defaults.eval_sources,
-        tokens=tokens,
-        max_length=max_length,
-        ce_tokens=ce_tokens,
-        train=train,
-        save_dtype=save_dtype,
-        activations=activations,
-        out=out,
-        dtype=dtype,
-        device=device,
-        run_id=run_id,
-        overwrite=overwrite,
-    )
+def show_train_sae(cfg: TrainSAEConfig) -> None:
+    """`unlearn train-sae`: train, then print the held-out quality table."""
     run_dir = run_train_sae(cfg)
     console = Console()
     console.print(metrics_table(read_json(run_dir / "metrics.json")))
-    console.print(f"SAE: {run_dir / 'sae'}" + (f"  (copied to {out})" if out else ""))
+    console.print(f"SAE: {run_dir / 'sae'}" + (f"  (copied to {cfg.out})" if cfg.out else ""))
+
+
+train_sae_command = command(
+    TrainSAEConfig, show_train_sae,
+    doc="Train a JumpReLU (or TopK) SAE on activations at a hook point; report its held-out quality.",
+    flags={"train": Flag(nested=True), "sources": Flag("--source", help="Training corpus (repeat to mix)."),
+           "eval_sources": Flag("--eval-source", help="Held-out corpus (repeat to mix).")},
+)  # fmt: skip
