@@ -12,26 +12,18 @@ from rich.table import Table
 from unlearn.errors import UnlearnError
 from unlearn.hooks import check_compatible, decoder_layers, forward_to, hook_width, text_config
 from unlearn.models import load_model
-from unlearn.options import command
+from unlearn.options import ModelFlags, command
 from unlearn.setup import setup_of
 
 SAMPLE_TEXT = "The mitochondria produce ATP for the cell, while ribosomes build proteins from amino acids."
 
 
 @dataclass
-class InfoConfig:
-    preset: str | None = None
-    """Preset name (default: the embedded gemma-3-270m)."""
-    model: str | None = None
-    """Model to load instead of the preset's: hub id, local folder or .gguf file."""
+class InfoConfig(ModelFlags):
     sae: str | None = None
     """SAE spec instead of the preset's (registry id, SAELens folder, params.npz); 'none' to skip."""
     hook: str | None = None
     """Hook point instead of the preset's / the SAE's."""
-    device: str | None = None
-    """cpu, cuda, cuda:1 (default: cuda when present)."""
-    dtype: str | None = None
-    """float32, bfloat16 or float16 (default: the preset's)."""
 
 
 def run_info(cfg: InfoConfig) -> dict[str, object]:

@@ -84,6 +84,56 @@ class Flag:
     """A dataclass field whose own fields are flags too (e.g. train-sae's optimisation settings)."""
 
 
+@dataclass
+class ModelFlags:
+    """The flags that pick the model and its settings (`unlearn.setup.resolve_setup`), shared by every
+    command's config dataclass."""
+
+    preset: str | None = None
+    """Preset whose settings are used: --preset P alone = P's settings; with --model M, P's settings
+    with model M; --model M alone = generic defaults; neither = gemma-3-270m."""
+    model: str | None = None
+    """Model instead of the preset's: hub id, local folder or .gguf file."""
+    device: str | None = None
+    """cpu, cuda, cuda:1 ... (default: cuda if available)."""
+    dtype: str | None = None
+    """Model dtype: float32, bfloat16 ... (default: the preset's)."""
+
+
+@dataclass
+class RunFlags(ModelFlags):
+    """`ModelFlags` plus the run folder's flags, shared by every command that writes a run."""
+
+    run_id: str | None = None
+    """Run folder name (default: a timestamp + random suffix)."""
+    overwrite: bool = False
+    """Replace an existing run of the same `run_id` (it is cleared first)."""
+
+
+@dataclass
+class EvalFlags:
+    """The evaluation flags of the commands that score clamped models (intervene, screen-features,
+    cross-topic); each defaults to the preset's `eval` setting."""
+
+    protocol: str | None = None
+    """Evaluation protocol instead of the preset's: letter, cloze or lm-eval."""
+    forget_tasks: list[str] | None = None
+    """Forget question sources instead of the preset's (comma list)."""
+    retain_tasks: list[str] | None = None
+    """Retain question sources instead of the preset's (comma list)."""
+    known_only: bool = True
+    """Score only questions the unhooked model knows, as the paper and SAEBench do."""
+    limit: int | None = None
+    """At most this many questions per source."""
+    batch_size: int | None = None
+    """Evaluation sequences per forward."""
+
+
+EVAL_FLAGS = {"forget_tasks": Flag(comma=True), "retain_tasks": Flag(comma=True),
+              "known_only": Flag("--known-only/--all-questions")}  # fmt: skip
+"""How `EvalFlags` appear on the command line."""
+
+
 def _plain(tp: Any) -> tuple[Any, bool]:
     """(type without None, whether None was allowed); Literal -> str."""
     optional = False

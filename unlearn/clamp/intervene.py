@@ -58,7 +58,7 @@ from unlearn.errors import UnlearnError
 from unlearn.eval.suite import EvalSuite, Reuse
 from unlearn.hooks import edit_with_inputs, parse_hook_name, sae_site, text_config
 from unlearn.models import LoadedModel, load_model
-from unlearn.options import parse_list
+from unlearn.options import EvalFlags, RunFlags, parse_list
 from unlearn.results import (
     EvalBlock,
     check_new_run,
@@ -187,12 +187,7 @@ def clamp(
 
 
 @dataclass
-class InterveneConfig:
-    preset: str | None = None
-    """Preset whose model, SAE and evaluation tasks are used (`unlearn.setup`: default gemma-3-270m
-    unless `model` is given alone)."""
-    model: str | None = None
-    """Model instead of the preset's: hub id, local folder or .gguf file."""
+class InterveneConfig(EvalFlags, RunFlags):
     features: str | None = None
     """select-features run folder or its features.json (default: the latest run); `dirA,dirB` merges the
     selections (`unlearn.clamp.topics.read_topics`: round-robin, so the top n holds each topic's best)."""
@@ -235,29 +230,11 @@ class InterveneConfig:
     """Filler text source for the dilution check (default: the preset's `select.retain_text`)."""
     split: str | None = None
     """Question split to score: dev (tuning), test (reporting) or all; default: the preset's."""
-    protocol: str | None = None
-    """Evaluation protocol instead of the preset's: letter, cloze or lm-eval."""
-    forget_tasks: list[str] | None = None
-    """Forget question sources instead of the preset's."""
-    retain_tasks: list[str] | None = None
-    """Retain question sources instead of the preset's."""
-    known_only: bool = True
-    """Score only questions the unhooked model knows, as the paper and SAEBench do."""
     permutations: bool | None = None
     """Letter protocol: all 24 answer orders."""
-    limit: int | None = None
-    """At most this many questions per source."""
-    batch_size: int | None = None
-    """Evaluation sequences per forward."""
-    run_id: str | None = None
-    """Run folder name (default: timestamp + random suffix); re-using one needs `resume` or `overwrite`."""
     resume: bool = False
     """Continue `run_id`, or the newest run made with the same settings (grid aside); finished points
     are skipped."""
-    overwrite: bool = False
-    """Replace the existing run `run_id` (cleared first)."""
-    device: str | None = None
-    dtype: str | None = None
 
 
 def grid(

@@ -46,7 +46,7 @@ from unlearn.clamp.controls import EditStats, feature_info
 from unlearn.clamp.intervene import CLAMP_UNITS, check_mode, clamp
 from unlearn.errors import UnlearnError
 from unlearn.eval.suite import EvalSuite, Reuse
-from unlearn.options import Flag, command
+from unlearn.options import EVAL_FLAGS, EvalFlags, Flag, RunFlags, command
 from unlearn.results import check_new_run, open_run, read_json, write_json, write_table
 from unlearn.setup import Setup, setup_of
 from unlearn.stats import _truthy, outcome_column, paired_deltas
@@ -143,12 +143,7 @@ def greedy_select(
 
 
 @dataclass
-class ScreenConfig:
-    preset: str | None = None
-    """Preset whose model, SAE and evaluation tasks are used (`unlearn.setup`: default gemma-3-270m unless
-    `model` is given alone)."""
-    model: str | None = None
-    """Model instead of the preset's: hub id, local folder or .gguf file."""
+class ScreenConfig(EvalFlags, RunFlags):
     features: str | None = None
     """select-features run folder or its features.json (default: the latest run); comma list: topics merged."""
     topic: str | None = None
@@ -181,28 +176,8 @@ class ScreenConfig:
     """Evaluate the greedy set beside the same number of frequency-matched random features."""
     seed: int = 0
     """Seed of the controls when they are measured now (explicit ids); a selection's are drawn at selection."""
-    protocol: str | None = None
-    """letter, cloze or lm-eval (default: the preset's)."""
-    forget_tasks: list[str] | None = None
-    """Forget question sources (comma list; default: the preset's)."""
-    retain_tasks: list[str] | None = None
-    """Retain question sources (comma list; default: the preset's)."""
-    known_only: bool = True
-    """Score only questions the unhooked model knows."""
     permutations: bool | None = None
     """Letter protocol: all 24 answer orders."""
-    limit: int | None = None
-    """At most this many questions per source."""
-    batch_size: int | None = None
-    """Evaluation sequences per forward."""
-    run_id: str | None = None
-    """Run folder name (default: a timestamp + random suffix)."""
-    overwrite: bool = False
-    """Replace the existing run `run_id`."""
-    device: str | None = None
-    """cpu, cuda, ... (default: cuda if available)."""
-    dtype: str | None = None
-    """float32, bfloat16, ... (default: the preset's)."""
 
 
 def check_screen_flags(cfg: ScreenConfig) -> None:
@@ -577,6 +552,5 @@ def test_table(test: dict, title: str) -> Table:
 screen_features_command = command(
     ScreenConfig, run_screen,
     doc="Clamp each candidate feature alone on dev; with --greedy, accumulate them under a retain budget.",
-    flags={"feature_ids": Flag(comma=True), "forget_tasks": Flag(comma=True), "retain_tasks": Flag(comma=True),
-           "known_only": Flag("--known-only/--all-questions")},
+    flags={**EVAL_FLAGS, "feature_ids": Flag(comma=True)},
 )  # fmt: skip

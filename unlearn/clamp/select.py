@@ -39,7 +39,7 @@ from unlearn.errors import UnlearnError
 from unlearn.eval.suite import weight_fingerprint
 from unlearn.hooks import check_compatible, hook_width
 from unlearn.models import LoadedModel, load_model
-from unlearn.options import Flag, command
+from unlearn.options import Flag, RunFlags, command
 from unlearn.paths import results_dir
 from unlearn.results import (
     check_new_run,
@@ -109,12 +109,7 @@ def select_features(
 
 
 @dataclass
-class SelectConfig:
-    preset: str | None = None
-    """Preset whose model, SAE, hook point and text sources are used (`unlearn.setup`: default
-    gemma-3-270m unless `model` is given alone)."""
-    model: str | None = None
-    """Model instead of the preset's: hub id, local folder or .gguf file."""
+class SelectConfig(RunFlags):
     sae: str | None = None
     """SAE instead of the preset's: registry id, SAELens folder or params.npz."""
     hook: str | None = None
@@ -154,12 +149,6 @@ class SelectConfig:
     counters_from: str | None = None
     """An earlier select-features run whose feature counters to reuse (same model, SAE, hook, sources and
     token budget): only the ranking and the context pass run, e.g. to compare `--rank-by` rules."""
-    device: str | None = None
-    dtype: str | None = None
-    run_id: str | None = None
-    """Name of the run folder (default: a timestamp + random suffix)."""
-    overwrite: bool = False
-    """Replace an existing run of the same `run_id` (cleared first)."""
 
 
 def resolve_sae(

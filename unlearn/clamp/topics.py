@@ -28,7 +28,7 @@ from rich.table import Table
 
 from unlearn.clamp.select import Selection, read_selection
 from unlearn.errors import UnlearnError
-from unlearn.options import Flag, command
+from unlearn.options import EVAL_FLAGS, EvalFlags, Flag, RunFlags, command
 
 log = logging.getLogger(__name__)
 
@@ -149,15 +149,11 @@ def clamp_values(selection: Selection, unit: str, scale: float) -> torch.Tensor 
 
 
 @dataclass
-class CrossTopicConfig:
+class CrossTopicConfig(EvalFlags, RunFlags):
     features: str | None = None
     """select-features run folder(s) holding the topics (comma list; default: the latest run)."""
     topics: list[str] | None = None
     """Topics to clamp (default: every topic of the selection)."""
-    preset: str | None = None
-    """Model preset (`unlearn.setup`: default gemma-3-270m unless `model` is given alone)."""
-    model: str | None = None
-    """Model instead of the preset's: hub id, local folder or .gguf file."""
     sae: str | None = None
     """SAE instead of the selection's."""
     hook: str | None = None
@@ -170,26 +166,8 @@ class CrossTopicConfig:
     """absolute or typical (default: the preset's `clamp_unit`)."""
     forget_tasks: list[str] | None = None
     """Question sets, one per topic in `topics` order (default: each topic's own, from the preset)."""
-    retain_tasks: list[str] | None = None
-    """Retain question sources (default: the preset's)."""
     split: str | None = None
     """dev, test or all (default: the preset's)."""
-    protocol: str | None = None
-    """letter, cloze or lm-eval (default: the preset's)."""
-    known_only: bool = True
-    """Score the known subset only (questions the unhooked model knows)."""
-    limit: int | None = None
-    """At most this many questions per source."""
-    batch_size: int | None = None
-    """Evaluation sequences per forward."""
-    run_id: str | None = None
-    """Run folder name (default: a timestamp + random suffix)."""
-    overwrite: bool = False
-    """Replace the existing run `run_id`."""
-    device: str | None = None
-    """cpu, cuda, ... (default: cuda if available)."""
-    dtype: str | None = None
-    """float32, bfloat16, ... (default: the preset's)."""
     extra: dict = field(default_factory=dict)
     """Further `EvalConfig` overrides (notebooks, tests)."""
 
@@ -358,6 +336,5 @@ cross_topic_command = command(
     CrossTopicConfig, run_cross_topic,
     doc="Clamp each topic's features alone and all together; accuracy on every topic's questions.",
     flags={"topics": Flag("--topic", help="Topic to clamp (repeatable; default: all)."),
-           "forget_tasks": Flag(comma=True), "retain_tasks": Flag(comma=True),
-           "known_only": Flag("--known-only/--all-questions")},
+           **EVAL_FLAGS},
 )  # fmt: skip

@@ -13,18 +13,14 @@ from rich.console import Console
 from unlearn.checks import positive_int
 from unlearn.errors import UnlearnError
 from unlearn.eval.suite import Protocol, eval_config_from_preset, prepare_eval, protocol_name
-from unlearn.options import Flag, command
+from unlearn.options import Flag, RunFlags, command
 from unlearn.presets import Preset
 from unlearn.results import EvalBlock, check_new_run, open_run, read_json
 from unlearn.setup import setup_of
 
 
 @dataclass
-class EvalRunConfig:
-    preset: str | None = None
-    """Model preset (default `gemma-3-270m`); supplies the model, tasks, protocol and chat template."""
-    model: str | None = None
-    """Hub id, local folder or .gguf file instead of the preset's model."""
+class EvalRunConfig(RunFlags):
     tasks: list[str] | None = None
     """Question sources, comma-separated (wmdp-bio,mmlu:college_biology,offline:bio,file.jsonl; default:
     the preset's forget + retain lists). Roles: the preset's lists, else `forget` for wmdp-* and
@@ -44,14 +40,6 @@ class EvalRunConfig:
     rmu: str | None = None
     """An `rmu-baseline` run folder whose trained weights are loaded into the model after the known
     subsets are computed (so they describe the base model)."""
-    device: str | None = None
-    """cpu, cuda, cuda:1 ... (default: cuda if available)."""
-    dtype: str | None = None
-    """float32, bfloat16 ... (default: the preset's)."""
-    run_id: str | None = None
-    """Run folder name (default: a timestamp + random suffix)."""
-    overwrite: bool = False
-    """Replace an existing run of the same `run_id` (cleared first)."""
 
 
 def check_eval_flags(cfg: EvalRunConfig) -> Path | None:

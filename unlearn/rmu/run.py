@@ -27,7 +27,7 @@ from unlearn.checks import finite_float, positive_int
 from unlearn.errors import UnlearnError
 from unlearn.hooks import decoder_layers, text_config
 from unlearn.models import LoadedModel, load_model
-from unlearn.options import Flag, command
+from unlearn.options import Flag, RunFlags, command
 from unlearn.results import (
     check_new_run,
     open_run,
@@ -54,12 +54,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class RMUConfig:
-    preset: str | None = None
-    """Preset giving the model, the RMU defaults and the evaluation tasks (`unlearn.setup`: default
-    gemma-3-270m unless `model` is given alone, which leaves the RMU settings to the flags)."""
-    model: str | None = None
-    """Model to load instead of the preset's (hub id, local folder or .gguf)."""
+class RMUConfig(RunFlags):
     layer: int | None = None
     """L: the forget/retain losses are taken at the output of `layers[L]`."""
     update_layers: list[int] | None = None
@@ -100,14 +95,6 @@ class RMUConfig:
     """Evaluate before and after with the shared evaluator (the preset's tasks and protocol)."""
     eval_limit: int | None = None
     """At most this many questions per task (quick runs)."""
-    device: str | None = None
-    """cpu, cuda, cuda:1 ... (default: cuda if available)."""
-    dtype: str | None = None
-    """float32, bfloat16 ... (default: the preset's)."""
-    run_id: str | None = None
-    """Run folder name under results/rmu-baseline/ (default: a timestamp + random suffix)."""
-    overwrite: bool = False
-    """Replace an existing run of the same --run-id (it is cleared first)."""
     extra: dict = field(default_factory=dict)
     """Overrides passed to `eval_config_from_preset` (e.g. protocol, known_only)."""
 

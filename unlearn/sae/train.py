@@ -19,7 +19,7 @@ from unlearn.checks import dtype_named, finite_float, positive_int, writable_dir
 from unlearn.errors import UnlearnError
 from unlearn.hooks import hook_width
 from unlearn.models import load_model
-from unlearn.options import Flag, command
+from unlearn.options import Flag, RunFlags, command
 from unlearn.results import check_new_run, open_run, read_json, write_json, write_table
 from unlearn.sae.activations import collect_activations, mixed_texts
 from unlearn.sae.loaders import load_sae
@@ -34,14 +34,9 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class TrainSAEConfig:
+class TrainSAEConfig(RunFlags):
     """One `unlearn train-sae` run: where activations come from, how to train, where the SAE goes."""
 
-    preset: str | None = None
-    """Preset whose model and hook point are used (`unlearn.setup`: default gemma-3-270m unless `model`
-    is given alone)."""
-    model: str | None = None
-    """Model instead of the preset's: hub id, local folder or .gguf file."""
     hook: str | None = None
     """Hook point, e.g. `blocks.6.hook_resid_post`; default: the preset's."""
     sources: list[str] = field(default_factory=lambda: ["offline:bio-forget", "offline:retain"])
@@ -68,14 +63,6 @@ class TrainSAEConfig:
     """Float16 activation cache file (outside the repo) to reuse/resume between tries; None: in memory."""
     out: Path | None = None
     """Also copy the SAE folder (+ training.json, metrics.json) here, e.g. unlearn/shipped/saes/<name>."""
-    dtype: str | None = None
-    """Model dtype (default: the preset's)."""
-    device: str | None = None
-    """cpu, cuda, ... (default: cuda if available)."""
-    run_id: str | None = None
-    """Run folder name under results/train-sae/ (default: a timestamp + random suffix)."""
-    overwrite: bool = False
-    """Replace an existing run of the same `run_id` (cleared first)."""
 
 
 SAVE_DTYPES = ("float16", "float32", "bfloat16")
