@@ -209,3 +209,11 @@ def test_attack_accuracies_are_on_the_known_subset():
     assert list(_role_values(out, "forget")) == [1.0, 0.0]
     no_known = EvalOutcome(block=None, questions=frame.assign(known=None))
     assert list(_role_values(no_known, "forget")) == [1.0, 0.0, 0.0, 1.0]
+
+
+def test_bad_direction_ablation_is_a_clear_error_before_any_work():
+    from unlearn.attacks.run import check_attacks
+    from unlearn.errors import UnlearnError
+
+    with pytest.raises(UnlearnError, match="--direction-ablation must be mean or zero"):
+        check_attacks(AttackConfig(direction_ablation="half"))

@@ -618,3 +618,10 @@ def test_reuse_scores_only_touched_questions_and_equals_a_full_evaluation(tiny, 
             ll = [f"ll_{k}" for k in range(4)]
             same = (full[ll].to_numpy() == base.questions[ll].to_numpy()).all(1)
             np.testing.assert_array_equal(same, ~touched)
+
+
+def test_bad_window_span_is_a_clear_error_before_any_work():
+    from unlearn.clamp.intervene import InterveneConfig, check_intervene_flags
+
+    with pytest.raises(UnlearnError, match="--window-span must be windows or sequence"):
+        check_intervene_flags(InterveneConfig(gates=["window"], window_span="everywhere"))
