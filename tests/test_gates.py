@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from unlearn.clamp.gates import (
+    FiringLog,
     Gate,
     _edited,
     calibrate_threshold,
@@ -88,6 +89,30 @@ def test_dsg_is_the_papers_rho_and_padding_free(tiny, family):
     np.testing.assert_allclose(rec[0], want, rtol=0, atol=1e-12)
     for bs in (1, 3):
         np.testing.assert_allclose(gate_scores(lm, sae, gate, TEXTS, batch_size=bs), want, rtol=0, atol=1e-12)
+
+
+def test_gate_scores_apply_the_gates_weights(tiny):
+    """`gate_scores` (the dilution check's cheap path) weighs evidence as the gate itself does: equal to a
+    dense float64 reference and to the statistics the installed gate records, and not to unweighted sums."""
+    lm = tiny("gemma3")
+    sae = firing_sae(lm)
+    weights = (0.5, 2.0, 1.0, 4.0, 0.25)
+    gate = Gate("window", threshold=1e9, features=FEATURES, window=3, evidence="sum", weights=weights)
+    want = []
+    for text in TEXTS:
+        ids = lm.tokenizer(text, return_tensors="pt")["input_ids"]
+        f_TK = torch.relu(_resid(lm, {"input_ids": ids})[0].double() @ sae.W_enc + sae.b_enc)[:, list(FEATURES)]
+        e_T = (f_TK * torch.tensor(weights, dtype=torch.float64)).sum(-1)
+        e_T[0] = 0.0  # BOS
+        padded = np.concatenate([np.zeros(2), e_T.numpy(), np.zeros(2)])
+        want.append(max(padded[s : s + 3].sum() / 3 for s in range(len(padded) - 2)))
+    np.testing.assert_allclose(gate_scores(lm, sae, gate, TEXTS, batch_size=2), want, rtol=1e-12)
+    rec = FiringLog()
+    with torch.no_grad(), gated(lm.model, sae, gate, record=rec):
+        lm.model(**_inputs(lm))
+    np.testing.assert_allclose(rec.all_stats(), want, rtol=1e-5)  # a padded float32 batch
+    unweighted = gate_scores(lm, sae, gate.replace(weights=None), TEXTS)
+    assert not np.allclose(unweighted, want)
 
 
 def test_paper_rho_is_diluted_by_padding_ours_is_not(tiny):
@@ -415,7 +440,7 @@ def test_window_span_edits_exactly_the_covered_active_tokens(tiny):
     sae = firing_sae(lm, frac=0.1).float()
     texts = [" ".join(TEXTS * 3), TEXTS[1]]
     inputs = _inputs(lm, texts)
-    e_rows = sequence_evidence(lm, sae, FEATURES, texts, evidence="sum")
+    e_rows = sequence_evidence(lm, sae, Gate("window", features=FEATURES, evidence="sum"), texts)
     w = 3
     tau = float(np.quantile(np.concatenate([np.convolve(e, np.ones(w)) / w for e in e_rows]), 0.9))
     gate = Gate("window", threshold=tau, features=FEATURES, value=-40.0, window=w, evidence="sum")

@@ -370,18 +370,17 @@ def _token_ids(item, tokenizer) -> list[int]:
 def sequence_evidence(
     lm,
     sae: nn.Module,
-    features: Sequence[int],
+    gate: Gate,
     items: Sequence,
     *,
-    evidence: Evidence = "any",
     hook_name: str | None = None,
     batch_size: int = 16,
 ) -> list[np.ndarray]:
-    """Per item, the real-token evidence (BOS first, with 0) of texts (BOS + text) or questions (the
-    cloze context `Question: …\nAnswer:` the cloze scorer forwards before the answers), from right-padded
-    forwards that stop at the hook layer. One pass serves every gate statistic (`statistic`)."""
-    probe = Gate("dsg", features=tuple(features), evidence=evidence)
-    hook, idx_K = _check(lm.model, sae, probe, hook_name)
+    """Per item, the real-token evidence of `gate` (its features, evidence kind and weights; BOS first,
+    with 0) of texts (BOS + text) or questions (the cloze context `Question: …\nAnswer:` the cloze scorer
+    forwards before the answers), from right-padded forwards that stop at the hook layer. One pass serves
+    every statistic of gates sharing that evidence (`statistic`)."""
+    hook, idx_K = _check(lm.model, sae, gate, hook_name)
     bos = lm.tokenizer.bos_token_id
     seqs = [_token_ids(item, lm.tokenizer) for item in items]
     device = next(lm.model.parameters()).device
@@ -400,7 +399,7 @@ def sequence_evidence(
         x_BTD = forward_to(lm.model, [hook], **inputs)[hook]
         real_BT = mask_BT.bool().to(x_BTD.device)
         counted_BT = real_BT & (ids_BT.to(x_BTD.device) != bos) if bos is not None else real_BT
-        e_BT = token_evidence(probe, sae.encode_subset(x_BTD, idx_K), counted_BT).cpu().numpy()
+        e_BT = token_evidence(gate, sae.encode_subset(x_BTD, idx_K), counted_BT).cpu().numpy()
         for b, i in enumerate(batch):
             out[i] = e_BT[b, : len(seqs[i])]
     return out
@@ -409,7 +408,7 @@ def sequence_evidence(
 def gate_scores(lm, sae: nn.Module, gate: Gate, items: Sequence, **kwargs) -> np.ndarray:
     """Per-item gate statistics (see `sequence_evidence` for what is forwarded); padding-free, so the
     batch size does not matter."""
-    evidence = sequence_evidence(lm, sae, gate.features, items, evidence=gate.evidence, **kwargs)
+    evidence = sequence_evidence(lm, sae, gate, items, **kwargs)
     return np.array([statistic(gate, e_T) for e_T in evidence])
 
 
