@@ -101,7 +101,9 @@ def test_gate_scores_apply_the_gates_weights(tiny):
     want = []
     for text in TEXTS:
         ids = lm.tokenizer(text, return_tensors="pt")["input_ids"]
-        f_TK = torch.relu(_resid(lm, {"input_ids": ids})[0].double() @ sae.W_enc + sae.b_enc)[:, list(FEATURES)]
+        f_TK = torch.relu(_resid(lm, {"input_ids": ids})[0].double() @ sae.W_enc + sae.b_enc)[
+            :, list(FEATURES)
+        ]
         e_T = (f_TK * torch.tensor(weights, dtype=torch.float64)).sum(-1)
         e_T[0] = 0.0  # BOS
         padded = np.concatenate([np.zeros(2), e_T.numpy(), np.zeros(2)])

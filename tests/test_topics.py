@@ -5,6 +5,7 @@ vector per forget corpus, used for that corpus's batches."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pandas as pd
 import pytest
@@ -146,6 +147,17 @@ def test_cross_topic_table_shows_each_topic_forgetting_its_own_questions(tiny, t
     assert frame.loc[("bio", "bio"), "delta"] == -1.0 and frame.loc[("bio", "chem"), "delta"] == 0.0
     cross = read_json(run / "cross.json")
     assert cross["topics"] == ["bio", "chem"] and cross["states"]["bio+chem"]["features"] == [5, 6, 11, 12]
+    controls = ["bio ctrl-features", "chem ctrl-features", "bio+chem ctrl-features"]
+    assert suite.calls == ["unhooked", "clamp bio", "clamp chem", "clamp bio+chem"] + [
+        f"clamp {c}" for c in controls
+    ]
+    assert cross["states"]["bio ctrl-features"]["features"] == [30, 29]  # the selection's own controls
+    assert cross["states"]["bio+chem ctrl-features"]["features"] == [30, 29]  # merged, each control once
+    for c in controls:  # the planted topic features are not among them: the controls change nothing here
+        assert all(acc[c, g] == 1.0 for g in ("bio", "chem", "retain"))
+    cfg = dataclasses.replace(cfg, controls=False, run_id="y")
+    suite.calls.clear()
+    run_cross_topic(cfg, lm=lm, sae=sae, suite=suite)
     assert suite.calls == ["unhooked", "clamp bio", "clamp chem", "clamp bio+chem"]
 
 

@@ -285,10 +285,14 @@ def run_select(cfg: SelectConfig, *, lm: LoadedModel | None = None, sae: SAE | N
                      "ratio": float(ratio[i]), "mean_act": float(forget.mean_act_F[i]), **ctx[i]}
                     for i in ids
                 ]  # fmt: skip
-                info = control_info(forget, retain, ids, seed=cfg.seed)
-                topics[topic] = {"features": ids, "source": source, "tokens": forget.n_tokens,
-                                 "typical_activation": info.pop("typical_activation"), "controls": info,
-                                 "stats": stats}  # fmt: skip
+                topics[topic] = {"features": ids, "source": source, "tokens": forget.n_tokens, "stats": stats}
+        taken = {
+            i for t in topics.values() for i in t["features"]
+        }  # controls of one topic avoid every topic's
+        for topic, t in topics.items():
+            info = control_info(counters[topic], retain, t["features"], seed=cfg.seed, exclude=sorted(taken))
+            taken |= set(info["controls"])
+            t |= {"typical_activation": info.pop("typical_activation"), "controls": info}
         for t in topics.values():
             held_forget, held_retain = held_out_sources(preset, t["source"])
             held_forget, held_retain = cfg.auroc_forget or held_forget, cfg.auroc_retain or held_retain

@@ -122,6 +122,22 @@ def truncated(selection: Selection, n: int) -> Selection:
                                controls=cut(selection.controls), control_typical=cut(selection.control_typical))  # fmt: skip
 
 
+def control_of(selection: Selection) -> Selection:
+    """The selection's frequency-matched random features in its place (with their own typical values), so
+    `clamp_values` clamps them exactly as the selected ones (the `random-features` control of intervene);
+    a control feature drawn for two merged topics is clamped once."""
+    if selection.controls is None or selection.control_typical is None:
+        raise UnlearnError(
+            f"{selection.source} has no control features (an older selection): rerun select-features "
+            "or pass --no-controls."
+        )
+    pairs = dict(
+        zip(selection.controls, selection.control_typical, strict=True)
+    )  # merged topics may share one
+    return dataclasses.replace(selection, features=list(pairs), typical=list(pairs.values()),
+                               topic=f"{selection.topic} ctrl-features", controls=None, control_typical=None)  # fmt: skip
+
+
 def topic_questions(preset, topic: str) -> str | None:
     """The question set a topic is judged on: the one its selection text reads (`questions:offline:chem@dev`
     -> `offline:chem`), else None."""
@@ -168,6 +184,9 @@ class CrossTopicConfig(EvalFlags, RunFlags):
     """Question sets, one per topic in `topics` order (default: each topic's own, from the preset)."""
     split: str | None = None
     """dev, test or all (default: the preset's)."""
+    controls: bool = True
+    """Also clamp each state's frequency-matched random features the same way (`<state> ctrl-features`):
+    an off-diagonal effect the control shows too is not about the topic."""
     extra: dict = field(default_factory=dict)
     """Further `EvalConfig` overrides (notebooks, tests)."""
 
@@ -278,6 +297,8 @@ def run_cross_topic(cfg: CrossTopicConfig, *, lm=None, sae=None, suite=None, con
     states = dict(zip(topics, cut, strict=True))
     if len(cut) > 1:
         states["+".join(topics)] = merge_selections(cut)
+    if cfg.controls:
+        states |= {f"{name} ctrl-features": control_of(sel) for name, sel in states.items()}
     eval_cfg = (
         dataclasses.asdict(suite.cfg) if dataclasses.is_dataclass(getattr(suite, "cfg", None)) else None
     )
