@@ -96,19 +96,15 @@ class Gate:
         if not math.isfinite(self.threshold):
             raise UnlearnError(f"Gate threshold must be finite, got {self.threshold}.")
         object.__setattr__(self, "features", tuple(int(i) for i in self.features))
-        if self.weights is not None:
-            object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
-            if len(self.weights) != len(self.features) or not all(map(math.isfinite, self.weights)):
+        for name in ("weights", "values"):  # optional, one finite number per feature
+            given = getattr(self, name)
+            if given is None:
+                continue
+            object.__setattr__(self, name, tuple(float(v) for v in given))
+            if len(given) != len(self.features) or not all(map(math.isfinite, getattr(self, name))):
                 raise UnlearnError(
-                    f"Gate weights must be finite, one per feature: {len(self.features)} features, "
-                    f"weights {list(self.weights)}."
-                )
-        if self.values is not None:
-            object.__setattr__(self, "values", tuple(float(v) for v in self.values))
-            if len(self.values) != len(self.features) or not all(map(math.isfinite, self.values)):
-                raise UnlearnError(
-                    f"A gate needs one finite value per feature: {len(self.features)} features, "
-                    f"values {list(self.values)}."
+                    f"Gate {name} must be finite, one per feature: {len(self.features)} features, "
+                    f"{name} {list(given)}."
                 )
 
     def replace(self, **changes) -> Gate:
@@ -233,18 +229,21 @@ class FiringLog:
 
 def sequence_stats(gate: Gate, e_BT: Tensor, real_BT: Tensor) -> list[float]:
     """The statistic of each row, over its real tokens only (so padding, wherever it is, cannot matter)."""
-    e = e_BT.detach().cpu().numpy()
-    r = real_BT.detach().cpu().numpy()
-    return [statistic(gate, e[b][r[b]]) for b in range(e.shape[0])]
+    return _decide(gate, e_BT, real_BT, cover=False)[0]
 
 
-def covered_tokens(gate: Gate, e_BT: Tensor, real_BT: Tensor) -> Tensor:
-    """(B, T) bool: real tokens inside a passing window of their row's real-token sequence."""
+def _decide(gate: Gate, e_BT: Tensor, real_BT: Tensor, *, cover: bool) -> tuple[list[float], Tensor | None]:
+    """Each row's statistic and, with `cover`, the (B, T) bool of real tokens inside a passing window of
+    their row (`window_cover`; a row that does not fire covers nothing), from one copy to numpy."""
     e, r = e_BT.detach().cpu().numpy(), real_BT.detach().cpu().numpy()
+    stats = [statistic(gate, e[b][r[b]]) for b in range(e.shape[0])]
+    if not cover:
+        return stats, None
     out = np.zeros(r.shape, dtype=bool)
     for b in range(r.shape[0]):
-        out[b, r[b]] = window_cover(e[b][r[b]], gate.window, gate.threshold)
-    return torch.from_numpy(out).to(real_BT.device)
+        if stats[b] > gate.threshold:
+            out[b, r[b]] = window_cover(e[b][r[b]], gate.window, gate.threshold)
+    return stats, torch.from_numpy(out).to(real_BT.device)
 
 
 def _edited(
@@ -320,15 +319,17 @@ def gated(
         if _cache_is_empty(seen) or old_e is None or old_e.shape[0] != shape[0]:
             old_e, old_real = e_BT[:, :0], real_BT[:, :0]
         history["e"], history["real"] = torch.cat([old_e, e_BT], 1), torch.cat([old_real, real_BT], 1)
-        stats = sequence_stats(gate, history["e"], history["real"])
+        stats, cover_BT = _decide(
+            gate, history["e"], history["real"], cover=gate.span == "windows" and not dry_run
+        )
         if record is not None:
             record.append(stats)
         if dry_run:
             return x_BTD
         fire_B = torch.tensor([s > gate.threshold for s in stats], device=x_BTD.device)
         edit_BT = fire_B[:, None] & counted_BT & (f_BTK > 0).any(-1)
-        if gate.span == "windows" and bool(fire_B.any()):
-            edit_BT &= covered_tokens(gate, history["e"], history["real"])[:, -shape[1] :]
+        if cover_BT is not None:
+            edit_BT &= cover_BT[:, -shape[1] :]
         if not bool(edit_BT.any()):
             return x_BTD
         return _edited(sae, gate, x_BTD, f_BTK, edit_BT, idx_K, directions_KD)
