@@ -33,11 +33,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, NamedTuple, get_args
+from typing import Literal, NamedTuple, get_args
 
 import pandas as pd
 import torch
-import typer
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
@@ -58,7 +57,7 @@ from unlearn.errors import UnlearnError
 from unlearn.eval.suite import EvalSuite, Reuse
 from unlearn.hooks import edit_with_inputs, parse_hook_name, sae_site, text_config
 from unlearn.models import LoadedModel, load_model
-from unlearn.options import EvalFlags, RunFlags, parse_list
+from unlearn.options import EVAL_FLAGS, EvalFlags, Flag, RunFlags, command, parse_list
 from unlearn.results import (
     EvalBlock,
     check_new_run,
@@ -209,7 +208,7 @@ class InterveneConfig(EvalFlags, RunFlags):
     """Clamp mode: `absolute` (scale is the value) or `typical` (scale × each feature's mean active
     activation); default: the preset's `clamp_unit`, else absolute."""
     controls: list[str] = field(default_factory=lambda: list(CONTROLS))
-    """Control points beside each point: random-features, random-direction (empty list: none)."""
+    """Control points beside each point: random-features, random-direction (`none` or an empty list: none)."""
     seed: int = 0
     """Seed of the random-direction rotation (random features are drawn, seeded, at selection)."""
     gates: list[str] = field(default_factory=lambda: ["none"])
@@ -556,79 +555,8 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan:
     write_table(run_dir / "summary.csv", summary_frame(run_dir))
 
 
-def intervene_command(
-    scale: Annotated[str, typer.Option(help="Clamp value(s), e.g. -20 or -5,-20,-50.")] = "-20",
-    clamp_unit: Annotated[
-        str | None, typer.Option(help="absolute (scale is the value) or typical (scale × mean activation).")
-    ] = None,
-    controls: Annotated[
-        str, typer.Option(help="Control points: random-features,random-direction, or none.")
-    ] = "random-features,random-direction",
-    n_features: Annotated[str | None, typer.Option(help="Top-n feature count(s), e.g. 10,20,50.")] = None,
-    gate: Annotated[
-        str, typer.Option("--gate", "--gates", help="none (static), dsg, window, cusum (comma list).")
-    ] = "none",
-    gate_fpr: Annotated[
-        float, typer.Option(help="Target false-positive rate of gates on dev retain questions.")
-    ] = DEFAULT_FPR,
-    window_span: Annotated[
-        str,
-        typer.Option(help="Where a firing window gate edits: windows (inside passing windows) or sequence."),
-    ] = "windows",
-    split: Annotated[
-        str | None, typer.Option(help="Questions scored: dev (tuning), test (reporting), all.")
-    ] = None,
-    dilution: Annotated[
-        str, typer.Option(help="Dilution check: prefix lengths in tokens, e.g. 0,100,400,1600 (empty: none).")
-    ] = "",
-    dilution_questions: Annotated[
-        int, typer.Option(help="Known forget questions the dilution check scores.")
-    ] = 40,
-    dilution_text: Annotated[
-        str | None, typer.Option(help="Filler text source (default: the preset's select.retain_text).")
-    ] = None,
-    mode: Annotated[
-        str, typer.Option("--mode", "--modes", help="clamp, zero, scale (comma list).")
-    ] = "clamp",
-    features: Annotated[
-        str | None, typer.Option(help="select-features run folder (default: latest); dirA,dirB clamps both.")
-    ] = None,
-    topic: Annotated[str | None, typer.Option(help="Topic of the selection; bio,chem clamps both.")] = None,
-    feature_ids: Annotated[str | None, typer.Option(help="Explicit feature ids, e.g. 12,7,301.")] = None,
-    preset: Annotated[str | None, typer.Option(help="Model preset (default gemma-3-270m).")] = None,
-    model: Annotated[str | None, typer.Option(help="Model instead of the preset's.")] = None,
-    sae: Annotated[str | None, typer.Option(help="SAE instead of the selection's.")] = None,
-    hook: Annotated[str | None, typer.Option(help="Hook point instead of the selection's.")] = None,
-    protocol: Annotated[str | None, typer.Option(help="letter, cloze or lm-eval.")] = None,
-    forget_tasks: Annotated[str | None, typer.Option(help="Forget question sources (comma list).")] = None,
-    retain_tasks: Annotated[str | None, typer.Option(help="Retain question sources (comma list).")] = None,
-    known_only: Annotated[
-        bool, typer.Option("--known-only/--all-questions", help="Score only questions the model knows.")
-    ] = True,
-    permutations: Annotated[bool | None, typer.Option(help="Letter protocol: all 24 orders.")] = None,
-    limit: Annotated[int | None, typer.Option(help="Questions per source.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Evaluation batch size.")] = None,
-    run_id: Annotated[
-        str | None, typer.Option(help="Run folder name (re-use needs --resume/--overwrite).")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option(help="Continue --run-id, or the newest run with the same settings.")
-    ] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace the existing run --run-id.")] = False,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16, ...")] = None,
-) -> None:
-    """Clamp selected SAE features during evaluation, over a grid of feature counts and scales."""
-    cfg = InterveneConfig(
-        preset=preset, model=model, features=features, topic=topic, feature_ids=parse_list(feature_ids, int),
-        sae=sae, hook=hook, modes=parse_list(mode), n_features=parse_list(n_features, int), scales=parse_list(scale, float, "--scale"),
-        protocol=protocol, forget_tasks=parse_list(forget_tasks), retain_tasks=parse_list(retain_tasks),
-        known_only=known_only, permutations=permutations, limit=limit, batch_size=batch_size, run_id=run_id,
-        resume=resume, overwrite=overwrite, device=device, dtype=dtype, clamp_unit=clamp_unit,
-        controls=[] if controls.strip() == "none" else parse_list(controls), gates=parse_list(gate),
-        gate_fpr=gate_fpr, window_span=window_span, split=split, dilution=parse_list(dilution, int, "--dilution") or [],
-        dilution_questions=dilution_questions, dilution_text=dilution_text,
-    )  # fmt: skip
+def show_intervene(cfg: InterveneConfig) -> None:
+    """Run the sweep and print its summary table."""
     console = Console()
     run_dir = run_intervene(cfg, console=console)
     summary = summary_frame(run_dir)
@@ -640,3 +568,16 @@ def intervene_command(
                                 for c in ("forget_acc", "retain_acc", "d_forget", "d_retain")]  # fmt: skip
         table.add_row(*cells)
     console.print(table)
+
+
+def _controls(text: str) -> list[str]:
+    return [] if text.strip() == "none" else parse_list(text) or []
+
+
+intervene_command = command(
+    InterveneConfig, show_intervene,
+    doc="Clamp selected SAE features during evaluation, over a grid of feature counts and scales.",
+    flags={**EVAL_FLAGS, "scales": Flag("--scale", comma=True), "modes": Flag("--mode", aliases=("--modes",), comma=True),
+           "gates": Flag("--gate", aliases=("--gates",), comma=True), "n_features": Flag(comma=True),
+           "feature_ids": Flag(comma=True), "dilution": Flag(comma=True), "controls": Flag(comma=True, parse=_controls)},
+)  # fmt: skip
