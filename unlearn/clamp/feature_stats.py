@@ -188,7 +188,7 @@ def top_contexts(
     sae: nn.Module,
     hook: str,
     chunks: list[list[int]],
-    features: list[int],
+    feature_ids: list[int],
     tokenizer,
     *,
     k: int = 8,
@@ -199,15 +199,15 @@ def top_contexts(
     """For each feature: `contexts` (its k highest activations as text windows with the token marked
     «like this», with activation and chunk/position) and `top_tokens` (the tokens it fires on most)."""
     bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
-    heaps: list[list[tuple[float, int, int]]] = [[] for _ in features]  # min-heaps of (act, chunk, pos)
-    counts: list[Counter] = [Counter() for _ in features]
+    heaps: list[list[tuple[float, int, int]]] = [[] for _ in feature_ids]  # min-heaps of (act, chunk, pos)
+    counts: list[Counter] = [Counter() for _ in feature_ids]
     task = progress.add_task("contexts", total=sum(len(c) for c in chunks)) if progress else None
     for idx, ids_BT, mask_BT in batches(chunks, pad if pad is not None else 0, batch_tokens):
         x_ND, keep_BT = _counted_acts(model, hook, ids_BT, mask_BT, bos)
-        f_NK = sae.encode_subset(x_ND, features).float().cpu()
+        f_NK = sae.encode_subset(x_ND, feature_ids).float().cpu()
         where_N2 = keep_BT.nonzero().cpu()  # (row, pos) of each counted token
         tok_N = ids_BT[where_N2[:, 0], where_N2[:, 1]]
-        for j in range(len(features)):
+        for j in range(len(feature_ids)):
             fired = torch.nonzero(f_NK[:, j] > 0).flatten()
             if not len(fired):
                 continue
@@ -219,7 +219,7 @@ def top_contexts(
         if progress is not None:
             progress.advance(task, int(mask_BT.sum()))
     out = {}
-    for j, feat in enumerate(features):
+    for j, feat in enumerate(feature_ids):
         contexts = [
             {
                 "act": round(act, 4),
@@ -247,20 +247,20 @@ def summed_acts(
     sae: nn.Module,
     hook: str,
     chunks: list[list[int]],
-    features: list[int],
+    feature_ids: list[int],
     *,
     pad_id: int,
     bos_id: int | None,
     batch_tokens: int = 2048,
 ) -> Tensor:
     """Per chunk, each feature's activation summed over its counted tokens (BOS and padding excluded):
-    float64, shape (len(chunks), len(features)), rows in the order of `chunks`."""
-    out_CK = torch.zeros(len(chunks), len(features), dtype=torch.float64)
+    float64, shape (len(chunks), len(feature_ids)), rows in the order of `chunks`."""
+    out_CK = torch.zeros(len(chunks), len(feature_ids), dtype=torch.float64)
     device = next(model.parameters()).device
     for idx, ids_BT, mask_BT in batches(chunks, pad_id, batch_tokens):
         ids_BT, mask_BT = ids_BT.to(device), mask_BT.to(device)
         x_BTD = forward_to(model, [hook], input_ids=ids_BT, attention_mask=mask_BT)[hook]
         keep_BT = mask_BT.bool() if bos_id is None else mask_BT.bool() & (ids_BT != bos_id)
-        f_BTK = sae.encode_subset(x_BTD, features).double() * keep_BT.unsqueeze(-1)
+        f_BTK = sae.encode_subset(x_BTD, feature_ids).double() * keep_BT.unsqueeze(-1)
         out_CK[torch.as_tensor(idx)] = f_BTK.sum(1).cpu()
     return out_CK
