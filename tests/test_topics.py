@@ -13,7 +13,7 @@ import torch
 from test_intervene import HOOK, FakeSuite, random_sae
 from test_screen import FORGET, RETAIN, LogitSuite, planted_sae
 
-from unlearn.clamp.intervene import clamp, clamped
+from unlearn.clamp.intervene import clamped, feature_edit
 from unlearn.clamp.topics import merge_selections, read_topics
 from unlearn.errors import UnlearnError
 from unlearn.hooks import edit_with_inputs
@@ -77,13 +77,13 @@ def test_two_topic_clamp_equals_the_sum_of_the_two_edits(tiny, tmp_path, monkeyp
 
     with torch.no_grad():
         plain = lm.model(**inputs).logits
-        with clamp(
+        with feature_edit(
             lm.model, sae, merged.features, "clamp", torch.tensor([-20.0 * t for t in merged.typical])
         ):
             joint = lm.model(**inputs).logits
         with edit_with_inputs(lm.model, HOOK, both):
             summed = lm.model(**inputs).logits
-        with clamp(lm.model, sae, A, "clamp", val_a):
+        with feature_edit(lm.model, sae, A, "clamp", val_a):
             only_a = lm.model(**inputs).logits
     torch.testing.assert_close(joint, summed, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(joint, only_a, atol=1e-3) and not torch.allclose(only_a, plain, atol=1e-3)

@@ -6,12 +6,13 @@ output `decode(f') + (x - decode(f))`, i.e. the reconstruction error is kept, so
 wherever no chosen feature fires. Since decode is affine this equals the cheap exact form
 `x + (f'_K - f_K) @ W_dec[K]`, which needs only the chosen encoder columns (`SAE.encode_subset`).
 
-Modes (`f_i'` where `f_i > 0`): `clamp` sets it to `scale` (the paper's "negative scaling": `--scale -20`
-is `f_i = -multiplier` with multiplier 20), `zero` sets it to 0 (zero ablation, which the paper finds
-ineffective), `scale` multiplies it by `scale`.
+Modes (`f_i'` where `f_i > 0`), each with one number `value` (the CLI's `--scale`): `clamp` sets it to
+`value`, the clamp value (the paper's "negative scaling": `--scale -20` is `f_i = -multiplier` with
+multiplier 20), `zero` sets it to 0 (zero ablation, which the paper finds ineffective), `scale` multiplies
+it by `value`, a factor. `feature_edit` installs any of them.
 
-Clamp units (`--clamp-unit`): `absolute` uses `scale` as the clamp value itself (the paper's numbers, for
-SAEs in their published convention); `typical` clamps feature i to `scale × μ_i`, μ_i its mean activation
+Clamp units (`--clamp-unit`): `absolute` uses `--scale` as the clamp value itself (the paper's numbers, for
+SAEs in their published convention); `typical` clamps feature i to `--scale × μ_i`, μ_i its mean activation
 where active on forget text (measured at selection), so a value means the same relative edit for every
 feature and every SAE scale convention.
 
@@ -84,29 +85,30 @@ def check_mode(mode: str) -> Mode:
     return mode  # type: ignore[return-value]
 
 
-def new_values(f_NK: Tensor, mode: Mode, scale: float | Tensor) -> Tensor:
+def new_values(f_NK: Tensor, mode: Mode, value: float | Tensor) -> Tensor:
     """`f'` for the chosen features: only active entries (`f > 0`) change, as in the paper and SAEBench.
 
-    `scale` is one number or one per feature (shape (K,)): per-feature clamp values (`typical` unit)."""
+    `value` (the clamp value, or the factor in scale mode) is one number or one per feature (shape (K,)):
+    per-feature clamp values (`typical` unit)."""
     active_NK = f_NK > 0
-    if torch.is_tensor(scale):
-        scale = scale.to(f_NK.dtype).to(f_NK.device)
+    if torch.is_tensor(value):
+        value = value.to(f_NK.dtype).to(f_NK.device)
     if mode == "clamp":
-        value = scale if torch.is_tensor(scale) else torch.full_like(f_NK, scale)
-        return torch.where(active_NK, value.expand_as(f_NK), f_NK)
+        full = value if torch.is_tensor(value) else torch.full_like(f_NK, value)
+        return torch.where(active_NK, full.expand_as(f_NK), f_NK)
     if mode == "zero":
         return torch.where(active_NK, torch.zeros_like(f_NK), f_NK)
     if mode == "scale":
-        return torch.where(active_NK, f_NK * scale, f_NK)
+        return torch.where(active_NK, f_NK * value, f_NK)
     raise UnlearnError(f"Unknown intervention mode {mode!r}; use one of: {', '.join(MODES)}.")
 
 
 def clamped(
     sae: nn.Module,
     x_ND: Tensor,
-    features: Sequence[int] | Tensor,
+    feature_ids: Sequence[int] | Tensor,
     mode: Mode,
-    scale: float | Tensor,
+    value: float | Tensor,
     protect_N: Tensor | None = None,
     *,
     directions_KD: Tensor | None = None,
@@ -117,11 +119,11 @@ def clamped(
     `protect_N` (bool, shape of `x` without the last dim) marks positions to leave alone (BOS).
     `directions_KD` replaces the decoder rows `W_dec[K]` (the random-direction control).
     """
-    idx_K = torch.as_tensor(features, dtype=torch.long, device=sae.W_dec.device)
+    idx_K = torch.as_tensor(feature_ids, dtype=torch.long, device=sae.W_dec.device)
     if idx_K.numel() == 0:
         return x_ND
     f_NK = sae.encode_subset(x_ND, idx_K)  # SAE dtype
-    df_NK = new_values(f_NK, mode, scale) - f_NK
+    df_NK = new_values(f_NK, mode, value) - f_NK
     if protect_N is not None:
         df_NK = df_NK.masked_fill(protect_N.unsqueeze(-1), 0)
     dirs_KD = sae.W_dec[idx_K] if directions_KD is None else directions_KD.to(df_NK.dtype)
@@ -135,12 +137,12 @@ def _bos_id(model: nn.Module) -> int | None:
 
 
 @contextmanager
-def clamp(
+def feature_edit(
     model: nn.Module,
     sae: nn.Module,
-    features: Sequence[int] | Tensor,
+    feature_ids: Sequence[int] | Tensor,
     mode: Mode = "clamp",
-    scale: float | Tensor = -20.0,
+    value: float | Tensor = -20.0,
     *,
     hook_name: str | None = None,
     skip_bos: bool = True,
@@ -149,14 +151,15 @@ def clamp(
     stats: EditStats | None = None,
 ) -> Iterator[None]:
     """Edit `sae.hook_name` (or `hook_name`) so that every forward inside the block runs with the chosen
-    features clamped. With no features the hook returns the activation object itself (bit-identical).
+    features edited by `mode` (clamped, zeroed or scaled). With no features the hook returns the
+    activation object itself (bit-identical).
 
     `bos_token_id` defaults to the model config's; positions holding it are not edited unless
-    `skip_bos=False`. `scale` may hold one value per feature; `directions_KD` replaces their decoder
+    `skip_bos=False`. `value` may hold one value per feature; `directions_KD` replaces their decoder
     rows (`clamped`). `stats` accumulates the edit's size over every forward run inside the block.
     """
     mode = check_mode(mode)
-    hook, idx_K = sae_site(model, sae, features, hook_name)
+    hook, idx_K = sae_site(model, sae, feature_ids, hook_name)
     bos = bos_token_id if bos_token_id is not None else _bos_id(model)
 
     def fn(x_BTD: Tensor, seen: dict) -> Tensor:
@@ -166,7 +169,7 @@ def clamp(
         protect_BT = None
         if skip_bos and bos is not None and ids_BT is not None and ids_BT.shape == x_BTD.shape[:-1]:
             protect_BT = (ids_BT == bos).to(x_BTD.device)
-        out_BTD = clamped(sae, x_BTD, idx_K, mode, scale, protect_BT, directions_KD=directions_KD)
+        out_BTD = clamped(sae, x_BTD, idx_K, mode, value, protect_BT, directions_KD=directions_KD)
         if stats is not None:
             real_BT = torch.ones(x_BTD.shape[:-1], dtype=torch.bool, device=x_BTD.device)
             mask_BT = seen.get("attention_mask")
@@ -199,13 +202,14 @@ class InterveneConfig(EvalFlags, RunFlags):
     hook: str | None = None
     """Hook point instead of the selection's / the SAE's."""
     modes: list[str] = field(default_factory=lambda: ["clamp"])
-    """Interventions to sweep: clamp (set active features to scale), zero, scale (multiply by scale)."""
+    """Interventions to sweep: clamp (set active features to the `--scale` value), zero, scale (multiply
+    them by it)."""
     n_features: list[int] | None = None
     """Top-n of the ranked features per point (default: 20, or all explicit ids)."""
     scales: list[float] = field(default_factory=lambda: [-20.0])
     """Clamp values (clamp mode) or factors (scale mode); zero mode ignores them."""
     clamp_unit: str | None = None
-    """Clamp mode: `absolute` (scale is the value) or `typical` (scale × each feature's mean active
+    """Clamp mode: `absolute` (`--scale` is the clamp value) or `typical` (`--scale` × each feature's mean active
     activation); default: the preset's `clamp_unit`, else absolute."""
     controls: list[str] = field(default_factory=lambda: list(CONTROLS))
     """Control points beside each point: random-features, random-direction (`none` or an empty list: none)."""
@@ -520,7 +524,7 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan:
             mode=mode,
         ):
             if gate is None:
-                return clamp(lm.model, sae, feats, mode, value, hook_name=hook, directions_KD=dirs,
+                return feature_edit(lm.model, sae, feats, mode, value, hook_name=hook, directions_KD=dirs,
                              stats=stats if stats is not None else EditStats())  # fmt: skip
             return gated(lm.model, sae, gate, hook_name=hook, directions_KD=dirs, record=log)
 

@@ -7,7 +7,7 @@ features were added one by one in that order, each kept only while retain (MMLU)
 unhooked value (or within a small number of errors). This module does both on the **dev** split:
 
 - **Screening**: for each of the top-K features of a selection, the clamp of `intervene` (same modes and
-  clamp units, the same `clamp` context manager) with that feature alone, evaluated by the shared
+  clamp units, the same `feature_edit` context manager) with that feature alone, evaluated by the shared
   `EvalSuite`; per feature: forget and retain accuracy with 95% bootstrap intervals, their paired changes
   vs the unhooked model (`unlearn.stats.paired_deltas`), the retain errors it causes, its edit size and
   its top contexts from the selection. The screening order is by forget change (largest drop first; ties
@@ -43,7 +43,7 @@ from rich.table import Table
 
 from unlearn.checks import check_model_path, finite_float, positive_int
 from unlearn.clamp.controls import EditStats, feature_info
-from unlearn.clamp.intervene import CLAMP_UNITS, check_mode, clamp
+from unlearn.clamp.intervene import CLAMP_UNITS, check_mode, feature_edit
 from unlearn.errors import UnlearnError
 from unlearn.eval.suite import EvalSuite, Reuse
 from unlearn.options import EVAL_FLAGS, EvalFlags, Flag, RunFlags, command
@@ -219,7 +219,7 @@ def _contexts(selection) -> dict[int, dict]:
 
 
 class Clamper:
-    """Evaluates feature sets with `intervene.clamp` installed, on one prepared suite, against its
+    """Evaluates feature sets with `intervene.feature_edit` installed, on one prepared suite, against its
     unhooked run (`base`); caches by feature set."""
 
     def __init__(
@@ -251,7 +251,7 @@ class Clamper:
             stats, values = EditStats(), self.values(feats)
 
             def hook(live: bool):
-                return clamp(self.lm.model, self.sae, list(feats), self.mode, values, hook_name=self.hook,
+                return feature_edit(self.lm.model, self.sae, list(feats), self.mode, values, hook_name=self.hook,
                              stats=stats if live else EditStats())  # fmt: skip
 
             if isinstance(self.suite, EvalSuite) and self.base is not None:  # score only touched questions

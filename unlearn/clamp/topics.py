@@ -41,11 +41,11 @@ def _items(text: str | Path | None) -> list:
     return [t.strip() for t in str(text).split(",") if t.strip()] or [None]
 
 
-def topic_pairs(features: str | Path | None, topic: str | None) -> list[tuple[str | Path | None, str | None]]:
-    """(selection, topic) pairs: `features` may list run folders separated by commas (`dirA,dirB`: each
-    folder's first topic, or the topics of `topic` in the same order), `topic` may list topics of one
-    run (`bio,chem`)."""
-    paths, topics = _items(features), _items(topic)
+def topic_pairs(path: str | Path | None, topic: str | None) -> list[tuple[str | Path | None, str | None]]:
+    """(selection, topic) pairs: `path` (`--features`) may list run folders separated by commas
+    (`dirA,dirB`: each folder's first topic, or the topics of `topic` in the same order), `topic` may
+    list topics of one run (`bio,chem`)."""
+    paths, topics = _items(path), _items(topic)
     if len(paths) == 1:
         return [(paths[0], t) for t in topics]
     if topics == [None]:
@@ -58,10 +58,10 @@ def topic_pairs(features: str | Path | None, topic: str | None) -> list[tuple[st
     return list(zip(paths, topics, strict=True))
 
 
-def read_topics(features: str | Path | None = None, topic: str | None = None) -> Selection:
+def read_topics(path: str | Path | None = None, topic: str | None = None) -> Selection:
     """One selection (`read_selection`), or several merged by `merge_selections`: see `topic_pairs` for
     how `dirA,dirB` and `--topic bio,chem` are read."""
-    pairs = topic_pairs(features, topic)
+    pairs = topic_pairs(path, topic)
     if len(pairs) == 1:
         return read_selection(*pairs[0])
     return merge_selections([read_selection(p, t) for p, t in pairs])
@@ -252,7 +252,7 @@ def cross_frame(states: dict, base, topics_of: dict[str, str]) -> pd.DataFrame:
 def run_cross_topic(cfg: CrossTopicConfig, *, lm=None, sae=None, suite=None, console=None) -> Path:
     """Evaluate unhooked, each topic's top-n clamped alone, and all topics together, on every topic's
     question set; writes `results/cross-topic/<run-id>/` (`cross.json`, `cross.csv`)."""
-    from unlearn.clamp.intervene import CLAMP_UNITS, clamp
+    from unlearn.clamp.intervene import CLAMP_UNITS, feature_edit
     from unlearn.clamp.select import resolve_sae
     from unlearn.eval.suite import eval_config_from_preset, prepare_eval, weight_fingerprint
     from unlearn.models import load_model
@@ -313,7 +313,10 @@ def run_cross_topic(cfg: CrossTopicConfig, *, lm=None, sae=None, suite=None, con
         outs, points = {}, {}
         for state, sel in states.items():
             values = clamp_values(sel, unit, scale)
-            with torch.inference_mode(), clamp(lm.model, sae, sel.features, "clamp", values, hook_name=hook):
+            with (
+                torch.inference_mode(),
+                feature_edit(lm.model, sae, sel.features, "clamp", values, hook_name=hook),
+            ):
                 outs[state] = suite.run(lm.model, desc=f"clamp {state}")
             points[state] = {"features": sel.features, "clamp_values": values.tolist() if torch.is_tensor(values)
                              else [values] * len(sel.features), "metrics": outs[state].block}  # fmt: skip
