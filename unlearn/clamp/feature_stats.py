@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
-from rich.text import Text
+from rich.progress import Progress
 from safetensors import safe_open
 from safetensors.torch import save
 from torch import Tensor, nn
@@ -137,16 +136,6 @@ def batches(
         yield idx, ids_BT, mask_BT
 
 
-class _TokensPerSecond(ProgressColumn):
-    def render(self, task) -> Text:
-        return Text(f"{task.speed:,.0f} tok/s" if task.speed else "… tok/s", style="progress.data.speed")
-
-
-def progress_bar(**kwargs) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _TokensPerSecond(),
-                    **kwargs)  # fmt: skip
-
-
 def _counted_acts(
     model: nn.Module, hook: str, ids_BT: Tensor, mask_BT: Tensor, bos: int | None
 ) -> tuple[Tensor, Tensor]:
@@ -168,17 +157,17 @@ def accumulate(
     pad_id: int,
     bos_id: int | None,
     batch_tokens: int = 2048,
-    progress: Progress | None = None,
+    bar: Progress | None = None,
     desc: str = "stats",
 ) -> FeatureStats:
     """FeatureStats of `chunks` at `hook`: forward to the hook only, encode, reduce; nothing stored."""
     stats = FeatureStats.empty(sae.d_sae, sae.W_enc.device)
-    task = progress.add_task(desc, total=sum(len(c) for c in chunks)) if progress else None
+    task = bar.add_task(desc, total=sum(len(c) for c in chunks)) if bar else None
     for _, ids_BT, mask_BT in batches(chunks, pad_id, batch_tokens):
         x_ND, _ = _counted_acts(model, hook, ids_BT, mask_BT, bos_id)
         stats.update(sae.encode(x_ND))
-        if progress is not None:
-            progress.advance(task, int(mask_BT.sum()))
+        if bar is not None:
+            bar.advance(task, int(mask_BT.sum()))
     return stats
 
 
@@ -194,14 +183,14 @@ def top_contexts(
     k: int = 8,
     window: tuple[int, int] = (12, 4),
     batch_tokens: int = 2048,
-    progress: Progress | None = None,
+    bar: Progress | None = None,
 ) -> dict[int, dict[str, list]]:
     """For each feature: `contexts` (its k highest activations as text windows with the token marked
     «like this», with activation and chunk/position) and `top_tokens` (the tokens it fires on most)."""
     bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
     heaps: list[list[tuple[float, int, int]]] = [[] for _ in feature_ids]  # min-heaps of (act, chunk, pos)
     counts: list[Counter] = [Counter() for _ in feature_ids]
-    task = progress.add_task("contexts", total=sum(len(c) for c in chunks)) if progress else None
+    task = bar.add_task("contexts", total=sum(len(c) for c in chunks)) if bar else None
     for idx, ids_BT, mask_BT in batches(chunks, pad if pad is not None else 0, batch_tokens):
         x_ND, keep_BT = _counted_acts(model, hook, ids_BT, mask_BT, bos)
         f_NK = sae.encode_subset(x_ND, feature_ids).float().cpu()
@@ -216,8 +205,8 @@ def top_contexts(
             for n in best.tolist():
                 item = (float(f_NK[n, j]), idx[int(where_N2[n, 0])], int(where_N2[n, 1]))
                 (heapq.heappush if len(heaps[j]) < k else heapq.heappushpop)(heaps[j], item)
-        if progress is not None:
-            progress.advance(task, int(mask_BT.sum()))
+        if bar is not None:
+            bar.advance(task, int(mask_BT.sum()))
     out = {}
     for j, feat in enumerate(feature_ids):
         contexts = [

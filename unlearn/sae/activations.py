@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
 from unlearn.hooks import forward_to, hook_width
+from unlearn.progress import progress_bar
 from unlearn.results import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -120,15 +120,8 @@ def collect_activations(
     n_prefix = int(tokenizer.bos_token_id is not None)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     windows = itertools.islice(token_windows(tokenizer, texts, max_length), done, None)
-    columns = [
-        TextColumn("activations"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[rate]}"),
-    ]
     t0, start = time.perf_counter(), filled
-    with Progress(*columns, disable=not progress) as bar, torch.inference_mode():
+    with progress_bar("activations", "rate", enabled=progress) as bar, torch.inference_mode():
         task = bar.add_task("acts", total=n_tokens, completed=filled, rate="")
         for i, batch in enumerate(batch_windows(windows, batch_size, pad, n_prefix)):
             acts_BTD = forward_to(

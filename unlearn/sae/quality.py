@@ -6,11 +6,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from torch import Tensor, nn
 
 from unlearn.errors import UnlearnError
 from unlearn.hooks import edit, forward_to
+from unlearn.progress import progress_bar
 from unlearn.sae.activations import batch_windows, token_windows
 from unlearn.sae.model import SAE
 
@@ -85,13 +85,7 @@ def evaluate_sae(
     fired_F = torch.zeros(sae.d_sae, dtype=torch.bool)
     ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     ce_n = 0
-    columns = [
-        TextColumn("evaluate SAE"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-    ]
-    with Progress(*columns, disable=not progress) as bar:
+    with progress_bar("evaluate SAE", "info", clock=None, enabled=progress) as bar:
         task = bar.add_task("eval", total=max_tokens, info="")
         for batch in batch_windows(token_windows(tokenizer, texts, max_length), batch_size, pad, n_prefix):
             ids_BT, mask_BT, keep_BT = batch["input_ids"], batch["attention_mask"], batch["keep"]
