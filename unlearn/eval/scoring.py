@@ -38,8 +38,8 @@ from unlearn.hooks import text_config
 ALL_ORDERS: list[tuple[int, ...]] = list(permutations(range(4)))
 """The 24 orderings of four choices; a question is *known* if answered right in all of them (Farrell et al., arXiv 2410.19278; SAEBench)."""
 
-Progress = Callable[[int], None]
-"""Called with the number of sequences just scored (drives a rich progress bar)."""
+Advance = Callable[[int], None]
+"""Called with the number of sequences just scored (drives a rich progress bar: `unlearn.progress`)."""
 
 
 class Head:
@@ -171,7 +171,7 @@ def make_letter_scorer(
     tokenizer: PreTrainedTokenizerBase,
     *,
     batch_size: int = 16,
-    progress: Progress | None = None,
+    advance: Advance | None = None,
 ) -> LetterScorer:
     head = Head(model)
     head.pad_id = tokenizer.pad_token_id or 0
@@ -191,8 +191,8 @@ def make_letter_scorer(
                 cols.append(logits_BR[:, start : start + len(slot)].max(dim=1).values)
                 start += len(slot)
             out_N4[batch] = torch.stack(cols, dim=1).cpu()
-            if progress:
-                progress(len(batch))
+            if advance:
+                advance(len(batch))
         return out_N4
 
     return score
@@ -257,7 +257,7 @@ def score_cloze(
     tokenizer: PreTrainedTokenizerBase,
     *,
     batch_size: int = 16,
-    progress: Progress | None = None,
+    advance: Advance | None = None,
 ) -> dict[str, np.ndarray]:
     """Answer-text log-likelihood of each choice after `Question: …\\nAnswer:` (lm-eval's multiple-choice
     rule). `acc` takes the argmax of the summed log-probs, `acc_norm` of the sum divided by the choice's
@@ -300,8 +300,8 @@ def score_cloze(
             for qi, ci, _, targets in reads:
                 ll_N4[qi, ci] = picked[start : start + len(targets)].sum().item()
                 start += len(targets)
-            if progress:
-                progress(len(reads))
+            if advance:
+                advance(len(reads))
     require_finite(ll_N4, "answer log-likelihoods", "the cloze scorer's output")  # NaN would argmax to 0
     lengths_N4 = np.array([[len(c) for c in q.choices] for q in questions], dtype=float)
     return {"ll": ll_N4, "pred": ll_N4.argmax(axis=1), "pred_norm": (ll_N4 / lengths_N4).argmax(axis=1)}
