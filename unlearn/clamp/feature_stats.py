@@ -21,6 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 from torch import Tensor, nn
 
+from unlearn.batches import right_padded
 from unlearn.hooks import forward_to
 from unlearn.results import write_bytes
 
@@ -128,12 +129,7 @@ def batches(
         size = max(1, batch_tokens // max(width, 1))
         idx = order[start : start + size]
         start += size
-        ids_BT = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask_BT = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids_BT[row, : len(chunks[i])] = torch.tensor(chunks[i])
-            mask_BT[row, : len(chunks[i])] = 1
-        yield idx, ids_BT, mask_BT
+        yield idx, *right_padded([chunks[i] for i in idx], pad_id)
 
 
 def _counted_acts(

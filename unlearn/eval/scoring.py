@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
+from unlearn.batches import right_padded
 from unlearn.checks import require_finite
 from unlearn.eval.prompts import (
     LETTERS,
@@ -68,12 +69,8 @@ class Head:
         """Model inputs for right-padded sequences; with `segments`, the packed 4D mask and position ids
         (see `hidden_at`)."""
         device = self.weight_VD.device
-        T = max(len(s) for s in seqs)
-        ids_BT = torch.full((len(seqs), T), self.pad_id, dtype=torch.long)
-        mask_BT = torch.zeros((len(seqs), T), dtype=torch.long)
-        for b, seq in enumerate(seqs):
-            ids_BT[b, : len(seq)] = torch.tensor(seq)
-            mask_BT[b, : len(seq)] = 1
+        ids_BT, mask_BT = right_padded(seqs, self.pad_id)
+        T = ids_BT.shape[1]
         extra = {}
         if segments is not None:
             seg_BT = torch.full((len(seqs), T), -1, dtype=torch.long)  # -1: padding

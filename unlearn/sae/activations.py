@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from unlearn.batches import right_padded
 from unlearn.hooks import forward_to, hook_width
 from unlearn.progress import progress_bar
 from unlearn.results import read_json, write_json
@@ -69,12 +70,7 @@ def batch_windows(
         if window is not None:
             batch.append(window)
         if batch and (window is None or len(batch) == batch_size):
-            T = max(map(len, batch))
-            ids_BT = torch.full((len(batch), T), pad_id, dtype=torch.long)
-            mask_BT = torch.zeros((len(batch), T), dtype=torch.long)
-            for i, w in enumerate(batch):
-                ids_BT[i, : len(w)] = torch.tensor(w)
-                mask_BT[i, : len(w)] = 1
+            ids_BT, mask_BT = right_padded(batch, pad_id)
             keep_BT = mask_BT.bool()
             keep_BT[:, :n_prefix] = False
             yield {"input_ids": ids_BT, "attention_mask": mask_BT, "keep": keep_BT, "n_windows": len(batch)}
