@@ -47,7 +47,7 @@ from unlearn.clamp.intervene import CLAMP_UNITS, check_mode, feature_edit
 from unlearn.errors import UnlearnError
 from unlearn.eval.suite import EvalSuite, Reuse
 from unlearn.options import EVAL_FLAGS, EvalFlags, Flag, RunFlags, command
-from unlearn.results import check_new_run, open_run, read_json, write_json, write_table
+from unlearn.results import EvalBlock, check_new_run, open_run, read_json, write_json, write_table
 from unlearn.setup import Setup, setup_of
 from unlearn.stats import _truthy, outcome_column, paired_deltas
 
@@ -508,28 +508,23 @@ def screen_table(screen: dict, title: str, limit: int = 20) -> Table:
         table.add_row(str(i), str(f), str(r["rank"]), _f(r["forget_acc"]), _ci(r["d_forget"], r.get("d_forget_ci")),
                       _f(r["retain_acc"]), _ci(r["d_retain"], r.get("d_retain_ci")), f"{r['retain_errors']:g}",
                       ", ".join(repr(t) for t in r.get("top_tokens", [])[:4]))  # fmt: skip
-    b = EvalBlockView(screen["baseline"])
+    b = EvalBlock.of(screen["baseline"])
     table.caption = (
-        f"unhooked: forget {_f(b.forget)}, retain {_f(b.retain)} ({screen['n_known_retain']} known retain)"
+        f"unhooked: forget {_f(b.forget_acc)}, retain {_f(b.retain_acc)} "
+        f"({screen['n_known_retain']} known retain)"
     )
     return table
 
 
-class EvalBlockView:
-    def __init__(self, block):
-        block = block if isinstance(block, dict) else dataclasses.asdict(block)
-        self.forget, self.retain = block.get("forget_acc"), block.get("retain_acc")
-
-
 def test_frame(test: dict) -> pd.DataFrame:
-    b = test["baseline"] if isinstance(test["baseline"], dict) else dataclasses.asdict(test["baseline"])
-    rows = [{"point": "unhooked", "n_features": 0, "forget_acc": b.get("forget_acc"), "forget_ci": b.get("forget_ci"),
-             "retain_acc": b.get("retain_acc"), "retain_ci": b.get("retain_ci")}]  # fmt: skip
+    b = EvalBlock.of(test["baseline"])
+    rows = [{"point": "unhooked", "n_features": 0, "forget_acc": b.forget_acc, "forget_ci": b.forget_ci,
+             "retain_acc": b.retain_acc, "retain_ci": b.retain_ci}]  # fmt: skip
     for name, p in test["points"].items():
-        m = p["metrics"] if isinstance(p["metrics"], dict) else dataclasses.asdict(p["metrics"])
-        rows.append({"point": name, "n_features": len(p["features"]), "forget_acc": m.get("forget_acc"),
-                     "forget_ci": m.get("forget_ci"), "retain_acc": m.get("retain_acc"),
-                     "retain_ci": m.get("retain_ci"), "d_forget": p.get("d_forget"), "d_retain": p.get("d_retain"),
+        m = EvalBlock.of(p["metrics"])
+        rows.append({"point": name, "n_features": len(p["features"]), "forget_acc": m.forget_acc,
+                     "forget_ci": m.forget_ci, "retain_acc": m.retain_acc,
+                     "retain_ci": m.retain_ci, "d_forget": p.get("d_forget"), "d_retain": p.get("d_retain"),
                      "retain_errors": p.get("retain_errors")})  # fmt: skip
     return pd.DataFrame(rows)
 
