@@ -28,7 +28,7 @@ from rich.table import Table
 
 from unlearn.clamp.select import Selection, read_selection
 from unlearn.errors import UnlearnError
-from unlearn.options import EVAL_FLAGS, EvalFlags, Flag, RunFlags, command
+from unlearn.options import EVAL_FLAGS, EvalFlags, Flag, RunFlags, command, parse_list
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ def _items(text: str | Path | None) -> list:
         return [None]
     if isinstance(text, Path):
         return [text]
-    return [t.strip() for t in str(text).split(",") if t.strip()] or [None]
+    return parse_list(str(text)) or [None]
 
 
 def topic_pairs(path: str | Path | None, topic: str | None) -> list[tuple[str | Path | None, str | None]]:

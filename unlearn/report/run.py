@@ -23,7 +23,7 @@ from rich.console import Console
 
 from unlearn.checks import writable_dir
 from unlearn.errors import UnlearnError
-from unlearn.options import Flag, command
+from unlearn.options import Flag, command, parse_list
 from unlearn.paths import results_dir
 from unlearn.report.collect import BASELINE_METHODS, METHODS, Collection, collect, collect_runs, pareto_mask
 from unlearn.report.extras import extra_tables
@@ -140,7 +140,7 @@ def filter_split(points: pd.DataFrame, split: str, notes: list[str] | None = Non
 def filter_points(points: pd.DataFrame, preset: str | None, method: str | None) -> pd.DataFrame:
     """Rows of the chosen presets and methods; the unhooked rows stay so that deltas keep their reference."""
     if preset:
-        wanted = {p.strip() for p in preset.split(",") if p.strip()}
+        wanted = set(parse_list(preset))
         keep = points["group"].isin(wanted) | points["model"].isin(wanted)
         if not keep.any():
             raise UnlearnError(
@@ -149,7 +149,7 @@ def filter_points(points: pd.DataFrame, preset: str | None, method: str | None) 
             )
         points = points[keep]
     if method:
-        wanted = {m.strip() for m in method.split(",") if m.strip()}
+        wanted = set(parse_list(method))
         bad = wanted - {*METHODS, "sae"}
         if bad:
             raise UnlearnError(f"unknown method(s) {sorted(bad)}; choose from sae, {', '.join(METHODS)}")
@@ -165,7 +165,7 @@ def filter_points(points: pd.DataFrame, preset: str | None, method: str | None) 
 
 def parse_formats(text: str | tuple[str, ...]) -> tuple[str, ...]:
     items = tuple(
-        f.strip().lower() for f in (text.split(",") if isinstance(text, str) else text) if f.strip()
+        f.lower() for f in (parse_list(text) if isinstance(text, str) else map(str.strip, text)) if f
     )
     bad = [f for f in items if f not in FORMATS]
     if bad or not items:
