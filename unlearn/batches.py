@@ -1,5 +1,5 @@
 """Token id lists to model inputs: the one right-padded batch builder (feature counting, activation
-collection, scoring)."""
+collection, scoring) and the BOS every text window starts with."""
 
 from __future__ import annotations
 
@@ -20,3 +20,9 @@ def right_padded(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[Tensor, Te
         ids_BT[b, : len(seq)] = torch.tensor(seq)
         mask_BT[b, : len(seq)] = 1
     return ids_BT, mask_BT
+
+
+def bos_prefix(tokenizer) -> list[int]:
+    """What every text window starts with: `[BOS]` where the tokenizer has one (Gemma is very sensitive
+    to a missing BOS; lm-eval's `add_bos_token`), else nothing."""
+    return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []

@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import save
 from torch import Tensor, nn
 
-from unlearn.batches import right_padded
+from unlearn.batches import bos_prefix, right_padded
 from unlearn.hooks import forward_to
 from unlearn.results import write_bytes
 
@@ -88,8 +88,8 @@ def token_chunks(
 ) -> Iterator[list[int]]:
     """Token id chunks of at most `max_length`, each starting with BOS (when the tokenizer has one), cut
     from consecutive windows of every text; stops after `max_tokens` counted (non-BOS) tokens."""
-    bos = tokenizer.bos_token_id
-    body = max_length - (bos is not None)
+    bos = bos_prefix(tokenizer)
+    body = max_length - len(bos)
     left = max_tokens if max_tokens is not None else float("inf")
     group: list[str] = []
 
@@ -101,7 +101,7 @@ def token_chunks(
                 if not piece:
                     return
                 left -= len(piece)
-                yield ([bos] if bos is not None else []) + piece
+                yield bos + piece
                 if left <= 0:
                     return
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from unlearn.batches import right_padded
+from unlearn.batches import bos_prefix, right_padded
 from unlearn.hooks import forward_to, hook_width
 from unlearn.progress import progress_bar
 from unlearn.results import read_json, write_json
@@ -48,7 +48,7 @@ def token_windows(
     """Documents joined by blank lines into one token stream, cut into windows of `max_length` tokens,
     each starting with BOS (Gemma is very sensitive to a missing BOS; lm-eval's `add_bos_token`). Full windows need no
     padding: cutting each ~150-token document on its own wasted about half of every forward."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    bos = bos_prefix(tokenizer)
     body = max_length - len(bos)
     stream: list[int] = []
     for text in texts:
