@@ -69,7 +69,7 @@ from unlearn.results import (
     write_json,
     write_table,
 )
-from unlearn.setup import setup_of
+from unlearn.setup import Setup, setup_of
 
 log = logging.getLogger(__name__)
 
@@ -359,27 +359,12 @@ def point_table(title: str, block: EvalBlock, base: EvalBlock | None) -> Table:
     return table
 
 
-def run_intervene(
-    cfg: InterveneConfig,
-    *,
-    lm: LoadedModel | None = None,
-    sae: nn.Module | None = None,
-    suite=None,
-    console: Console | None = None,
-) -> Path:
-    """Evaluate the unhooked model once, then every grid point with its clamp installed; each point's
-    metrics are written as soon as it completes, and points already in the run folder are skipped."""
+def resolve_targets(cfg, setup: Setup, lm: LoadedModel, sae: nn.Module | None, selection) -> tuple:
+    """(ranked feature ids, SAE, its spec, hook point) of an intervene or screen-features config
+    (`feature_ids`, `sae`, `hook`): explicit ids over the selection's, `--sae` over the selection's SAE;
+    checked against each other before any evaluation and before any run folder exists."""
     from unlearn.clamp.select import resolve_sae
-    from unlearn.clamp.topics import read_topics  # one selection, or several merged (dirA,dirB / bio,chem)
-    from unlearn.eval.suite import weight_fingerprint
 
-    console = console or Console()
-    setup = setup_of(cfg)
-    check_intervene_flags(cfg)
-    selection = None if cfg.feature_ids else read_topics(cfg.features, cfg.topic)  # before the model
-    lm = lm or load_model(setup)
-    setup = setup.on(lm)
-    preset = setup.preset  # None: generic defaults (--model alone)
     ranked = list(cfg.feature_ids) if cfg.feature_ids else selection.features
     if not ranked:
         raise UnlearnError("The selection is empty (no feature passed the retain threshold); "
@@ -391,13 +376,35 @@ def run_intervene(
     else:
         sae_spec, hook = cfg.sae or "<in-memory>", cfg.hook or sae.hook_name
     d_sae = getattr(sae, "d_sae", None)
-    if (
-        d_sae is not None and max(ranked) >= d_sae
-    ):  # before the baseline evaluation and before any run folder exists
+    if d_sae is not None and max(ranked) >= d_sae:
         raise UnlearnError(
             f"feature ids must lie in 0..{d_sae - 1} for SAE {sae_spec}; "
             f"got {[i for i in ranked if i >= d_sae][:5]}: pass ids this SAE has"
         )
+    return ranked, sae, sae_spec, hook
+
+
+def run_intervene(
+    cfg: InterveneConfig,
+    *,
+    lm: LoadedModel | None = None,
+    sae: nn.Module | None = None,
+    suite=None,
+    console: Console | None = None,
+) -> Path:
+    """Evaluate the unhooked model once, then every grid point with its clamp installed; each point's
+    metrics are written as soon as it completes, and points already in the run folder are skipped."""
+    from unlearn.clamp.topics import read_topics  # one selection, or several merged (dirA,dirB / bio,chem)
+    from unlearn.eval.suite import weight_fingerprint
+
+    console = console or Console()
+    setup = setup_of(cfg)
+    check_intervene_flags(cfg)
+    selection = None if cfg.feature_ids else read_topics(cfg.features, cfg.topic)  # before the model
+    lm = lm or load_model(setup)
+    setup = setup.on(lm)
+    preset = setup.preset  # None: generic defaults (--model alone)
+    ranked, sae, sae_spec, hook = resolve_targets(cfg, setup, lm, sae, selection)
     sizes = cfg.n_features or ([len(ranked)] if cfg.feature_ids else [20])
     if max(sizes) > len(ranked):
         log.warning("only %d ranked features; larger n use all of them", len(ranked))

@@ -43,7 +43,7 @@ from rich.table import Table
 
 from unlearn.checks import check_model_path, finite_float, positive_int
 from unlearn.clamp.controls import EditStats, feature_info
-from unlearn.clamp.intervene import CLAMP_UNITS, check_mode, feature_edit
+from unlearn.clamp.intervene import CLAMP_UNITS, check_mode, feature_edit, resolve_targets
 from unlearn.errors import UnlearnError
 from unlearn.eval.suite import EvalSuite, Reuse
 from unlearn.options import EVAL_FLAGS, EvalFlags, Flag, RunFlags, command
@@ -288,21 +288,10 @@ class Clamper:
 
 def _resolve(cfg: ScreenConfig, setup: Setup, lm, sae):
     """Selection, ranked ids, SAE, its spec and hook point: as `intervene` resolves them."""
-    from unlearn.clamp.select import resolve_sae
     from unlearn.clamp.topics import read_topics
 
     selection = None if cfg.feature_ids else read_topics(cfg.features, cfg.topic)
-    ranked = list(cfg.feature_ids) if cfg.feature_ids else selection.features
-    if not ranked:
-        raise UnlearnError("The selection is empty: rerun select-features or pass --feature-ids.")
-    if sae is None:
-        spec = selection.sae if selection else None
-        hook = selection.hook if selection and not cfg.sae else None
-        sae, spec, hook = resolve_sae(setup, lm.model, spec, hook)
-    else:
-        spec, hook = cfg.sae or "<in-memory>", cfg.hook or sae.hook_name
-    if max(ranked) >= sae.d_sae:
-        raise UnlearnError(f"feature ids must lie in 0..{sae.d_sae - 1} for SAE {spec}; got {max(ranked)}")
+    ranked, sae, spec, hook = resolve_targets(cfg, setup, lm, sae, selection)
     return selection, ranked, sae, spec, hook
 
 
