@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from unlearn.batches import right_padded
 from unlearn.errors import UnlearnError
 from unlearn.hooks import edit_with_inputs, forward_to, sae_site, text_config
 
@@ -390,12 +391,7 @@ def sequence_evidence(
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        T = max(len(seqs[i]) for i in batch)
-        ids_BT = torch.full((len(batch), T), pad, dtype=torch.long)
-        mask_BT = torch.zeros((len(batch), T), dtype=torch.long)
-        for b, i in enumerate(batch):
-            ids_BT[b, : len(seqs[i])] = torch.tensor(seqs[i])
-            mask_BT[b, : len(seqs[i])] = 1
+        ids_BT, mask_BT = right_padded([seqs[i] for i in batch], pad)
         inputs = {"input_ids": ids_BT.to(device), "attention_mask": mask_BT.to(device)}
         x_BTD = forward_to(lm.model, [hook], **inputs)[hook]
         real_BT = mask_BT.bool().to(x_BTD.device)
