@@ -6,7 +6,8 @@ Per token t of a sequence, the evidence e_t is 1 if any of the N selected featur
 rule), how many of them are (`count`), or the summed activation of those features (`sum`), each times its `weights` entry (1 / its typical
 activation: every feature then counts in the same unit, and the statistic is continuous, so a quantile
 threshold hits its target rate instead of sitting on a tie of `any`'s k / window values); BOS positions
-have e_t = 0 (their code zeroes BOS), padding is not part of the sequence. Per sequence, the statistic is
+have e_t = 0 (their code zeroes BOS), and so do massive-activation "sink" tokens (`SINK_RATIO`), which
+are never edited either; padding is not part of the sequence. Per sequence, the statistic is
 
 - `dsg`: ρ = Σ e_t / (number of real tokens, BOS included). At batch size 1 this is exactly their ρ
   (active tokens / padded length); counting real tokens only makes it independent of padding.
@@ -46,6 +47,13 @@ from unlearn.batches import right_padded
 from unlearn.errors import UnlearnError
 from unlearn.hooks import edit_with_inputs, forward_to, sae_site, text_config
 
+SINK_RATIO = 4.0
+"""Massive-activation tokens (Sun et al., arXiv 2402.17762): a few delimiter tokens ('.', "'", spaces) get
+residual norms 10x or more a text token's and act as attention sinks, as BOS does. In Gemma 3 270M at
+blocks.6 they appear past ~128 tokens (norm ~40,000 vs a median ~3,400; no other token above 1.5x the
+median), outside the 128-token windows the shipped SAE was trained on, and carry ~90% of a long benign
+text's gate evidence; so the gate treats them as it treats BOS (DSG zeroes BOS for the same reason)."""
+
 GateKind = Literal["none", "dsg", "window", "cusum"]
 GATE_KINDS: tuple[str, ...] = get_args(GateKind)
 Evidence = Literal["any", "count", "sum"]
@@ -73,6 +81,9 @@ class Gate:
     weights: tuple[float, ...] | None = None
     """`sum` evidence: one multiplier per feature (e.g. 1 / typical activation); None = 1."""
     scope: Scope = "token"
+    sink_ratio: float | None = SINK_RATIO
+    """Tokens whose residual norm exceeds this multiple of their sequence's median token norm are treated
+    as BOS is: no evidence, never edited (None: count every token)."""
     span: Span = "sequence"
     """Where a firing sequence is edited: every active token (`sequence`, their rule), or only those inside
     a window whose own statistic passes (`windows`; window gate only)."""
@@ -207,6 +218,16 @@ def token_evidence(gate: Gate, f_BTK: Tensor, counted_BT: Tensor) -> Tensor:
     return e_BT * counted_BT
 
 
+def sink_tokens(norm_BT: Tensor, counted_BT: Tensor, ratio: float | None) -> Tensor:
+    """(B, T) bool: counted tokens whose residual norm is above `ratio` x their row's median counted norm
+    (`SINK_RATIO`); none when `ratio` is None or a row counts no token."""
+    if ratio is None:
+        return torch.zeros_like(counted_BT)
+    norm_BT = norm_BT.double()
+    med_B = torch.nanmedian(norm_BT.masked_fill(~counted_BT, math.nan), dim=1).values
+    return counted_BT & (norm_BT > ratio * med_B[:, None])
+
+
 class FiringLog:
     """Each forward's per-sequence gate statistics, grouped under the label set by `start` (e.g. a task's
     role): pass it as `gated(record=...)` and read the rates of what the model actually saw."""
@@ -303,7 +324,7 @@ def gated(
     `dry_run` records without ever editing (calibration on the sequences a scorer really forwards)."""
     hook, idx_K = _check(model, sae, gate, hook_name)
     bos = bos_token_id if bos_token_id is not None else getattr(text_config(model), "bos_token_id", None)
-    history: dict[str, Tensor | None] = {"e": None, "real": None}
+    history: dict[str, Tensor] = {}
 
     def fn(x_BTD: Tensor, seen: dict) -> Tensor:
         if gate.kind == "none" or idx_K.numel() == 0:
@@ -314,12 +335,16 @@ def gated(
         counted_BT = real_BT.clone()
         if bos is not None and ids_BT is not None and ids_BT.shape == shape:
             counted_BT &= ids_BT.to(x_BTD.device) != bos
+        new = {"real": real_BT, "counted": counted_BT, "norm": x_BTD.detach().double().norm(dim=-1)}
+        if _cache_is_empty(seen) or not history or history["real"].shape[0] != shape[0]:
+            history.clear()
+        for key, value in new.items():  # this sequence so far: sinks are judged against its whole history
+            history[key] = torch.cat([history[key], value], 1) if key in history else value
+        sink_BT = sink_tokens(history["norm"], history["counted"], gate.sink_ratio)[:, -shape[1] :]
+        counted_BT &= ~sink_BT
         f_BTK = sae.encode_subset(x_BTD, idx_K)
         e_BT = token_evidence(gate, f_BTK, counted_BT)
-        old_e, old_real = history["e"], history["real"]
-        if _cache_is_empty(seen) or old_e is None or old_e.shape[0] != shape[0]:
-            old_e, old_real = e_BT[:, :0], real_BT[:, :0]
-        history["e"], history["real"] = torch.cat([old_e, e_BT], 1), torch.cat([old_real, real_BT], 1)
+        history["e"] = torch.cat([history["e"], e_BT], 1) if "e" in history else e_BT
         stats, cover_BT = _decide(
             gate, history["e"], history["real"], cover=gate.span == "windows" and not dry_run
         )
@@ -396,6 +421,7 @@ def sequence_evidence(
         x_BTD = forward_to(lm.model, [hook], **inputs)[hook]
         real_BT = mask_BT.bool().to(x_BTD.device)
         counted_BT = real_BT & (ids_BT.to(x_BTD.device) != bos) if bos is not None else real_BT
+        counted_BT &= ~sink_tokens(x_BTD.double().norm(dim=-1), counted_BT, gate.sink_ratio)
         e_BT = token_evidence(gate, sae.encode_subset(x_BTD, idx_K), counted_BT).cpu().numpy()
         for b, i in enumerate(batch):
             out[i] = e_BT[b, : len(seqs[i])]
