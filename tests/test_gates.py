@@ -542,3 +542,41 @@ def test_a_massive_activation_token_gives_no_evidence_and_is_never_edited(tiny):
         assert rec.all_stats()[0] > active.sum().item() / ids.shape[1]  # counted when sinks are not skipped
     finally:
         handle.remove()
+
+
+def test_feature_edit_with_sink_ratio_leaves_a_massive_token_alone(tiny):
+    """The static clamp (`feature_edit`) skips massive-activation tokens only when asked (`sink_ratio`):
+    the paper's rule (SAEBench) protects BOS alone."""
+    from unlearn.clamp.intervene import feature_edit
+    from unlearn.hooks import decoder_layers
+
+    lm = tiny("gemma3")
+    sae = firing_sae(lm, frac=0.5).float()
+    ids = lm.tokenizer(TEXTS[1], return_tensors="pt")["input_ids"]
+    layer, sink, seen = decoder_layers(lm.model)[1], 4, {}
+
+    def plant(_mod, _args, out):
+        out = out.clone()
+        out[:, sink] *= 100.0
+        return out
+
+    def run(ratio):
+        with feature_edit(lm.model, sae, FEATURES, "clamp", -40.0, sink_ratio=ratio):
+            g = layer.register_forward_hook(lambda _m, _a, out: seen.__setitem__("x", out[0]))
+            lm.model(input_ids=ids)
+            g.remove()
+        return seen["x"]
+
+    handle = layer.register_forward_hook(plant)
+    try:
+        with torch.no_grad():
+            g = layer.register_forward_hook(lambda _m, _a, out: seen.__setitem__("x", out[0]))
+            lm.model(input_ids=ids)
+            g.remove()
+            plain = seen["x"]
+            skipping, paper = run(4.0), run(None)
+        assert torch.equal(skipping[sink], plain[sink]) and not torch.equal(paper[sink], plain[sink])
+        others = [t for t in range(1, ids.shape[1]) if t != sink]
+        assert torch.equal(skipping[others], paper[others])  # elsewhere the same edit
+    finally:
+        handle.remove()

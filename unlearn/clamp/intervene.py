@@ -53,7 +53,7 @@ from unlearn.clamp.gate_points import (
     gate_settings,
     with_scored_rates,
 )
-from unlearn.clamp.gates import FiringLog, Gate, gated
+from unlearn.clamp.gates import FiringLog, Gate, gated, real_tokens, sink_tokens
 from unlearn.errors import UnlearnError
 from unlearn.eval.suite import EvalSuite, Reuse
 from unlearn.hooks import edit_with_inputs, parse_hook_name, sae_site, text_config
@@ -147,6 +147,7 @@ def feature_edit(
     hook_name: str | None = None,
     skip_bos: bool = True,
     bos_token_id: int | None = None,
+    sink_ratio: float | None = None,
     directions_KD: Tensor | None = None,
     stats: EditStats | None = None,
 ) -> Iterator[None]:
@@ -155,7 +156,8 @@ def feature_edit(
     activation object itself (bit-identical).
 
     `bos_token_id` defaults to the model config's; positions holding it are not edited unless
-    `skip_bos=False`. `value` may hold one value per feature; `directions_KD` replaces their decoder
+    `skip_bos=False`; with `sink_ratio`, neither are massive-activation tokens (`gates.sink_tokens`).
+    `value` may hold one value per feature; `directions_KD` replaces their decoder
     rows (`clamped`). `stats` accumulates the edit's size over every forward run inside the block.
     """
     mode = check_mode(mode)
@@ -169,6 +171,11 @@ def feature_edit(
         protect_BT = None
         if skip_bos and bos is not None and ids_BT is not None and ids_BT.shape == x_BTD.shape[:-1]:
             protect_BT = (ids_BT == bos).to(x_BTD.device)
+        if sink_ratio is not None:
+            real_BT = real_tokens(seen.get("attention_mask"), x_BTD.shape[:-1], x_BTD.device)
+            text_BT = real_BT if protect_BT is None else real_BT & ~protect_BT
+            sink_BT = sink_tokens(x_BTD.detach().double().norm(dim=-1), text_BT, sink_ratio)
+            protect_BT = sink_BT if protect_BT is None else protect_BT | sink_BT
         out_BTD = clamped(sae, x_BTD, idx_K, mode, value, protect_BT, directions_KD=directions_KD)
         if stats is not None:
             real_BT = torch.ones(x_BTD.shape[:-1], dtype=torch.bool, device=x_BTD.device)
