@@ -16,6 +16,9 @@ def test_demo_quick_runs_offline_to_a_report(tmp_path, monkeypatch):
 
     for name in ("report.md", "report.html", "combined.csv"):
         assert (report_dir / name).stat().st_size > 0
+    attacks = sorted((tmp_path / "attack").iterdir())  # the reduced set on static, window-gated and RMU
+    assert len(attacks) == 3 and all((a / "complete.json").exists() for a in attacks)
+    assert "Attacks: is the knowledge gone, or only hidden?" in (report_dir / "report.md").read_text()
     assert list(report_dir.glob("*.png"))
     (sweep,) = (tmp_path / "intervene").iterdir()
     points = {p.stem: read_json(p) for p in (sweep / "points").glob("*.json")}

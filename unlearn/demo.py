@@ -2,7 +2,8 @@
 
 The README's main job. On the embedded default it runs offline on a laptop CPU: features selected on
 dev text, zero ablation, a static and a gated clamp each beside its frequency-matched random-feature
-and random-direction controls, RMU, and a report of test-split accuracies with bootstrap intervals.
+and random-direction controls, the dilution check, RMU, the reduced attack set, and a report of test-split
+accuracies with bootstrap intervals.
 `--quick` shrinks every step (fewer tokens, questions and RMU steps) for CI's end-to-end test.
 """
 
@@ -41,9 +42,10 @@ class DemoConfig:
     random-direction controls)."""
     dilution: list[int] | None = None
     """Prefix lengths of the dilution check (default: the preset's `demo.dilution`, else 0,100,400)."""
-    attacks: bool = False
-    """Also attack the static clamp, the window-gated clamp and RMU with the reduced set
-    (`attacks.run.demo_config`); several CPU minutes per target, so off by default."""
+    attacks: bool = True
+    """Attack the static clamp, the window-gated clamp and RMU with the reduced set
+    (`attacks.run.demo_config`: about a CPU minute per target on the embedded default); the full set is
+    `unlearn attack`."""
     quick: bool = False
     """Small everything (CI's end-to-end test): ~20k tokens for selection, 40 questions per set, 10 RMU steps."""
 
