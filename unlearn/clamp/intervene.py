@@ -55,10 +55,11 @@ from unlearn.clamp.gate_points import (
 )
 from unlearn.clamp.gates import FiringLog, Gate, gated
 from unlearn.errors import UnlearnError
+from unlearn.eval.hook_cache import hook_layer_cache
 from unlearn.eval.suite import EvalSuite, Reuse
 from unlearn.hooks import edit_with_inputs, parse_hook_name, sae_site, text_config
 from unlearn.models import LoadedModel, load_model
-from unlearn.options import EvalFlags, RunFlags, parse_list
+from unlearn.options import EvalFlags, RunFlags, field_docs, parse_list
 from unlearn.results import (
     EvalBlock,
     check_new_run,
@@ -440,8 +441,12 @@ def run_intervene(
               "window_span": cfg.window_span,
               "dilution": {"prefix_tokens": cfg.dilution, "questions": cfg.dilution_questions,
                            "text": cfg.dilution_text}}  # fmt: skip
-    with _open_run(cfg, identity, config) as run:
+    with (
+        _open_run(cfg, identity, config) as run,
+        hook_layer_cache(lm.model, hook, enabled=cfg.hook_cache) as hc,
+    ):
         _sweep(run.path, lm, sae, suite, points, ranked, hook, selection, plan, console)
+        write_json(run.path / "hook_cache.json", hc.stats.as_dict())  # what the shared prefix saved
     return run.path
 
 
@@ -617,6 +622,7 @@ def intervene_command(
     overwrite: Annotated[bool, typer.Option(help="Replace the existing run --run-id.")] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
     dtype: Annotated[str | None, typer.Option(help="float32, bfloat16, ...")] = None,
+    hook_cache: Annotated[bool, typer.Option(help=field_docs(EvalFlags)["hook_cache"])] = True,
 ) -> None:
     """Clamp selected SAE features during evaluation, over a grid of feature counts and scales."""
     cfg = InterveneConfig(
@@ -627,7 +633,7 @@ def intervene_command(
         resume=resume, overwrite=overwrite, device=device, dtype=dtype, clamp_unit=clamp_unit,
         controls=[] if controls.strip() == "none" else parse_list(controls), gates=parse_list(gate),
         gate_fpr=gate_fpr, window_span=window_span, split=split, dilution=parse_list(dilution, int, "--dilution") or [],
-        dilution_questions=dilution_questions, dilution_text=dilution_text,
+        dilution_questions=dilution_questions, dilution_text=dilution_text, hook_cache=hook_cache,
     )  # fmt: skip
     console = Console()
     run_dir = run_intervene(cfg, console=console)
