@@ -98,8 +98,8 @@ class HookLayerCache:
         self.k = cached_layer(hook_name)
         self.body = model.get_decoder() if hasattr(model, "get_decoder") else model
         self.layers = decoder_layers(model)
-        if not 0 <= self.k < len(self.layers):
-            self.k = -1  # hook_resid_pre of layer 0 and the like: nothing before the hook to share
+        if not 0 <= self.k < len(self.layers) or not any(m is self.layers for m in self.body.modules()):
+            self.k = -1  # hook_resid_pre of layer 0 (nothing to share), or layers outside the body: idle
         after = {id(m) for layer in list(self.layers)[self.k + 1 :] for m in layer.modules()}
         self.prefix = [m for m in self.body.modules() if id(m) not in after]
         """Modules whose state can change layer k's output (conservative: the final norm too)."""
