@@ -197,6 +197,23 @@ def test_forwards_are_restored_after_the_block_even_after_an_error(tiny, fail):
     assert before == (type(body).forward, [type(m).forward for m in decoder_layers(model)])
 
 
+def test_a_cache_inside_another_stays_idle_and_exact(tiny):
+    """The outer cache's hits skip layers an inner one would store: the inner one stays idle."""
+    lm = tiny("gemma3")
+    model, inputs = lm.model, _inputs(lm)
+    with torch.inference_mode():
+        ref = model(**inputs, use_cache=False).logits
+        with hook_layer_cache(model, "blocks.2.hook_resid_post") as outer:
+            model(**inputs, use_cache=False)
+            with hook_layer_cache(model, HOOK) as inner:
+                for _ in range(2):
+                    assert torch.equal(model(**inputs, use_cache=False).logits, ref)
+            assert active_cache(model) is outer
+            assert torch.equal(model(**inputs, use_cache=False).logits, ref)
+        assert _installed(model) == [] and active_cache(model) is None
+    assert inner.stats.hits == inner.stats.misses == 0 and (outer.stats.hits, outer.stats.misses) == (3, 1)
+
+
 def _question_files(tmp_path):
     heart = " heart" * 6
     rows = {

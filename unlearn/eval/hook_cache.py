@@ -116,6 +116,8 @@ class HookLayerCache:
         module.forward = make(module.forward)
 
     def install(self) -> None:
+        if id(self.model) in _ACTIVE or id(self.body) in _ACTIVE:
+            self.k = -1  # inside another cache (whose hits skip layers this one would store): stay idle
         if self.k < 0:
             return
         params = inspect.signature(self.body.forward).parameters
