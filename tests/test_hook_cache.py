@@ -68,6 +68,7 @@ def test_a_hit_gives_the_full_forwards_logits_bit_for_bit(tiny, family):
                 np.testing.assert_array_equal(score_cloze(qs, model, tok, batch_size=3)["ll"], ref_ll)
         rows = cloze_rows(qs, tok, model)  # packed rows, and one row per choice past the sliding window
         n_packed = sum(r[1] is not None for r in rows)
+        assert n_packed > 0, "some batches must be packed (4D mask + position ids)"
         n_batches = 1 + -(-n_packed // 3) + -(-(len(rows) - n_packed) // 3)
         assert (cache.stats.misses, cache.stats.hits) == (n_batches, n_batches), cache.stats
         assert cache.stats.bypasses == {} and _installed(model) == []
