@@ -153,9 +153,12 @@ def main() -> None:
     for name, v in med.items():
         print(f"  {name:<22} {v:8.2f} s CPU  {wall[name]:8.2f} s wall")
     ratio = med["full, cached"] / med["full"]
+    paired = ", ".join(
+        f"{c / f:.3f}" for (_, c), (_, f) in zip(times["full, cached"], times["full"], strict=True)
+    )
     print(f"(a) per-point cost, cached / full evaluation: {ratio:.3f} CPU ({wall['full, cached'] / wall['full']:.3f} "
-          f"wall)  (target <= {target:.3f} = {n_layers - 1 - k}/{n_layers} layers after the hook + 0.10); "
-          f"answers bit-identical: yes")  # fmt: skip
+          f"wall; per repeat {paired})  (target <= {target:.3f} = {n_layers - 1 - k}/{n_layers} layers after the "
+          f"hook + 0.10); answers bit-identical: yes")  # fmt: skip
     print(f"(b) a sweep point as intervene runs it (Reuse), cached / uncached: "
           f"{med['sweep point, cached'] / med['sweep point']:.3f}; vs the full evaluation: uncached "
           f"{med['sweep point'] / med['full']:.3f}, cached {med['sweep point, cached'] / med['full']:.3f} (CPU)")  # fmt: skip
