@@ -12,7 +12,9 @@ questions, in one run, interleaved:
 (c) where the time of (a)'s cached pass goes: the layers after the hook, the output head (`Head.logits`),
     and the rest (embedding, masks, the scorer's own work), beside the full pass's prefix layers.
 
-Run: `nice -n 10 python bench/bench_hook_cache.py [--limit 40] [--repeats 3]`.
+Run: `nice -n 10 python bench/bench_hook_cache.py [--limit 40] [--repeats 3] [--threads 1]` (on a shared
+machine, one thread keeps the CPU-time ratio free of other processes' noise: OpenMP spin-waits count
+as CPU time).
 """
 
 from __future__ import annotations
@@ -95,7 +97,11 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=40, help="questions per source")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--features", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads; 1 makes CPU time the work itself on a shared machine (no spin-waits)")  # fmt: skip
     args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     lm = load_model()
     model, tok, preset = lm.model, lm.tokenizer, lm.preset
