@@ -131,6 +131,9 @@ class EvalFlags:
     """At most this many questions per source."""
     batch_size: int | None = None
     """Evaluation sequences per forward."""
+    hook_cache: bool = True
+    """Compute each batch up to the hook layer once and share it across the points (exact: the same
+    logits bit for bit; `unlearn.eval.hook_cache`); --no-hook-cache runs every point in full."""
 
 
 EVAL_FLAGS = {"forget_tasks": Flag(comma=True), "retain_tasks": Flag(comma=True),

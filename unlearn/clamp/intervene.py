@@ -55,6 +55,7 @@ from unlearn.clamp.gate_points import (
 )
 from unlearn.clamp.gates import FiringLog, Gate, gated, real_tokens, sink_tokens
 from unlearn.errors import UnlearnError
+from unlearn.eval.hook_cache import hook_layer_cache
 from unlearn.eval.suite import EvalSuite, Reuse
 from unlearn.hooks import edit_with_inputs, parse_hook_name, sae_site, text_config
 from unlearn.models import LoadedModel, load_model
@@ -457,8 +458,12 @@ def run_intervene(
               "window_span": cfg.window_span,
               "dilution": {"prefix_tokens": cfg.dilution, "questions": cfg.dilution_questions,
                            "text": cfg.dilution_text}}  # fmt: skip
-    with _open_run(cfg, identity, config) as run:
+    with (
+        _open_run(cfg, identity, config) as run,
+        hook_layer_cache(lm.model, hook, enabled=cfg.hook_cache) as hc,
+    ):
         _sweep(run.path, lm, sae, suite, points, ranked, hook, selection, plan, console)
+        write_json(run.path / "hook_cache.json", hc.stats.as_dict())  # what the shared prefix saved
     return run.path
 
 

@@ -45,6 +45,7 @@ from unlearn.checks import check_model_path, finite_float, positive_int
 from unlearn.clamp.controls import EditStats, feature_info
 from unlearn.clamp.intervene import CLAMP_UNITS, check_mode, feature_edit, resolve_targets
 from unlearn.errors import UnlearnError
+from unlearn.eval.hook_cache import hook_layer_cache
 from unlearn.eval.suite import EvalSuite, Reuse
 from unlearn.options import EVAL_FLAGS, EvalFlags, Flag, RunFlags, command
 from unlearn.results import EvalBlock, check_new_run, open_run, read_json, write_json, write_table
@@ -348,7 +349,10 @@ def run_screen(cfg: ScreenConfig, *, lm=None, sae=None, suite=None, test_suite=N
                 "sae_weights": weight_fingerprint(sae)}  # fmt: skip
     config = {"top_k": top_k, "greedy": cfg.greedy, "retain_budget": cfg.retain_budget,
               "max_features": cfg.max_features or top_k, "test_split": cfg.test_split}  # fmt: skip
-    with open_run(COMMAND, identity, config=config, run_id=cfg.run_id, overwrite=cfg.overwrite) as run:
+    with (
+        open_run(COMMAND, identity, config=config, run_id=cfg.run_id, overwrite=cfg.overwrite) as run,
+        hook_layer_cache(lm.model, hook, enabled=cfg.hook_cache) as hc,  # trials share the prefix
+    ):
         base = clamper.run_base()
         write_table(run.path / "questions" / "unhooked.csv", base.questions)
         console.log(f"unhooked ({cfg.split}): forget {_f(base.block.forget_acc)}, retain {_f(base.block.retain_acc)}; "
@@ -378,6 +382,7 @@ def run_screen(cfg: ScreenConfig, *, lm=None, sae=None, suite=None, test_suite=N
                 ts = test_suite or _suite(lm, cfg, cfg.test_split)
                 _test(run.path, lm, sae, hook, ts, cfg, greedy, ranked, scale, unit,
                       (typical_of, control_ids, control_typical), console)  # fmt: skip
+        write_json(run.path / "hook_cache.json", hc.stats.as_dict())
     return run.path
 
 

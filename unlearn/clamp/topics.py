@@ -28,6 +28,7 @@ from rich.table import Table
 
 from unlearn.clamp.select import Selection, read_selection
 from unlearn.errors import UnlearnError
+from unlearn.eval.hook_cache import hook_layer_cache
 from unlearn.options import EVAL_FLAGS, EvalFlags, Flag, RunFlags, command, parse_list
 
 log = logging.getLogger(__name__)
@@ -306,7 +307,10 @@ def run_cross_topic(cfg: CrossTopicConfig, *, lm=None, sae=None, suite=None, con
                 "sae": sae_spec, "hook": hook, "features": [s.source for s in selections], "topics": topics,
                 "sae_weights": weight_fingerprint(sae), "clamp_unit": unit, "n_features": n, "scale": scale,
                 "eval": eval_cfg}  # fmt: skip
-    with open_run("cross-topic", identity, run_id=cfg.run_id, overwrite=cfg.overwrite) as run:
+    with (
+        open_run("cross-topic", identity, run_id=cfg.run_id, overwrite=cfg.overwrite) as run,
+        hook_layer_cache(lm.model, hook, enabled=cfg.hook_cache),  # every state shares the prefix
+    ):
         with torch.inference_mode():
             base = suite.run(lm.model, desc="unhooked")
         write_table(run.path / "questions" / "unhooked.csv", base.questions)
