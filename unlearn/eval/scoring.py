@@ -58,7 +58,8 @@ class Head:
         self.pad_id = 0
 
     def logits(self, hidden_ND: Tensor, rows: Tensor | None = None) -> Tensor:
-        """Float32 (float64 for a float64 model) logits of the hidden rows for all vocabulary rows, or only `rows` (token ids)."""
+        """Float32 logits (float64 for a float64 model) of the hidden rows for all vocabulary rows, or only
+        `rows` (token ids)."""
         weight = self.weight_VD if rows is None else self.weight_VD[rows]
         logits = hidden_ND.to(weight.dtype) @ weight.T
         if self.bias_V is not None:
