@@ -170,6 +170,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=2, help="offline questions per side (bio, retain)")
     parser.add_argument("--layers", type=int, default=None, help="fewer layers than the real 26 (quick runs)")
     parser.add_argument("--gpu-tflops", type=float, default=989.0, help="dense bf16 peak (H100 SXM: 989)")
+    parser.add_argument("--gpu-name", default="H100 SXM, bf16 dense")
     parser.add_argument("--utilisation", type=float, default=0.35, help="fraction of peak a forward reaches")
     args = parser.parse_args()
     out = rehearse(args.questions, args.layers)
@@ -195,11 +196,13 @@ def main() -> None:
           f"{fpt / 1e9:.2f} GFLOP per token)")  # fmt: skip
     per_q = (out["known_tokens"] + 2 * out["eval_tokens"]) / n
     total = (WMDP_BIO + MMLU_4) * per_q
-    gpu_s = total * fpt / (args.gpu_tflops * 1e12 * args.utilisation)
     print(f"projection, full WMDP-bio ({WMDP_BIO}) + 4 MMLU subjects ({MMLU_4}): {per_q:.0f} tokens per question "
-          f"-> {total / 1e6:.2f}M tokens x {fpt / 1e9:.2f} GFLOP = {total * fpt / 1e15:.1f} PFLOP; on one GPU at "
-          f"{args.gpu_tflops:.0f} TFLOP/s x {args.utilisation:.0%} utilisation: {gpu_s:.0f} s "
-          f"({gpu_s / 60:.1f} min); on this CPU: {total * out['s_per_token'] / 3600:.1f} h")  # fmt: skip
+          f"-> {total / 1e6:.2f}M tokens x {fpt / 1e9:.2f} GFLOP = {total * fpt / 1e15:.1f} PFLOP; "
+          f"on this CPU: {total * out['s_per_token'] / 3600:.1f} h")  # fmt: skip
+    for gpu, tflops in ((args.gpu_name, args.gpu_tflops), ("RTX 3090 (SAEBench's), bf16 dense", 71.0)):
+        gpu_s = total * fpt / (tflops * 1e12 * args.utilisation)
+        print(f"  one {gpu} at {tflops:.0f} TFLOP/s x {args.utilisation:.0%} utilisation: {gpu_s:.0f} s "
+              f"({gpu_s / 60:.1f} min)")  # fmt: skip
 
 
 if __name__ == "__main__":
