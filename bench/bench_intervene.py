@@ -18,7 +18,7 @@ import time
 import torch
 
 from unlearn.clamp.feature_stats import FeatureStats, token_chunks
-from unlearn.clamp.intervene import EditStats, clamp, random_rotation
+from unlearn.clamp.intervene import EditStats, feature_edit, random_rotation
 from unlearn.data import iter_texts
 from unlearn.hooks import forward_to, hook_width
 from unlearn.models import load_model
@@ -71,13 +71,13 @@ def main() -> None:
         model(input_ids=ids, attention_mask=mask, logits_to_keep=1, use_cache=False)
 
     def hooked():
-        with clamp(model, sae, features, "clamp", -20.0, hook_name=hook):
+        with feature_edit(model, sae, features, "clamp", -20.0, hook_name=hook):
             plain()
 
     dirs_KD = sae.W_dec[features] @ random_rotation(sae.d_in, dtype=sae.W_dec.dtype)
 
     def hooked_control():  # what a random-direction control point runs: rotated rows + edit-size stats
-        with clamp(model, sae, features, "clamp", -20.0, hook_name=hook, directions_KD=dirs_KD,
+        with feature_edit(model, sae, features, "clamp", -20.0, hook_name=hook, directions_KD=dirs_KD,
                    stats=EditStats()):  # fmt: skip
             plain()
 

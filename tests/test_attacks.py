@@ -366,7 +366,7 @@ def test_relearn_texts_qa_are_solved_dev_questions_disjoint_from_test():
 def test_gated_target_installs_the_gate_instead_of_the_plain_clamp(tiny):
     from contextlib import contextmanager
 
-    from unlearn.clamp.intervene import clamp
+    from unlearn.clamp.intervene import feature_edit
 
     model = tiny("gemma3").model
     sae = tiny_sae(64)
@@ -375,7 +375,7 @@ def test_gated_target_installs_the_gate_instead_of_the_plain_clamp(tiny):
     @contextmanager
     def gate(m):
         entered.append(m)
-        with clamp(m, sae, [0, 1], "clamp", -5.0, hook_name=HOOK):
+        with feature_edit(m, sae, [0, 1], "clamp", -5.0, hook_name=HOOK):
             yield
 
     target = clamp_target(sae, [0, 1], gate=gate)

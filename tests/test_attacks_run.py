@@ -121,7 +121,7 @@ def test_intervene_point_target_rebuilds_the_points_own_hook(setup):
     from unlearn.attacks.state import target_from_spec
     from unlearn.clamp.controls import random_rotation
     from unlearn.clamp.gates import Gate, gated
-    from unlearn.clamp.intervene import InterveneConfig, clamp, run_intervene
+    from unlearn.clamp.intervene import InterveneConfig, feature_edit, run_intervene
     from unlearn.results import write_json
 
     lm, _, _ = setup
@@ -155,7 +155,9 @@ def test_intervene_point_target_rebuilds_the_points_own_hook(setup):
             ref = gated(lm.model, sae, Gate.from_json(p["gate"]), hook_name=HOOK, directions_KD=dirs)
         else:
             value = torch.tensor(p["clamp_values"], dtype=torch.float64) if pid == "typical" else p["scale"]
-            ref = clamp(lm.model, sae, p["features"], p["mode"], value, hook_name=HOOK, directions_KD=dirs)
+            ref = feature_edit(
+                lm.model, sae, p["features"], p["mode"], value, hook_name=HOOK, directions_KD=dirs
+            )
         got[pid] = _logits(lm.model, enc, target(lm.model))
         assert torch.equal(got[pid], _logits(lm.model, enc, ref)), pid
         assert n_hooks(lm.model) == before

@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from unlearn.clamp.gates import (
+    FiringLog,
     Gate,
     _edited,
     calibrate_threshold,
@@ -88,6 +89,32 @@ def test_dsg_is_the_papers_rho_and_padding_free(tiny, family):
     np.testing.assert_allclose(rec[0], want, rtol=0, atol=1e-12)
     for bs in (1, 3):
         np.testing.assert_allclose(gate_scores(lm, sae, gate, TEXTS, batch_size=bs), want, rtol=0, atol=1e-12)
+
+
+def test_gate_scores_apply_the_gates_weights(tiny):
+    """`gate_scores` (the dilution check's cheap path) weighs evidence as the gate itself does: equal to a
+    dense float64 reference and to the statistics the installed gate records, and not to unweighted sums."""
+    lm = tiny("gemma3")
+    sae = firing_sae(lm)
+    weights = (0.5, 2.0, 1.0, 4.0, 0.25)
+    gate = Gate("window", threshold=1e9, features=FEATURES, window=3, evidence="sum", weights=weights)
+    want = []
+    for text in TEXTS:
+        ids = lm.tokenizer(text, return_tensors="pt")["input_ids"]
+        f_TK = torch.relu(_resid(lm, {"input_ids": ids})[0].double() @ sae.W_enc + sae.b_enc)[
+            :, list(FEATURES)
+        ]
+        e_T = (f_TK * torch.tensor(weights, dtype=torch.float64)).sum(-1)
+        e_T[0] = 0.0  # BOS
+        padded = np.concatenate([np.zeros(2), e_T.numpy(), np.zeros(2)])
+        want.append(max(padded[s : s + 3].sum() / 3 for s in range(len(padded) - 2)))
+    np.testing.assert_allclose(gate_scores(lm, sae, gate, TEXTS, batch_size=2), want, rtol=1e-12)
+    rec = FiringLog()
+    with torch.no_grad(), gated(lm.model, sae, gate, record=rec):
+        lm.model(**_inputs(lm))
+    np.testing.assert_allclose(rec.all_stats(), want, rtol=1e-5)  # a padded float32 batch
+    unweighted = gate_scores(lm, sae, gate.replace(weights=None), TEXTS)
+    assert not np.allclose(unweighted, want)
 
 
 def test_paper_rho_is_diluted_by_padding_ours_is_not(tiny):
@@ -415,7 +442,7 @@ def test_window_span_edits_exactly_the_covered_active_tokens(tiny):
     sae = firing_sae(lm, frac=0.1).float()
     texts = [" ".join(TEXTS * 3), TEXTS[1]]
     inputs = _inputs(lm, texts)
-    e_rows = sequence_evidence(lm, sae, FEATURES, texts, evidence="sum")
+    e_rows = sequence_evidence(lm, sae, Gate("window", features=FEATURES, evidence="sum"), texts)
     w = 3
     tau = float(np.quantile(np.concatenate([np.convolve(e, np.ones(w)) / w for e in e_rows]), 0.9))
     gate = Gate("window", threshold=tau, features=FEATURES, value=-40.0, window=w, evidence="sum")
@@ -444,3 +471,74 @@ def test_window_span_edits_exactly_the_covered_active_tokens(tiny):
     assert (got - whole).abs().max() > 1e-3, "the sequence span must edit more on these rows"
     with pytest.raises(UnlearnError, match="needs the window gate"):
         Gate("dsg", features=FEATURES, span="windows")
+
+
+def test_sink_tokens_match_a_numpy_reference():
+    from unlearn.clamp.gates import sink_tokens
+
+    rng = np.random.default_rng(0)
+    norm = rng.uniform(1, 2, (4, 9))
+    norm[0, 3], norm[1, 5], norm[2, 1] = 50.0, 7.9, 8.1  # row 1: 7.9 < 4 x median (~2 x 1.5); row 2 above
+    counted = np.ones((4, 9), dtype=bool)
+    counted[:, 0] = False
+    counted[3] = False  # nothing counted: nothing is a sink
+    counted[2, 1] = True
+    want = np.zeros_like(counted)
+    for b in range(4):
+        if counted[b].any():
+            med = np.median(norm[b][counted[b]])
+            want[b] = counted[b] & (norm[b] > 4.0 * med)
+    got = sink_tokens(torch.from_numpy(norm), torch.from_numpy(counted), 4.0).numpy()
+    np.testing.assert_array_equal(got, want)
+    assert got[0, 3] and got.sum() == int(want.sum()) >= 1
+    assert not sink_tokens(torch.from_numpy(norm), torch.from_numpy(counted), None).any()
+
+
+def test_a_massive_activation_token_gives_no_evidence_and_is_never_edited(tiny):
+    """A token whose residual is blown up 100x (a planted attention sink) is left bit-identical by a gate
+    that fires everywhere, and its evidence is 0: the statistic equals the one without that token."""
+    from unlearn.hooks import decoder_layers
+
+    lm = tiny("gemma3")
+    sae = firing_sae(lm, frac=0.5).float()
+    ids = lm.tokenizer(TEXTS[1], return_tensors="pt")["input_ids"]
+    sink = 4
+    layer = decoder_layers(lm.model)[1]
+
+    def plant(_mod, _args, out):
+        out = out.clone()
+        out[:, sink] *= 100.0
+        return out
+
+    seen = {}
+
+    def grab(_mod, _args, out):
+        seen["x"] = out
+
+    handle = layer.register_forward_hook(plant)
+    try:
+        gate = Gate("dsg", threshold=-1.0, features=FEATURES, value=-40.0, scope="feature")
+        with torch.no_grad():
+            g = layer.register_forward_hook(grab)
+            lm.model(input_ids=ids)
+            g.remove()
+            plain = seen["x"][0]
+            rec = FiringLog()
+            with gated(lm.model, sae, gate, record=rec):
+                g = layer.register_forward_hook(grab)  # after the gate's hook: sees its output
+                lm.model(input_ids=ids)
+                g.remove()
+        edited = seen["x"][0]
+        assert torch.equal(edited[sink], plain[sink]) and torch.equal(edited[0], plain[0])  # sink and BOS
+        assert not torch.equal(edited, plain)
+        f = torch.relu(plain.double() @ sae.W_enc.double() + sae.b_enc.double())[:, list(FEATURES)]
+        active = (f > 0).any(-1)
+        assert active[sink], "the planted sink must have active features for the test to mean anything"
+        active[0] = active[sink] = False
+        assert rec.all_stats() == [pytest.approx(active.sum().item() / ids.shape[1], abs=1e-12)]
+        rec = FiringLog()
+        with torch.no_grad(), gated(lm.model, sae, gate.replace(sink_ratio=None), record=rec):
+            lm.model(input_ids=ids)
+        assert rec.all_stats()[0] > active.sum().item() / ids.shape[1]  # counted when sinks are not skipped
+    finally:
+        handle.remove()

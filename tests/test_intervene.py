@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import torch
 
-from unlearn.clamp.intervene import MODES, EditStats, clamp, clamped, new_values, random_rotation
+from unlearn.clamp.intervene import MODES, EditStats, clamped, feature_edit, new_values, random_rotation
 from unlearn.errors import UnlearnError
 from unlearn.hooks import capture, forward_to
 from unlearn.sae.model import ARCHITECTURES, SAE
@@ -161,7 +161,7 @@ def test_controls_change_nothing_where_no_feature_fires(tiny):
     stats = EditStats()
     with torch.no_grad():
         plain = lm.model(**inputs).logits
-        with clamp(lm.model, silent, [0, 1, 2], "clamp", torch.tensor([-5.0, -9.0, -1.0]),
+        with feature_edit(lm.model, silent, [0, 1, 2], "clamp", torch.tensor([-5.0, -9.0, -1.0]),
                    directions_KD=dirs_KD, stats=stats):  # fmt: skip
             hooked = lm.model(**inputs).logits
     assert torch.equal(plain, hooked)
@@ -180,12 +180,12 @@ def test_zero_features_leave_logits_bit_identical(tiny, family):
     inputs = _inputs(lm)
     with torch.no_grad():
         plain = lm.model(**inputs).logits
-        with clamp(lm.model, sae, [], "clamp", -50.0):
+        with feature_edit(lm.model, sae, [], "clamp", -50.0):
             hooked = lm.model(**inputs).logits
         # features that never fire: the edit adds exact zeros, so the logits are still bit-identical
         silent = random_sae(64, 32, "standard", dtype=torch.float32)
         silent.b_enc.fill_(-1e4)
-        with clamp(lm.model, silent, [0, 1, 2], "clamp", -50.0):
+        with feature_edit(lm.model, silent, [0, 1, 2], "clamp", -50.0):
             unfired = lm.model(**inputs).logits
     assert torch.equal(plain, hooked)
     assert torch.equal(plain, unfired)
@@ -217,7 +217,7 @@ def test_clamp_edits_only_where_the_feature_fires(tiny):
             inputs["input_ids"] != lm.tokenizer.bos_token_id
         )  # (batch, seq)
         assert 0 < fires.sum() < fires.numel()
-        with clamp(lm.model, sae, [5], "clamp", -20.0), capture(lm.model, [nxt]) as seen:
+        with feature_edit(lm.model, sae, [5], "clamp", -20.0), capture(lm.model, [nxt]) as seen:
             lm.model(**inputs)
     changed = (seen[nxt] != x).any(-1)
     assert torch.equal(changed, fires)
@@ -236,9 +236,12 @@ def test_bos_is_never_edited(tiny):
     with torch.no_grad():
         x = forward_to(lm.model, [hook], **inputs)[hook]
         assert (sae.encode(x)[:, 0, 5] > 0).all()
-        with clamp(lm.model, sae, [5], "clamp", -20.0), capture(lm.model, [nxt]) as kept:
+        with feature_edit(lm.model, sae, [5], "clamp", -20.0), capture(lm.model, [nxt]) as kept:
             lm.model(**inputs)
-        with clamp(lm.model, sae, [5], "clamp", -20.0, skip_bos=False), capture(lm.model, [nxt]) as hit:
+        with (
+            feature_edit(lm.model, sae, [5], "clamp", -20.0, skip_bos=False),
+            capture(lm.model, [nxt]) as hit,
+        ):
             lm.model(**inputs)
     assert torch.equal(kept[nxt][:, 0], x[:, 0])
     assert not torch.equal(hit[nxt][:, 0], x[:, 0])
@@ -251,9 +254,9 @@ def test_bos_is_kept_when_only_the_decoder_body_runs(tiny):
     sae, _ = _fires_on_token(lm, hook, "<bos>")
     inputs = _inputs(lm)
     with torch.no_grad():
-        with clamp(lm.model, sae, [5], "clamp", -20.0):
+        with feature_edit(lm.model, sae, [5], "clamp", -20.0):
             body = lm.model.get_decoder()(**inputs).last_hidden_state
-        with clamp(lm.model, sae, [5], "clamp", -20.0):
+        with feature_edit(lm.model, sae, [5], "clamp", -20.0):
             whole = lm.model(**inputs, output_hidden_states=True).hidden_states[-1]
     torch.testing.assert_close(body, whole, rtol=0, atol=0)
 
@@ -261,20 +264,20 @@ def test_bos_is_kept_when_only_the_decoder_body_runs(tiny):
 def test_clamp_user_errors(tiny):
     lm = tiny("gemma3")
     with pytest.raises(UnlearnError, match="d_in 48 != width 64"):
-        with clamp(lm.model, random_sae(48, 32, "jumprelu"), [1]):
+        with feature_edit(lm.model, random_sae(48, 32, "jumprelu"), [1]):
             pass
     with pytest.raises(UnlearnError, match="mode"):
-        with clamp(lm.model, random_sae(64, 32, "jumprelu"), [1], mode="negate"):  # type: ignore[arg-type]
+        with feature_edit(lm.model, random_sae(64, 32, "jumprelu"), [1], mode="negate"):  # type: ignore[arg-type]
             pass
     with pytest.raises(UnlearnError, match="0..31"):
-        with clamp(lm.model, random_sae(64, 32, "jumprelu"), [32]):
+        with feature_edit(lm.model, random_sae(64, 32, "jumprelu"), [32]):
             pass
     # the hook is gone after an error inside the block
     inputs = _inputs(lm)
     with torch.no_grad():
         before = lm.model(**inputs).logits
         with pytest.raises(RuntimeError):
-            with clamp(lm.model, random_sae(64, 32, "standard", dtype=torch.float32), list(range(32))):
+            with feature_edit(lm.model, random_sae(64, 32, "standard", dtype=torch.float32), list(range(32))):
                 raise RuntimeError
         assert torch.equal(lm.model(**inputs).logits, before)
 
@@ -295,7 +298,7 @@ def test_clamp_removes_every_hook_it_installs_including_the_token_id_pre_hook(ti
     before = _hook_counts(lm.model)
     body = lm.model.get_decoder()
     with pytest.raises(RuntimeError) if fail else contextlib.nullcontext():
-        with clamp(lm.model, sae, [1, 2], hook_name=HOOK):
+        with feature_edit(lm.model, sae, [1, 2], hook_name=HOOK):
             inside = _hook_counts(lm.model)
             assert len(body._forward_pre_hooks) >= 1  # the token-id pre-hook is on the decoder body
             if fail:
@@ -566,7 +569,7 @@ def test_reuse_scores_only_touched_questions_and_equals_a_full_evaluation(tiny, 
     plain path (everything scored under the hook): the same predictions and log-likelihoods, for a static
     clamp, a gated clamp and a random-direction control; and the gate's firing log sees every question."""
     from unlearn.clamp.gates import FiringLog, Gate, gated
-    from unlearn.clamp.intervene import clamp
+    from unlearn.clamp.intervene import feature_edit
     from unlearn.eval.suite import EvalConfig, Reuse, forwarded_sequences, prepare_eval, touched_questions
 
     lm = tiny("gemma3")
@@ -591,8 +594,8 @@ def test_reuse_scores_only_touched_questions_and_equals_a_full_evaluation(tiny, 
     rotation = torch.linalg.qr(torch.randn(64, 64, generator=torch.Generator().manual_seed(0)))[0]
     gate = Gate("window", 0.0, features=(5,), value=-40.0, window=4)
     hooks = {
-        "static": lambda log=None: clamp(lm.model, sae, [5], "clamp", -40.0, hook_name=HOOK),
-        "direction": lambda log=None: clamp(lm.model, sae, [5], "clamp", -40.0, hook_name=HOOK,
+        "static": lambda log=None: feature_edit(lm.model, sae, [5], "clamp", -40.0, hook_name=HOOK),
+        "direction": lambda log=None: feature_edit(lm.model, sae, [5], "clamp", -40.0, hook_name=HOOK,
                                             directions_KD=sae.W_dec[[5]] @ rotation),
         "gated": lambda log=None: gated(lm.model, sae, gate, hook_name=HOOK, record=log),
     }  # fmt: skip

@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_intervene import HOOK, random_sae
 
-from unlearn.clamp.intervene import clamp
+from unlearn.clamp.intervene import feature_edit
 from unlearn.clamp.screen import (
     ScreenConfig,
     Trial,
@@ -228,10 +228,13 @@ def test_greedy_keeps_the_budget_on_dev_and_tests_the_set_beside_its_control(tin
     base = dev.run(lm.model)
     for k in range(1, 4):
         feats = greedy["chosen"][:k]
-        with torch.no_grad(), clamp(lm.model, sae, feats, "clamp", torch.tensor([-40.0 * typ[f] for f in feats]),
+        with torch.no_grad(), feature_edit(lm.model, sae, feats, "clamp", torch.tensor([-40.0 * typ[f] for f in feats]),
                                     hook_name=HOOK):  # fmt: skip
             assert retain_errors(dev.run(lm.model).questions, base.questions) == 0
-    with torch.no_grad(), clamp(lm.model, sae, [5, 9], "clamp", torch.tensor([-20.0, -80.0]), hook_name=HOOK):
+    with (
+        torch.no_grad(),
+        feature_edit(lm.model, sae, [5, 9], "clamp", torch.tensor([-20.0, -80.0]), hook_name=HOOK),
+    ):
         assert retain_errors(dev.run(lm.model).questions, base.questions) > 0
     # the chosen set is a selection in select-features' format, with aligned typical values and controls
     chosen = read_selection(run)

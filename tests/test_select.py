@@ -198,6 +198,15 @@ def test_match_controls_are_disjoint_nearest_in_frequency_and_seeded():
         used.add(j)
     assert match_controls(freq, selected, seed=7) == got
     assert any(match_controls(freq, selected, seed=s) != got for s in range(8, 12))
+    other = [int(i) for i in rng.choice([c for c in range(200) if c not in selected], 40, replace=False)]
+    apart = match_controls(freq, selected, seed=7, exclude=other + got)  # another topic's features + controls
+    assert len(apart) == 25 and not set(apart) & (set(selected) | set(other) | set(got))
+    used = set(selected) | set(other) | set(got)
+    for i, j in zip(selected, apart, strict=True):  # still the nearest free frequency
+        assert abs(float(freq[j] - freq[i])) == min(
+            abs(float(freq[c] - freq[i])) for c in range(200) if c not in used
+        )
+        used.add(j)
 
 
 def test_control_typical_activation_falls_back_to_all_text():

@@ -5,6 +5,7 @@ vector per forget corpus, used for that corpus's batches."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import pandas as pd
 import pytest
@@ -12,7 +13,7 @@ import torch
 from test_intervene import HOOK, FakeSuite, random_sae
 from test_screen import FORGET, RETAIN, LogitSuite, planted_sae
 
-from unlearn.clamp.intervene import clamp, clamped
+from unlearn.clamp.intervene import clamped, feature_edit
 from unlearn.clamp.topics import merge_selections, read_topics
 from unlearn.errors import UnlearnError
 from unlearn.hooks import edit_with_inputs
@@ -76,13 +77,13 @@ def test_two_topic_clamp_equals_the_sum_of_the_two_edits(tiny, tmp_path, monkeyp
 
     with torch.no_grad():
         plain = lm.model(**inputs).logits
-        with clamp(
+        with feature_edit(
             lm.model, sae, merged.features, "clamp", torch.tensor([-20.0 * t for t in merged.typical])
         ):
             joint = lm.model(**inputs).logits
         with edit_with_inputs(lm.model, HOOK, both):
             summed = lm.model(**inputs).logits
-        with clamp(lm.model, sae, A, "clamp", val_a):
+        with feature_edit(lm.model, sae, A, "clamp", val_a):
             only_a = lm.model(**inputs).logits
     torch.testing.assert_close(joint, summed, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(joint, only_a, atol=1e-3) and not torch.allclose(only_a, plain, atol=1e-3)
@@ -146,6 +147,17 @@ def test_cross_topic_table_shows_each_topic_forgetting_its_own_questions(tiny, t
     assert frame.loc[("bio", "bio"), "delta"] == -1.0 and frame.loc[("bio", "chem"), "delta"] == 0.0
     cross = read_json(run / "cross.json")
     assert cross["topics"] == ["bio", "chem"] and cross["states"]["bio+chem"]["features"] == [5, 6, 11, 12]
+    controls = ["bio ctrl-features", "chem ctrl-features", "bio+chem ctrl-features"]
+    assert suite.calls == ["unhooked", "clamp bio", "clamp chem", "clamp bio+chem"] + [
+        f"clamp {c}" for c in controls
+    ]
+    assert cross["states"]["bio ctrl-features"]["features"] == [30, 29]  # the selection's own controls
+    assert cross["states"]["bio+chem ctrl-features"]["features"] == [30, 29]  # merged, each control once
+    for c in controls:  # the planted topic features are not among them: the controls change nothing here
+        assert all(acc[c, g] == 1.0 for g in ("bio", "chem", "retain"))
+    cfg = dataclasses.replace(cfg, controls=False, run_id="y")
+    suite.calls.clear()
+    run_cross_topic(cfg, lm=lm, sae=sae, suite=suite)
     assert suite.calls == ["unhooked", "clamp bio", "clamp chem", "clamp bio+chem"]
 
 

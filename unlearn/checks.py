@@ -29,6 +29,8 @@ DTYPES = {
     "fp16": torch.float16,
 }
 """dtype names that flags and SAE configs use (the one table; `--dtype`, `--save-dtype`, cfg.json)."""
+DTYPE_NAMES = {dtype: name for name, dtype in reversed(DTYPES.items())}
+"""Each dtype's first (full) name in `DTYPES`: what a saved SAE's cfg.json records."""
 
 
 def dtype_named(name: str, flag: str = "--dtype", allowed: tuple[str, ...] | None = None) -> torch.dtype:

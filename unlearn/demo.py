@@ -106,6 +106,7 @@ def _attack(cfg: DemoConfig, scales: list[float], n_features: list[int], console
 demo_command = command(
     DemoConfig, run_demo,
     doc="Run the whole experiment: select-features, intervene (clamp and zero ablation), rmu-baseline, report.",
-    flags={"scales": Flag(comma=True), "n_features": Flag(comma=True), "gates": Flag(comma=True),
+    flags={"scales": Flag(comma=True, aliases=("--scale",)), "n_features": Flag(comma=True),
+           "gates": Flag(comma=True, aliases=("--gate",)),  # intervene's names work too
            "dilution": Flag(comma=True)},
 )  # fmt: skip

@@ -120,7 +120,7 @@ def check_compatible(
         )
 
 
-def sae_site(model: nn.Module, sae: nn.Module, features, hook_name: str | None) -> tuple[str, Tensor]:
+def sae_site(model: nn.Module, sae: nn.Module, feature_ids, hook_name: str | None) -> tuple[str, Tensor]:
     """The hook point an SAE edit acts at (`hook_name`, else the SAE's) and its feature ids as a long
     tensor on the SAE's device, after checking the SAE fits that point and the ids fit the SAE: the one
     check every clamp and gate runs before installing a hook."""
@@ -130,7 +130,7 @@ def sae_site(model: nn.Module, sae: nn.Module, features, hook_name: str | None) 
     if not hook:
         raise UnlearnError("The SAE has no hook point recorded; pass --hook (e.g. blocks.6.hook_resid_post).")
     check_compatible(sae, hook_width(model, hook), hook, warn_moved=False)
-    idx_K = torch.as_tensor(features, dtype=torch.long, device=sae.W_dec.device).flatten()
+    idx_K = torch.as_tensor(feature_ids, dtype=torch.long, device=sae.W_dec.device).flatten()
     if idx_K.numel() and not (0 <= int(idx_K.min()) and int(idx_K.max()) < sae.d_sae):
         raise UnlearnError(f"Feature ids must lie in 0..{sae.d_sae - 1} for this SAE; got {idx_K.tolist()}.")
     return hook, idx_K

@@ -5,14 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import typer
 from rich.console import Console
 from rich.table import Table
 
 from unlearn.errors import UnlearnError
 from unlearn.hooks import check_compatible, decoder_layers, forward_to, hook_width, text_config
 from unlearn.models import load_model
-from unlearn.options import ModelFlags, command
+from unlearn.options import Flag, ModelFlags, command
 from unlearn.setup import setup_of
 
 SAMPLE_TEXT = "The mitochondria produce ATP for the cell, while ribosomes build proteins from amino acids."
@@ -89,13 +88,17 @@ info_command = command(
 )  # fmt: skip
 
 
-def list_saes_command(
-    release: str = typer.Argument(None, help="Show the SAE ids of one release."),
-) -> None:
+@dataclass
+class ListSAEsConfig:
+    release: str | None = None
+    """Show the SAE ids of one release (default: list the releases)."""
+
+
+def show_saes(cfg: ListSAEsConfig) -> None:
     """Pretrained SAE releases (and their ids) that --sae accepts."""
     from unlearn.sae.loaders import _ids, load_releases
 
-    releases = load_releases()
+    release, releases = cfg.release, load_releases()
     if release is None:
         table = Table(title="SAE releases (--sae RELEASE/ID)")
         for column in ("release", "hub repo", "model", "ids"):
@@ -107,3 +110,9 @@ def list_saes_command(
     if release not in releases:
         raise UnlearnError(f"Unknown SAE release {release!r}; known: {', '.join(releases)}.")
     Console().print("\n".join(_ids(releases[release])))
+
+
+list_saes_command = command(
+    ListSAEsConfig, show_saes, doc="Pretrained SAE releases (and their ids) that --sae accepts.",
+    flags={"release": Flag(argument=True)},
+)  # fmt: skip

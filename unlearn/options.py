@@ -82,6 +82,10 @@ class Flag:
     """Help instead of the field docstring."""
     nested: bool = False
     """A dataclass field whose own fields are flags too (e.g. train-sae's optimisation settings)."""
+    aliases: tuple[str, ...] = ()
+    """Further names of the same flag (e.g. `--gates` beside `--gate`)."""
+    argument: bool = False
+    """A positional argument instead of an option (e.g. list-saes' RELEASE)."""
 
 
 @dataclass
@@ -180,7 +184,10 @@ def options(
         decls = [flag.name] if flag.name else []
         if tp is bool and optional and not flag.name:
             decls = [f"--{f.name.replace('_', '-')}/--no-{f.name.replace('_', '-')}"]
-        option = typer.Option(*decls, help=flag.help or docs.get(f.name, ""))
+        if flag.aliases:
+            decls = [*(decls or [f"--{f.name.replace('_', '-')}"]), *flag.aliases]
+        help = flag.help or docs.get(f.name, "")
+        option = typer.Argument(help=help) if flag.argument else typer.Option(*decls, help=help)
         annotation = Annotated[tp | None if optional or default is None else tp, option]  # type: ignore[operator]
         params.append(
             inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=annotation)
@@ -219,6 +226,7 @@ def command(
     cmd.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     cmd.__doc__ = doc
     cmd.__name__ = f"{cls.__name__}_command"
+    cmd.config, cmd.flags, cmd.skip = cls, flags, frozenset(skip)  # type: ignore[attr-defined]
     return cmd
 
 

@@ -103,6 +103,12 @@ class EvalBlock:
         scores = [TaskScore(**{k: v for k, v in s.items() if k in task_keys}) for s in d["scores"]]
         return cls(**{k: v for k, v in d.items() if k in block_keys}, scores=scores)
 
+    @classmethod
+    def of(cls, block: EvalBlock | dict) -> EvalBlock:
+        """`block` itself, or the block its JSON form holds (`from_dict`): for code that reads both a
+        fresh run's blocks and a finished run's files."""
+        return block if isinstance(block, cls) else cls.from_dict(block)
+
 
 def _umask() -> int:
     mask = os.umask(0)

@@ -17,11 +17,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated
 
 import numpy as np
 import torch
-import typer
 from rich.console import Console
 from rich.table import Table
 
@@ -30,7 +28,7 @@ from unlearn.attacks.state import Target
 from unlearn.errors import UnlearnError
 from unlearn.eval.suite import EvalOutcome, EvalSuite
 from unlearn.models import LoadedModel
-from unlearn.options import parse_list
+from unlearn.options import Flag, RunFlags, command
 from unlearn.setup import setup_of
 from unlearn.stats import bootstrap_ci
 
@@ -42,20 +40,20 @@ DEMO_ATTACKS = ("hook-removal", "few-shot", "padding", "direction", "relearn")
 
 
 @dataclass
-class AttackConfig:
-    preset: str | None = None
-    """Model preset (default `gemma-3-270m`): model, SAE and evaluation tasks."""
-    model: str | None = None
-    """Hub id, local folder or .gguf file instead of the preset's model."""
+class AttackConfig(RunFlags):
     target: str = "clamp"
     """`intervene:<intervene run folder>/<point id>` (the hook that point was scored with),
     `rmu:<run folder or id>`, or `clamp` (top features of a select-features run, clamped)."""
     features: str | None = None
     """select-features run folder or features.json (default: the latest run)."""
     topic: str | None = None
+    """`clamp` target: topic of the selection (default: its first)."""
     n_features: int = 20
+    """`clamp` target: top-n selected features clamped."""
     mode: str = "clamp"
+    """`clamp` target: clamp, zero or scale, as in intervene."""
     scale: float = -20.0
+    """`clamp` target: clamp value (clamp mode) or factor (scale mode)."""
     attacks: list[str] = field(default_factory=lambda: list(ATTACKS))
     """Any of: hook-removal, relearn, few-shot, padding, direction, probe."""
     forget_tasks: list[str] | None = None
@@ -63,6 +61,7 @@ class AttackConfig:
     retain_tasks: list[str] | None = None
     """Side-effect questions (default: the preset's retain sets, `@test`)."""
     known_only: bool = True
+    """Score only questions the base model knows."""
     limit: int | None = None
     """At most this many questions per source (a quick run)."""
     batch_size: int | None = None
@@ -70,6 +69,7 @@ class AttackConfig:
     relearn_k: list[int] = field(default_factory=lambda: [10, 100])
     """Numbers of relearning texts (each run twice: forget-topic texts and unrelated retain texts)."""
     relearn_steps: list[int] = field(default_factory=lambda: [10])
+    """Relearning optimizer steps (each count run at every k)."""
     relearn_lr: float = 1e-5
     """AdamW learning rate. On the embedded Gemma 3 270M (2 layers fully fine-tuned, batch 4, clamp
     hook in place) 1e-4 *raised* the loss on 10 retain texts within 5 steps (8.5 → 13.5 nats/token,
@@ -83,14 +83,21 @@ class AttackConfig:
     """Forget-topic texts, disjoint from the test questions (`qa:<questions>`: solved dev questions; or a
     text source such as offline:bio-forget)."""
     relearn_retain: str = "offline:retain"
+    """Unrelated texts for relearning (the retain corpus)."""
     relearn_batch: int = 4
+    """Relearning texts per optimizer step."""
     relearn_max_length: int = 64
+    """Tokens per relearning text (longer ones are cut)."""
     shots: int = 5
     """Solved retain questions prepended to each test question (few-shot)."""
     shot_source: str = "offline:retain@dev"
+    """Questions the few-shot examples are drawn from."""
     pad_tokens: int = 100
+    """Unrelated tokens prepended to each test question (padding)."""
     pad_source: str = "offline:retain"
+    """Text source of the padding."""
     direction_text: str = "offline:bio-forget"
+    """Forget text the edit direction is estimated on."""
     direction_tokens: int = 2048
     """Edited forget tokens the direction is estimated from (at most)."""
     direction_min_rel: float = 0.2
@@ -108,11 +115,7 @@ class AttackConfig:
     probe_train: list[str] | None = None
     """Questions the probes are fitted on (default: the forget sets' `@dev` halves)."""
     seed: int = 0
-    run_id: str | None = None
-    overwrite: bool = False
-    """Replace an existing run `run_id`."""
-    device: str | None = None
-    dtype: str | None = None
+    """Seed of text order, shots and probes."""
 
 
 def _test_split(sources: list[str]) -> list[str]:
@@ -319,72 +322,14 @@ def attack_table(rows: list[dict], title: str) -> Table:
     return table
 
 
-def attack_command(
-    target: Annotated[
-        str,
-        typer.Option(
-            help="intervene:<results/intervene/RUN>/<point id>, rmu:<run>, or clamp (top selected features)."
-        ),
-    ] = "clamp",
-    attacks: Annotated[str, typer.Option(help=f"Comma list of: {', '.join(ATTACKS)}.")] = ",".join(ATTACKS),
-    preset: Annotated[str | None, typer.Option(help="Model preset (default gemma-3-270m).")] = None,
-    model: Annotated[str | None, typer.Option(help="Model instead of the preset's.")] = None,
-    features: Annotated[str | None, typer.Option(help="select-features run (default: latest).")] = None,
-    n_features: Annotated[int, typer.Option(help="Top-n features clamped.")] = 20,
-    mode: Annotated[str, typer.Option(help="clamp, zero or scale.")] = "clamp",
-    scale: Annotated[float, typer.Option(help="Clamp value / factor.")] = -20.0,
-    forget_tasks: Annotated[
-        str | None, typer.Option(help="Forget test questions (default preset's @test).")
-    ] = None,
-    retain_tasks: Annotated[
-        str | None, typer.Option(help="Retain test questions (default preset's @test).")
-    ] = None,
-    known_only: Annotated[bool, typer.Option(help="Score only questions the base model knows.")] = True,
-    limit: Annotated[int | None, typer.Option(help="At most this many questions per source.")] = None,
-    relearn_k: Annotated[str, typer.Option(help="Relearning text counts, comma list.")] = "10,100",
-    relearn_steps: Annotated[str, typer.Option(help="Relearning optimizer steps, comma list.")] = "10",
-    relearn_lr: Annotated[float, typer.Option(help="AdamW learning rate for relearning.")] = 1e-5,
-    relearn_corpora: Annotated[
-        str, typer.Option(help="Relearning corpora: forget, retain (comma list).")
-    ] = "forget,retain",
-    relearn_layers: Annotated[
-        str | None, typer.Option(help="Layers fine-tuned (default: edited + next).")
-    ] = None,
-    relearn_forget: Annotated[
-        str, typer.Option(help="Forget-topic texts: qa:<questions> (solved) or a text source.")
-    ] = "qa:offline:bio@dev",
-    relearn_retain: Annotated[str, typer.Option(help="Unrelated texts for relearning.")] = "offline:retain",
-    shots: Annotated[int, typer.Option(help="Retain Q&A pairs prepended (few-shot).")] = 5,
-    pad_tokens: Annotated[int, typer.Option(help="Unrelated tokens prepended (padding).")] = 100,
-    direction_tokens: Annotated[
-        int, typer.Option(help="Forget tokens to estimate the edit direction.")
-    ] = 2048,
-    probe_layers: Annotated[
-        str | None, typer.Option(help="Probe layers (default: three around the edit).")
-    ] = None,
-    direction_control: Annotated[
-        bool, typer.Option(help="Also ablate the direction on the base model (its own cost).")
-    ] = True,
-    direction_ablation: Annotated[
-        str, typer.Option(help="mean (set the component to the base mean) or zero (remove it).")
-    ] = "mean",
-    seed: Annotated[int, typer.Option(help="Seed for text order, shots and probes.")] = 0,
-    run_id: Annotated[str | None, typer.Option(help="Run folder name.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace the existing run --run-id.")] = False,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16, ...")] = None,
-) -> None:
-    """Attack an unlearned state: is the knowledge gone, or only hidden? Writes results/attack/<run-id>/."""
-    cfg = AttackConfig(
-        preset=preset, model=model, target=target, features=features, n_features=n_features, mode=mode,
-        scale=scale, attacks=parse_list(attacks) or [], forget_tasks=parse_list(forget_tasks),
-        retain_tasks=parse_list(retain_tasks), known_only=known_only, limit=limit, relearn_k=parse_list(relearn_k, int) or [],
-        relearn_steps=parse_list(relearn_steps, int) or [], relearn_lr=relearn_lr, relearn_layers=parse_list(relearn_layers, int), relearn_corpora=parse_list(relearn_corpora) or [],
-        relearn_forget=relearn_forget, relearn_retain=relearn_retain,
-        shots=shots, pad_tokens=pad_tokens, direction_tokens=direction_tokens, probe_layers=parse_list(probe_layers, int),
-        seed=seed, run_id=run_id, device=device, dtype=dtype, direction_control=direction_control,
-        direction_ablation=direction_ablation,
-        overwrite=overwrite,
-    )  # fmt: skip
+def show_attack(cfg: AttackConfig) -> None:
     run_dir = run_attack(cfg)
     Console().print(f"Attack results written to {run_dir}")
+
+
+attack_command = command(
+    AttackConfig, show_attack,
+    doc="Attack an unlearned state: is the knowledge gone, or only hidden? Writes results/attack/<run-id>/.",
+    flags={name: Flag(comma=True) for name in ("attacks", "forget_tasks", "retain_tasks", "relearn_k", "relearn_steps",
+                                               "relearn_corpora", "relearn_layers", "probe_layers", "probe_train")},
+)  # fmt: skip

@@ -10,7 +10,7 @@ point and, for SAE edits, the decoder rows whose span the edit moves activations
 - `intervene:<intervene run folder>/<point id>` rebuilds exactly the hook an `unlearn intervene` point
   was scored with (static clamp with its features, mode and per-feature clamp values, or the gated clamp
   from the point's recorded gate; a random-direction control with its seeded rotation), through
-  `unlearn.clamp.intervene.clamp` / `unlearn.clamp.gates.gated` themselves;
+  `unlearn.clamp.intervene.feature_edit` / `unlearn.clamp.gates.gated` themselves;
 - `rmu:<run>` swaps in an `unlearn rmu-baseline` run's trained matrices;
 - `clamp` clamps the top features of a select-features run.
 """
@@ -66,7 +66,7 @@ def frozen(module: nn.Module) -> Iterator[None]:
 
 def clamp_target(
     sae: nn.Module,
-    features: Sequence[int],
+    feature_ids: Sequence[int],
     mode: str = "clamp",
     scale: float = -20.0,
     *,
@@ -76,14 +76,14 @@ def clamp_target(
 ) -> Target:
     """The paper's static clamp (arXiv 2410.19278) as a Target; `gate(model)`, when given, replaces the
     plain clamp by a gated one (its context manager must install the hook and the gate together)."""
-    from unlearn.clamp.intervene import clamp
+    from unlearn.clamp.intervene import feature_edit
 
     hook = hook or sae.hook_name
-    feats = [int(f) for f in features]
+    feats = [int(f) for f in feature_ids]
 
     @contextmanager
     def enter(model: nn.Module) -> Iterator[None]:
-        inner = gate(model) if gate else clamp(model, sae, feats, mode, scale, hook_name=hook)  # type: ignore[arg-type]
+        inner = gate(model) if gate else feature_edit(model, sae, feats, mode, scale, hook_name=hook)  # type: ignore[arg-type]
         with frozen(sae), inner:
             yield
 
@@ -164,11 +164,11 @@ def intervene_target(path: str | Path, lm, sae: nn.Module | None = None) -> Targ
     The run's `config.json` names the SAE and hook point; the point's JSON its features, mode, clamp
     values (`clamp_unit` typical: one per feature), gate and control. The SAE is loaded as intervene
     loaded it unless `sae` is given (the same SAE already in memory). The hook itself is installed by
-    `unlearn.clamp.intervene.clamp` or `unlearn.clamp.gates.gated`, so it is the scored hook, not a re-implementation.
+    `unlearn.clamp.intervene.feature_edit` or `unlearn.clamp.gates.gated`, so it is the scored hook, not a re-implementation.
     """
     from unlearn.clamp.controls import random_rotation
     from unlearn.clamp.gates import Gate, gated
-    from unlearn.clamp.intervene import check_mode, clamp
+    from unlearn.clamp.intervene import check_mode, feature_edit
     from unlearn.results import is_complete, read_json
 
     run_dir, point_file = _point_files(path)
@@ -207,7 +207,7 @@ def intervene_target(path: str | Path, lm, sae: nn.Module | None = None) -> Targ
         if gate is not None:
             inner = gated(model, sae, gate, hook_name=hook, directions_KD=dirs_KD)
         else:
-            inner = clamp(model, sae, feats, mode, value, hook_name=hook, directions_KD=dirs_KD)
+            inner = feature_edit(model, sae, feats, mode, value, hook_name=hook, directions_KD=dirs_KD)
         with frozen(sae), inner:
             yield
 

@@ -39,13 +39,17 @@ def iter_sources(source: str | Sequence[str]) -> Iterator[str]:
         yield from iter_texts(one)
 
 
-def match_controls(freq_F: Tensor, selected: Sequence[int], *, seed: int = 0) -> list[int]:
-    """One control per selected feature, disjoint from the selection and from each other: among unused
-    non-selected features, those whose frequency is nearest the selected one's; ties drawn at random."""
+def match_controls(
+    freq_F: Tensor, selected: Sequence[int], *, seed: int = 0, exclude: Sequence[int] = ()
+) -> list[int]:
+    """One control per selected feature, disjoint from the selection, from `exclude` (other topics'
+    features and controls, so merged topics' controls never collide) and from each other: among unused
+    features, those whose frequency is nearest the selected one's; ties drawn at random."""
     rng = np.random.default_rng(seed)
     freq = freq_F.detach().double().cpu().numpy()
     used = np.zeros(len(freq), dtype=bool)
     used[list(selected)] = True
+    used[list(exclude)] = True
     out: list[int] = []
     for i in selected:
         free = np.flatnonzero(~used)
@@ -58,8 +62,10 @@ def match_controls(freq_F: Tensor, selected: Sequence[int], *, seed: int = 0) ->
     return out
 
 
-def control_info(forget: FeatureStats, retain: FeatureStats, ids: list[int], *, seed: int = 0) -> dict:
-    """Typical activations of `ids` and their matched controls, as saved in features.json.
+def control_info(
+    forget: FeatureStats, retain: FeatureStats, ids: list[int], *, seed: int = 0, exclude: Sequence[int] = ()
+) -> dict:
+    """Typical activations of `ids` and their matched controls (none in `exclude`), as saved in features.json.
 
     A typical activation μ_i is the mean activation where active on forget text; a control that never
     fires there takes its mean over forget + retain text instead."""
@@ -67,7 +73,7 @@ def control_info(forget: FeatureStats, retain: FeatureStats, ids: list[int], *, 
     combined_F = fires_F / max(forget.n_tokens + retain.n_tokens, 1)
     mean_all_F = (forget.act_sum_F + retain.act_sum_F) / fires_F.clamp(min=1)
     typical_F = torch.where(forget.fire_count_F > 0, forget.mean_act_F, mean_all_F)
-    controls = match_controls(combined_F, ids, seed=seed)
+    controls = match_controls(combined_F, ids, seed=seed, exclude=exclude)
     return {
         "typical_activation": [float(forget.mean_act_F[i]) for i in ids],
         "controls": controls,

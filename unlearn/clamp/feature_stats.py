@@ -16,12 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn
-from rich.text import Text
+from rich.progress import Progress
 from safetensors import safe_open
 from safetensors.torch import save
 from torch import Tensor, nn
 
+from unlearn.batches import bos_prefix, right_padded
 from unlearn.hooks import forward_to
 from unlearn.results import write_bytes
 
@@ -88,8 +88,8 @@ def token_chunks(
 ) -> Iterator[list[int]]:
     """Token id chunks of at most `max_length`, each starting with BOS (when the tokenizer has one), cut
     from consecutive windows of every text; stops after `max_tokens` counted (non-BOS) tokens."""
-    bos = tokenizer.bos_token_id
-    body = max_length - (bos is not None)
+    bos = bos_prefix(tokenizer)
+    body = max_length - len(bos)
     left = max_tokens if max_tokens is not None else float("inf")
     group: list[str] = []
 
@@ -101,7 +101,7 @@ def token_chunks(
                 if not piece:
                     return
                 left -= len(piece)
-                yield ([bos] if bos is not None else []) + piece
+                yield bos + piece
                 if left <= 0:
                     return
 
@@ -129,22 +129,7 @@ def batches(
         size = max(1, batch_tokens // max(width, 1))
         idx = order[start : start + size]
         start += size
-        ids_BT = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask_BT = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids_BT[row, : len(chunks[i])] = torch.tensor(chunks[i])
-            mask_BT[row, : len(chunks[i])] = 1
-        yield idx, ids_BT, mask_BT
-
-
-class _TokensPerSecond(ProgressColumn):
-    def render(self, task) -> Text:
-        return Text(f"{task.speed:,.0f} tok/s" if task.speed else "… tok/s", style="progress.data.speed")
-
-
-def progress_bar(**kwargs) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _TokensPerSecond(),
-                    **kwargs)  # fmt: skip
+        yield idx, *right_padded([chunks[i] for i in idx], pad_id)
 
 
 def _counted_acts(
@@ -168,17 +153,17 @@ def accumulate(
     pad_id: int,
     bos_id: int | None,
     batch_tokens: int = 2048,
-    progress: Progress | None = None,
+    bar: Progress | None = None,
     desc: str = "stats",
 ) -> FeatureStats:
     """FeatureStats of `chunks` at `hook`: forward to the hook only, encode, reduce; nothing stored."""
     stats = FeatureStats.empty(sae.d_sae, sae.W_enc.device)
-    task = progress.add_task(desc, total=sum(len(c) for c in chunks)) if progress else None
+    task = bar.add_task(desc, total=sum(len(c) for c in chunks)) if bar else None
     for _, ids_BT, mask_BT in batches(chunks, pad_id, batch_tokens):
         x_ND, _ = _counted_acts(model, hook, ids_BT, mask_BT, bos_id)
         stats.update(sae.encode(x_ND))
-        if progress is not None:
-            progress.advance(task, int(mask_BT.sum()))
+        if bar is not None:
+            bar.advance(task, int(mask_BT.sum()))
     return stats
 
 
@@ -188,26 +173,26 @@ def top_contexts(
     sae: nn.Module,
     hook: str,
     chunks: list[list[int]],
-    features: list[int],
+    feature_ids: list[int],
     tokenizer,
     *,
     k: int = 8,
     window: tuple[int, int] = (12, 4),
     batch_tokens: int = 2048,
-    progress: Progress | None = None,
+    bar: Progress | None = None,
 ) -> dict[int, dict[str, list]]:
     """For each feature: `contexts` (its k highest activations as text windows with the token marked
     «like this», with activation and chunk/position) and `top_tokens` (the tokens it fires on most)."""
     bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
-    heaps: list[list[tuple[float, int, int]]] = [[] for _ in features]  # min-heaps of (act, chunk, pos)
-    counts: list[Counter] = [Counter() for _ in features]
-    task = progress.add_task("contexts", total=sum(len(c) for c in chunks)) if progress else None
+    heaps: list[list[tuple[float, int, int]]] = [[] for _ in feature_ids]  # min-heaps of (act, chunk, pos)
+    counts: list[Counter] = [Counter() for _ in feature_ids]
+    task = bar.add_task("contexts", total=sum(len(c) for c in chunks)) if bar else None
     for idx, ids_BT, mask_BT in batches(chunks, pad if pad is not None else 0, batch_tokens):
         x_ND, keep_BT = _counted_acts(model, hook, ids_BT, mask_BT, bos)
-        f_NK = sae.encode_subset(x_ND, features).float().cpu()
+        f_NK = sae.encode_subset(x_ND, feature_ids).float().cpu()
         where_N2 = keep_BT.nonzero().cpu()  # (row, pos) of each counted token
         tok_N = ids_BT[where_N2[:, 0], where_N2[:, 1]]
-        for j in range(len(features)):
+        for j in range(len(feature_ids)):
             fired = torch.nonzero(f_NK[:, j] > 0).flatten()
             if not len(fired):
                 continue
@@ -216,10 +201,10 @@ def top_contexts(
             for n in best.tolist():
                 item = (float(f_NK[n, j]), idx[int(where_N2[n, 0])], int(where_N2[n, 1]))
                 (heapq.heappush if len(heaps[j]) < k else heapq.heappushpop)(heaps[j], item)
-        if progress is not None:
-            progress.advance(task, int(mask_BT.sum()))
+        if bar is not None:
+            bar.advance(task, int(mask_BT.sum()))
     out = {}
-    for j, feat in enumerate(features):
+    for j, feat in enumerate(feature_ids):
         contexts = [
             {
                 "act": round(act, 4),
@@ -247,20 +232,20 @@ def summed_acts(
     sae: nn.Module,
     hook: str,
     chunks: list[list[int]],
-    features: list[int],
+    feature_ids: list[int],
     *,
     pad_id: int,
     bos_id: int | None,
     batch_tokens: int = 2048,
 ) -> Tensor:
     """Per chunk, each feature's activation summed over its counted tokens (BOS and padding excluded):
-    float64, shape (len(chunks), len(features)), rows in the order of `chunks`."""
-    out_CK = torch.zeros(len(chunks), len(features), dtype=torch.float64)
+    float64, shape (len(chunks), len(feature_ids)), rows in the order of `chunks`."""
+    out_CK = torch.zeros(len(chunks), len(feature_ids), dtype=torch.float64)
     device = next(model.parameters()).device
     for idx, ids_BT, mask_BT in batches(chunks, pad_id, batch_tokens):
         ids_BT, mask_BT = ids_BT.to(device), mask_BT.to(device)
         x_BTD = forward_to(model, [hook], input_ids=ids_BT, attention_mask=mask_BT)[hook]
         keep_BT = mask_BT.bool() if bos_id is None else mask_BT.bool() & (ids_BT != bos_id)
-        f_BTK = sae.encode_subset(x_BTD, features).double() * keep_BT.unsqueeze(-1)
+        f_BTK = sae.encode_subset(x_BTD, feature_ids).double() * keep_BT.unsqueeze(-1)
         out_CK[torch.as_tensor(idx)] = f_BTK.sum(1).cpu()
     return out_CK

@@ -6,7 +6,8 @@ Per token t of a sequence, the evidence e_t is 1 if any of the N selected featur
 rule), how many of them are (`count`), or the summed activation of those features (`sum`), each times its `weights` entry (1 / its typical
 activation: every feature then counts in the same unit, and the statistic is continuous, so a quantile
 threshold hits its target rate instead of sitting on a tie of `any`'s k / window values); BOS positions
-have e_t = 0 (their code zeroes BOS), padding is not part of the sequence. Per sequence, the statistic is
+have e_t = 0 (their code zeroes BOS), and so do massive-activation "sink" tokens (`SINK_RATIO`), which
+are never edited either; padding is not part of the sequence. Per sequence, the statistic is
 
 - `dsg`: ρ = Σ e_t / (number of real tokens, BOS included). At batch size 1 this is exactly their ρ
   (active tokens / padded length); counting real tokens only makes it independent of padding.
@@ -42,8 +43,16 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from unlearn.batches import right_padded
 from unlearn.errors import UnlearnError
 from unlearn.hooks import edit_with_inputs, forward_to, sae_site, text_config
+
+SINK_RATIO = 4.0
+"""Massive-activation tokens (Sun et al., arXiv 2402.17762): a few delimiter tokens ('.', "'", spaces) get
+residual norms 10x or more a text token's and act as attention sinks, as BOS does. In Gemma 3 270M at
+blocks.6 they appear past ~128 tokens (norm ~40,000 vs a median ~3,400; no other token above 1.5x the
+median), outside the 128-token windows the shipped SAE was trained on, and carry ~90% of a long benign
+text's gate evidence; so the gate treats them as it treats BOS (DSG zeroes BOS for the same reason)."""
 
 GateKind = Literal["none", "dsg", "window", "cusum"]
 GATE_KINDS: tuple[str, ...] = get_args(GateKind)
@@ -72,6 +81,9 @@ class Gate:
     weights: tuple[float, ...] | None = None
     """`sum` evidence: one multiplier per feature (e.g. 1 / typical activation); None = 1."""
     scope: Scope = "token"
+    sink_ratio: float | None = SINK_RATIO
+    """Tokens whose residual norm exceeds this multiple of their sequence's median token norm are treated
+    as BOS is: no evidence, never edited (None: count every token)."""
     span: Span = "sequence"
     """Where a firing sequence is edited: every active token (`sequence`, their rule), or only those inside
     a window whose own statistic passes (`windows`; window gate only)."""
@@ -96,19 +108,15 @@ class Gate:
         if not math.isfinite(self.threshold):
             raise UnlearnError(f"Gate threshold must be finite, got {self.threshold}.")
         object.__setattr__(self, "features", tuple(int(i) for i in self.features))
-        if self.weights is not None:
-            object.__setattr__(self, "weights", tuple(float(w) for w in self.weights))
-            if len(self.weights) != len(self.features) or not all(map(math.isfinite, self.weights)):
+        for name in ("weights", "values"):  # optional, one finite number per feature
+            given = getattr(self, name)
+            if given is None:
+                continue
+            object.__setattr__(self, name, tuple(float(v) for v in given))
+            if len(given) != len(self.features) or not all(map(math.isfinite, getattr(self, name))):
                 raise UnlearnError(
-                    f"Gate weights must be finite, one per feature: {len(self.features)} features, "
-                    f"weights {list(self.weights)}."
-                )
-        if self.values is not None:
-            object.__setattr__(self, "values", tuple(float(v) for v in self.values))
-            if len(self.values) != len(self.features) or not all(map(math.isfinite, self.values)):
-                raise UnlearnError(
-                    f"A gate needs one finite value per feature: {len(self.features)} features, "
-                    f"values {list(self.values)}."
+                    f"Gate {name} must be finite, one per feature: {len(self.features)} features, "
+                    f"{name} {list(given)}."
                 )
 
     def replace(self, **changes) -> Gate:
@@ -210,6 +218,16 @@ def token_evidence(gate: Gate, f_BTK: Tensor, counted_BT: Tensor) -> Tensor:
     return e_BT * counted_BT
 
 
+def sink_tokens(norm_BT: Tensor, counted_BT: Tensor, ratio: float | None) -> Tensor:
+    """(B, T) bool: counted tokens whose residual norm is above `ratio` x their row's median counted norm
+    (`SINK_RATIO`); none when `ratio` is None or a row counts no token."""
+    if ratio is None:
+        return torch.zeros_like(counted_BT)
+    norm_BT = norm_BT.double()
+    med_B = torch.nanmedian(norm_BT.masked_fill(~counted_BT, math.nan), dim=1).values
+    return counted_BT & (norm_BT > ratio * med_B[:, None])
+
+
 class FiringLog:
     """Each forward's per-sequence gate statistics, grouped under the label set by `start` (e.g. a task's
     role): pass it as `gated(record=...)` and read the rates of what the model actually saw."""
@@ -233,18 +251,21 @@ class FiringLog:
 
 def sequence_stats(gate: Gate, e_BT: Tensor, real_BT: Tensor) -> list[float]:
     """The statistic of each row, over its real tokens only (so padding, wherever it is, cannot matter)."""
-    e = e_BT.detach().cpu().numpy()
-    r = real_BT.detach().cpu().numpy()
-    return [statistic(gate, e[b][r[b]]) for b in range(e.shape[0])]
+    return _decide(gate, e_BT, real_BT, cover=False)[0]
 
 
-def covered_tokens(gate: Gate, e_BT: Tensor, real_BT: Tensor) -> Tensor:
-    """(B, T) bool: real tokens inside a passing window of their row's real-token sequence."""
+def _decide(gate: Gate, e_BT: Tensor, real_BT: Tensor, *, cover: bool) -> tuple[list[float], Tensor | None]:
+    """Each row's statistic and, with `cover`, the (B, T) bool of real tokens inside a passing window of
+    their row (`window_cover`; a row that does not fire covers nothing), from one copy to numpy."""
     e, r = e_BT.detach().cpu().numpy(), real_BT.detach().cpu().numpy()
+    stats = [statistic(gate, e[b][r[b]]) for b in range(e.shape[0])]
+    if not cover:
+        return stats, None
     out = np.zeros(r.shape, dtype=bool)
     for b in range(r.shape[0]):
-        out[b, r[b]] = window_cover(e[b][r[b]], gate.window, gate.threshold)
-    return torch.from_numpy(out).to(real_BT.device)
+        if stats[b] > gate.threshold:
+            out[b, r[b]] = window_cover(e[b][r[b]], gate.window, gate.threshold)
+    return stats, torch.from_numpy(out).to(real_BT.device)
 
 
 def _edited(
@@ -303,7 +324,7 @@ def gated(
     `dry_run` records without ever editing (calibration on the sequences a scorer really forwards)."""
     hook, idx_K = _check(model, sae, gate, hook_name)
     bos = bos_token_id if bos_token_id is not None else getattr(text_config(model), "bos_token_id", None)
-    history: dict[str, Tensor | None] = {"e": None, "real": None}
+    history: dict[str, Tensor] = {}
 
     def fn(x_BTD: Tensor, seen: dict) -> Tensor:
         if gate.kind == "none" or idx_K.numel() == 0:
@@ -314,21 +335,27 @@ def gated(
         counted_BT = real_BT.clone()
         if bos is not None and ids_BT is not None and ids_BT.shape == shape:
             counted_BT &= ids_BT.to(x_BTD.device) != bos
+        new = {"real": real_BT, "counted": counted_BT, "norm": x_BTD.detach().double().norm(dim=-1)}
+        if _cache_is_empty(seen) or not history or history["real"].shape[0] != shape[0]:
+            history.clear()
+        for key, value in new.items():  # this sequence so far: sinks are judged against its whole history
+            history[key] = torch.cat([history[key], value], 1) if key in history else value
+        sink_BT = sink_tokens(history["norm"], history["counted"], gate.sink_ratio)[:, -shape[1] :]
+        counted_BT &= ~sink_BT
         f_BTK = sae.encode_subset(x_BTD, idx_K)
         e_BT = token_evidence(gate, f_BTK, counted_BT)
-        old_e, old_real = history["e"], history["real"]
-        if _cache_is_empty(seen) or old_e is None or old_e.shape[0] != shape[0]:
-            old_e, old_real = e_BT[:, :0], real_BT[:, :0]
-        history["e"], history["real"] = torch.cat([old_e, e_BT], 1), torch.cat([old_real, real_BT], 1)
-        stats = sequence_stats(gate, history["e"], history["real"])
+        history["e"] = torch.cat([history["e"], e_BT], 1) if "e" in history else e_BT
+        stats, cover_BT = _decide(
+            gate, history["e"], history["real"], cover=gate.span == "windows" and not dry_run
+        )
         if record is not None:
             record.append(stats)
         if dry_run:
             return x_BTD
         fire_B = torch.tensor([s > gate.threshold for s in stats], device=x_BTD.device)
         edit_BT = fire_B[:, None] & counted_BT & (f_BTK > 0).any(-1)
-        if gate.span == "windows" and bool(fire_B.any()):
-            edit_BT &= covered_tokens(gate, history["e"], history["real"])[:, -shape[1] :]
+        if cover_BT is not None:
+            edit_BT &= cover_BT[:, -shape[1] :]
         if not bool(edit_BT.any()):
             return x_BTD
         return _edited(sae, gate, x_BTD, f_BTK, edit_BT, idx_K, directions_KD)
@@ -370,18 +397,17 @@ def _token_ids(item, tokenizer) -> list[int]:
 def sequence_evidence(
     lm,
     sae: nn.Module,
-    features: Sequence[int],
+    gate: Gate,
     items: Sequence,
     *,
-    evidence: Evidence = "any",
     hook_name: str | None = None,
     batch_size: int = 16,
 ) -> list[np.ndarray]:
-    """Per item, the real-token evidence (BOS first, with 0) of texts (BOS + text) or questions (the
-    cloze context `Question: …\nAnswer:` the cloze scorer forwards before the answers), from right-padded
-    forwards that stop at the hook layer. One pass serves every gate statistic (`statistic`)."""
-    probe = Gate("dsg", features=tuple(features), evidence=evidence)
-    hook, idx_K = _check(lm.model, sae, probe, hook_name)
+    """Per item, the real-token evidence of `gate` (its features, evidence kind and weights; BOS first,
+    with 0) of texts (BOS + text) or questions (the cloze context `Question: …\nAnswer:` the cloze scorer
+    forwards before the answers), from right-padded forwards that stop at the hook layer. One pass serves
+    every statistic of gates sharing that evidence (`statistic`)."""
+    hook, idx_K = _check(lm.model, sae, gate, hook_name)
     bos = lm.tokenizer.bos_token_id
     seqs = [_token_ids(item, lm.tokenizer) for item in items]
     device = next(lm.model.parameters()).device
@@ -390,17 +416,13 @@ def sequence_evidence(
     order = sorted(range(len(seqs)), key=lambda i: -len(seqs[i]))
     for start in range(0, len(order), batch_size):
         batch = order[start : start + batch_size]
-        T = max(len(seqs[i]) for i in batch)
-        ids_BT = torch.full((len(batch), T), pad, dtype=torch.long)
-        mask_BT = torch.zeros((len(batch), T), dtype=torch.long)
-        for b, i in enumerate(batch):
-            ids_BT[b, : len(seqs[i])] = torch.tensor(seqs[i])
-            mask_BT[b, : len(seqs[i])] = 1
+        ids_BT, mask_BT = right_padded([seqs[i] for i in batch], pad)
         inputs = {"input_ids": ids_BT.to(device), "attention_mask": mask_BT.to(device)}
         x_BTD = forward_to(lm.model, [hook], **inputs)[hook]
         real_BT = mask_BT.bool().to(x_BTD.device)
         counted_BT = real_BT & (ids_BT.to(x_BTD.device) != bos) if bos is not None else real_BT
-        e_BT = token_evidence(probe, sae.encode_subset(x_BTD, idx_K), counted_BT).cpu().numpy()
+        counted_BT &= ~sink_tokens(x_BTD.double().norm(dim=-1), counted_BT, gate.sink_ratio)
+        e_BT = token_evidence(gate, sae.encode_subset(x_BTD, idx_K), counted_BT).cpu().numpy()
         for b, i in enumerate(batch):
             out[i] = e_BT[b, : len(seqs[i])]
     return out
@@ -409,7 +431,7 @@ def sequence_evidence(
 def gate_scores(lm, sae: nn.Module, gate: Gate, items: Sequence, **kwargs) -> np.ndarray:
     """Per-item gate statistics (see `sequence_evidence` for what is forwarded); padding-free, so the
     batch size does not matter."""
-    evidence = sequence_evidence(lm, sae, gate.features, items, evidence=gate.evidence, **kwargs)
+    evidence = sequence_evidence(lm, sae, gate, items, **kwargs)
     return np.array([statistic(gate, e_T) for e_T in evidence])
 
 

@@ -6,12 +6,13 @@ output `decode(f') + (x - decode(f))`, i.e. the reconstruction error is kept, so
 wherever no chosen feature fires. Since decode is affine this equals the cheap exact form
 `x + (f'_K - f_K) @ W_dec[K]`, which needs only the chosen encoder columns (`SAE.encode_subset`).
 
-Modes (`f_i'` where `f_i > 0`): `clamp` sets it to `scale` (the paper's "negative scaling": `--scale -20`
-is `f_i = -multiplier` with multiplier 20), `zero` sets it to 0 (zero ablation, which the paper finds
-ineffective), `scale` multiplies it by `scale`.
+Modes (`f_i'` where `f_i > 0`), each with one number `value` (the CLI's `--scale`): `clamp` sets it to
+`value`, the clamp value (the paper's "negative scaling": `--scale -20` is `f_i = -multiplier` with
+multiplier 20), `zero` sets it to 0 (zero ablation, which the paper finds ineffective), `scale` multiplies
+it by `value`, a factor. `feature_edit` installs any of them.
 
-Clamp units (`--clamp-unit`): `absolute` uses `scale` as the clamp value itself (the paper's numbers, for
-SAEs in their published convention); `typical` clamps feature i to `scale × μ_i`, μ_i its mean activation
+Clamp units (`--clamp-unit`): `absolute` uses `--scale` as the clamp value itself (the paper's numbers, for
+SAEs in their published convention); `typical` clamps feature i to `--scale × μ_i`, μ_i its mean activation
 where active on forget text (measured at selection), so a value means the same relative edit for every
 feature and every SAE scale convention.
 
@@ -33,11 +34,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal, NamedTuple, get_args
+from typing import Literal, NamedTuple, get_args
 
 import pandas as pd
 import torch
-import typer
 from rich.console import Console
 from rich.table import Table
 from torch import Tensor, nn
@@ -58,7 +58,7 @@ from unlearn.errors import UnlearnError
 from unlearn.eval.suite import EvalSuite, Reuse
 from unlearn.hooks import edit_with_inputs, parse_hook_name, sae_site, text_config
 from unlearn.models import LoadedModel, load_model
-from unlearn.options import EvalFlags, RunFlags, parse_list
+from unlearn.options import EVAL_FLAGS, EvalFlags, Flag, RunFlags, command, parse_list
 from unlearn.results import (
     EvalBlock,
     check_new_run,
@@ -69,7 +69,7 @@ from unlearn.results import (
     write_json,
     write_table,
 )
-from unlearn.setup import setup_of
+from unlearn.setup import Setup, setup_of
 
 log = logging.getLogger(__name__)
 
@@ -85,29 +85,30 @@ def check_mode(mode: str) -> Mode:
     return mode  # type: ignore[return-value]
 
 
-def new_values(f_NK: Tensor, mode: Mode, scale: float | Tensor) -> Tensor:
+def new_values(f_NK: Tensor, mode: Mode, value: float | Tensor) -> Tensor:
     """`f'` for the chosen features: only active entries (`f > 0`) change, as in the paper and SAEBench.
 
-    `scale` is one number or one per feature (shape (K,)): per-feature clamp values (`typical` unit)."""
+    `value` (the clamp value, or the factor in scale mode) is one number or one per feature (shape (K,)):
+    per-feature clamp values (`typical` unit)."""
     active_NK = f_NK > 0
-    if torch.is_tensor(scale):
-        scale = scale.to(f_NK.dtype).to(f_NK.device)
+    if torch.is_tensor(value):
+        value = value.to(f_NK.dtype).to(f_NK.device)
     if mode == "clamp":
-        value = scale if torch.is_tensor(scale) else torch.full_like(f_NK, scale)
-        return torch.where(active_NK, value.expand_as(f_NK), f_NK)
+        full = value if torch.is_tensor(value) else torch.full_like(f_NK, value)
+        return torch.where(active_NK, full.expand_as(f_NK), f_NK)
     if mode == "zero":
         return torch.where(active_NK, torch.zeros_like(f_NK), f_NK)
     if mode == "scale":
-        return torch.where(active_NK, f_NK * scale, f_NK)
+        return torch.where(active_NK, f_NK * value, f_NK)
     raise UnlearnError(f"Unknown intervention mode {mode!r}; use one of: {', '.join(MODES)}.")
 
 
 def clamped(
     sae: nn.Module,
     x_ND: Tensor,
-    features: Sequence[int] | Tensor,
+    feature_ids: Sequence[int] | Tensor,
     mode: Mode,
-    scale: float | Tensor,
+    value: float | Tensor,
     protect_N: Tensor | None = None,
     *,
     directions_KD: Tensor | None = None,
@@ -118,11 +119,11 @@ def clamped(
     `protect_N` (bool, shape of `x` without the last dim) marks positions to leave alone (BOS).
     `directions_KD` replaces the decoder rows `W_dec[K]` (the random-direction control).
     """
-    idx_K = torch.as_tensor(features, dtype=torch.long, device=sae.W_dec.device)
+    idx_K = torch.as_tensor(feature_ids, dtype=torch.long, device=sae.W_dec.device)
     if idx_K.numel() == 0:
         return x_ND
     f_NK = sae.encode_subset(x_ND, idx_K)  # SAE dtype
-    df_NK = new_values(f_NK, mode, scale) - f_NK
+    df_NK = new_values(f_NK, mode, value) - f_NK
     if protect_N is not None:
         df_NK = df_NK.masked_fill(protect_N.unsqueeze(-1), 0)
     dirs_KD = sae.W_dec[idx_K] if directions_KD is None else directions_KD.to(df_NK.dtype)
@@ -136,12 +137,12 @@ def _bos_id(model: nn.Module) -> int | None:
 
 
 @contextmanager
-def clamp(
+def feature_edit(
     model: nn.Module,
     sae: nn.Module,
-    features: Sequence[int] | Tensor,
+    feature_ids: Sequence[int] | Tensor,
     mode: Mode = "clamp",
-    scale: float | Tensor = -20.0,
+    value: float | Tensor = -20.0,
     *,
     hook_name: str | None = None,
     skip_bos: bool = True,
@@ -150,14 +151,15 @@ def clamp(
     stats: EditStats | None = None,
 ) -> Iterator[None]:
     """Edit `sae.hook_name` (or `hook_name`) so that every forward inside the block runs with the chosen
-    features clamped. With no features the hook returns the activation object itself (bit-identical).
+    features edited by `mode` (clamped, zeroed or scaled). With no features the hook returns the
+    activation object itself (bit-identical).
 
     `bos_token_id` defaults to the model config's; positions holding it are not edited unless
-    `skip_bos=False`. `scale` may hold one value per feature; `directions_KD` replaces their decoder
+    `skip_bos=False`. `value` may hold one value per feature; `directions_KD` replaces their decoder
     rows (`clamped`). `stats` accumulates the edit's size over every forward run inside the block.
     """
     mode = check_mode(mode)
-    hook, idx_K = sae_site(model, sae, features, hook_name)
+    hook, idx_K = sae_site(model, sae, feature_ids, hook_name)
     bos = bos_token_id if bos_token_id is not None else _bos_id(model)
 
     def fn(x_BTD: Tensor, seen: dict) -> Tensor:
@@ -167,7 +169,7 @@ def clamp(
         protect_BT = None
         if skip_bos and bos is not None and ids_BT is not None and ids_BT.shape == x_BTD.shape[:-1]:
             protect_BT = (ids_BT == bos).to(x_BTD.device)
-        out_BTD = clamped(sae, x_BTD, idx_K, mode, scale, protect_BT, directions_KD=directions_KD)
+        out_BTD = clamped(sae, x_BTD, idx_K, mode, value, protect_BT, directions_KD=directions_KD)
         if stats is not None:
             # padding is not counted, whether behind a 2D mask or a packed row's 4D one
             real_BT = real_tokens(seen.get("attention_mask"), x_BTD.shape[:-1], x_BTD.device)
@@ -197,16 +199,17 @@ class InterveneConfig(EvalFlags, RunFlags):
     hook: str | None = None
     """Hook point instead of the selection's / the SAE's."""
     modes: list[str] = field(default_factory=lambda: ["clamp"])
-    """Interventions to sweep: clamp (set active features to scale), zero, scale (multiply by scale)."""
+    """Interventions to sweep: clamp (set active features to the `--scale` value), zero, scale (multiply
+    them by it)."""
     n_features: list[int] | None = None
     """Top-n of the ranked features per point (default: 20, or all explicit ids)."""
     scales: list[float] = field(default_factory=lambda: [-20.0])
     """Clamp values (clamp mode) or factors (scale mode); zero mode ignores them."""
     clamp_unit: str | None = None
-    """Clamp mode: `absolute` (scale is the value) or `typical` (scale × each feature's mean active
+    """Clamp mode: `absolute` (`--scale` is the clamp value) or `typical` (`--scale` × each feature's mean active
     activation); default: the preset's `clamp_unit`, else absolute."""
     controls: list[str] = field(default_factory=lambda: list(CONTROLS))
-    """Control points beside each point: random-features, random-direction (empty list: none)."""
+    """Control points beside each point: random-features, random-direction (`none` or an empty list: none)."""
     seed: int = 0
     """Seed of the random-direction rotation (random features are drawn, seeded, at selection)."""
     gates: list[str] = field(default_factory=lambda: ["none"])
@@ -353,27 +356,12 @@ def point_table(title: str, block: EvalBlock, base: EvalBlock | None) -> Table:
     return table
 
 
-def run_intervene(
-    cfg: InterveneConfig,
-    *,
-    lm: LoadedModel | None = None,
-    sae: nn.Module | None = None,
-    suite=None,
-    console: Console | None = None,
-) -> Path:
-    """Evaluate the unhooked model once, then every grid point with its clamp installed; each point's
-    metrics are written as soon as it completes, and points already in the run folder are skipped."""
+def resolve_targets(cfg, setup: Setup, lm: LoadedModel, sae: nn.Module | None, selection) -> tuple:
+    """(ranked feature ids, SAE, its spec, hook point) of an intervene or screen-features config
+    (`feature_ids`, `sae`, `hook`): explicit ids over the selection's, `--sae` over the selection's SAE;
+    checked against each other before any evaluation and before any run folder exists."""
     from unlearn.clamp.select import resolve_sae
-    from unlearn.clamp.topics import read_topics  # one selection, or several merged (dirA,dirB / bio,chem)
-    from unlearn.eval.suite import weight_fingerprint
 
-    console = console or Console()
-    setup = setup_of(cfg)
-    check_intervene_flags(cfg)
-    selection = None if cfg.feature_ids else read_topics(cfg.features, cfg.topic)  # before the model
-    lm = lm or load_model(setup)
-    setup = setup.on(lm)
-    preset = setup.preset  # None: generic defaults (--model alone)
     ranked = list(cfg.feature_ids) if cfg.feature_ids else selection.features
     if not ranked:
         raise UnlearnError("The selection is empty (no feature passed the retain threshold); "
@@ -385,13 +373,35 @@ def run_intervene(
     else:
         sae_spec, hook = cfg.sae or "<in-memory>", cfg.hook or sae.hook_name
     d_sae = getattr(sae, "d_sae", None)
-    if (
-        d_sae is not None and max(ranked) >= d_sae
-    ):  # before the baseline evaluation and before any run folder exists
+    if d_sae is not None and max(ranked) >= d_sae:
         raise UnlearnError(
             f"feature ids must lie in 0..{d_sae - 1} for SAE {sae_spec}; "
             f"got {[i for i in ranked if i >= d_sae][:5]}: pass ids this SAE has"
         )
+    return ranked, sae, sae_spec, hook
+
+
+def run_intervene(
+    cfg: InterveneConfig,
+    *,
+    lm: LoadedModel | None = None,
+    sae: nn.Module | None = None,
+    suite=None,
+    console: Console | None = None,
+) -> Path:
+    """Evaluate the unhooked model once, then every grid point with its clamp installed; each point's
+    metrics are written as soon as it completes, and points already in the run folder are skipped."""
+    from unlearn.clamp.topics import read_topics  # one selection, or several merged (dirA,dirB / bio,chem)
+    from unlearn.eval.suite import weight_fingerprint
+
+    console = console or Console()
+    setup = setup_of(cfg)
+    check_intervene_flags(cfg)
+    selection = None if cfg.feature_ids else read_topics(cfg.features, cfg.topic)  # before the model
+    lm = lm or load_model(setup)
+    setup = setup.on(lm)
+    preset = setup.preset  # None: generic defaults (--model alone)
+    ranked, sae, sae_spec, hook = resolve_targets(cfg, setup, lm, sae, selection)
     sizes = cfg.n_features or ([len(ranked)] if cfg.feature_ids else [20])
     if max(sizes) > len(ranked):
         log.warning("only %d ranked features; larger n use all of them", len(ranked))
@@ -518,7 +528,7 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan:
             mode=mode,
         ):
             if gate is None:
-                return clamp(lm.model, sae, feats, mode, value, hook_name=hook, directions_KD=dirs,
+                return feature_edit(lm.model, sae, feats, mode, value, hook_name=hook, directions_KD=dirs,
                              stats=stats if stats is not None else EditStats())  # fmt: skip
             return gated(lm.model, sae, gate, hook_name=hook, directions_KD=dirs, record=log)
 
@@ -553,79 +563,8 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan:
     write_table(run_dir / "summary.csv", summary_frame(run_dir))
 
 
-def intervene_command(
-    scale: Annotated[str, typer.Option(help="Clamp value(s), e.g. -20 or -5,-20,-50.")] = "-20",
-    clamp_unit: Annotated[
-        str | None, typer.Option(help="absolute (scale is the value) or typical (scale × mean activation).")
-    ] = None,
-    controls: Annotated[
-        str, typer.Option(help="Control points: random-features,random-direction, or none.")
-    ] = "random-features,random-direction",
-    n_features: Annotated[str | None, typer.Option(help="Top-n feature count(s), e.g. 10,20,50.")] = None,
-    gate: Annotated[
-        str, typer.Option("--gate", "--gates", help="none (static), dsg, window, cusum (comma list).")
-    ] = "none",
-    gate_fpr: Annotated[
-        float, typer.Option(help="Target false-positive rate of gates on dev retain questions.")
-    ] = DEFAULT_FPR,
-    window_span: Annotated[
-        str,
-        typer.Option(help="Where a firing window gate edits: windows (inside passing windows) or sequence."),
-    ] = "windows",
-    split: Annotated[
-        str | None, typer.Option(help="Questions scored: dev (tuning), test (reporting), all.")
-    ] = None,
-    dilution: Annotated[
-        str, typer.Option(help="Dilution check: prefix lengths in tokens, e.g. 0,100,400,1600 (empty: none).")
-    ] = "",
-    dilution_questions: Annotated[
-        int, typer.Option(help="Known forget questions the dilution check scores.")
-    ] = 40,
-    dilution_text: Annotated[
-        str | None, typer.Option(help="Filler text source (default: the preset's select.retain_text).")
-    ] = None,
-    mode: Annotated[
-        str, typer.Option("--mode", "--modes", help="clamp, zero, scale (comma list).")
-    ] = "clamp",
-    features: Annotated[
-        str | None, typer.Option(help="select-features run folder (default: latest); dirA,dirB clamps both.")
-    ] = None,
-    topic: Annotated[str | None, typer.Option(help="Topic of the selection; bio,chem clamps both.")] = None,
-    feature_ids: Annotated[str | None, typer.Option(help="Explicit feature ids, e.g. 12,7,301.")] = None,
-    preset: Annotated[str | None, typer.Option(help="Model preset (default gemma-3-270m).")] = None,
-    model: Annotated[str | None, typer.Option(help="Model instead of the preset's.")] = None,
-    sae: Annotated[str | None, typer.Option(help="SAE instead of the selection's.")] = None,
-    hook: Annotated[str | None, typer.Option(help="Hook point instead of the selection's.")] = None,
-    protocol: Annotated[str | None, typer.Option(help="letter, cloze or lm-eval.")] = None,
-    forget_tasks: Annotated[str | None, typer.Option(help="Forget question sources (comma list).")] = None,
-    retain_tasks: Annotated[str | None, typer.Option(help="Retain question sources (comma list).")] = None,
-    known_only: Annotated[
-        bool, typer.Option("--known-only/--all-questions", help="Score only questions the model knows.")
-    ] = True,
-    permutations: Annotated[bool | None, typer.Option(help="Letter protocol: all 24 orders.")] = None,
-    limit: Annotated[int | None, typer.Option(help="Questions per source.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Evaluation batch size.")] = None,
-    run_id: Annotated[
-        str | None, typer.Option(help="Run folder name (re-use needs --resume/--overwrite).")
-    ] = None,
-    resume: Annotated[
-        bool, typer.Option(help="Continue --run-id, or the newest run with the same settings.")
-    ] = False,
-    overwrite: Annotated[bool, typer.Option(help="Replace the existing run --run-id.")] = False,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, ...")] = None,
-    dtype: Annotated[str | None, typer.Option(help="float32, bfloat16, ...")] = None,
-) -> None:
-    """Clamp selected SAE features during evaluation, over a grid of feature counts and scales."""
-    cfg = InterveneConfig(
-        preset=preset, model=model, features=features, topic=topic, feature_ids=parse_list(feature_ids, int),
-        sae=sae, hook=hook, modes=parse_list(mode), n_features=parse_list(n_features, int), scales=parse_list(scale, float, "--scale"),
-        protocol=protocol, forget_tasks=parse_list(forget_tasks), retain_tasks=parse_list(retain_tasks),
-        known_only=known_only, permutations=permutations, limit=limit, batch_size=batch_size, run_id=run_id,
-        resume=resume, overwrite=overwrite, device=device, dtype=dtype, clamp_unit=clamp_unit,
-        controls=[] if controls.strip() == "none" else parse_list(controls), gates=parse_list(gate),
-        gate_fpr=gate_fpr, window_span=window_span, split=split, dilution=parse_list(dilution, int, "--dilution") or [],
-        dilution_questions=dilution_questions, dilution_text=dilution_text,
-    )  # fmt: skip
+def show_intervene(cfg: InterveneConfig) -> None:
+    """Run the sweep and print its summary table."""
     console = Console()
     run_dir = run_intervene(cfg, console=console)
     summary = summary_frame(run_dir)
@@ -637,3 +576,16 @@ def intervene_command(
                                 for c in ("forget_acc", "retain_acc", "d_forget", "d_retain")]  # fmt: skip
         table.add_row(*cells)
     console.print(table)
+
+
+def _controls(text: str) -> list[str]:
+    return [] if text.strip() == "none" else parse_list(text) or []
+
+
+intervene_command = command(
+    InterveneConfig, show_intervene,
+    doc="Clamp selected SAE features during evaluation, over a grid of feature counts and scales.",
+    flags={**EVAL_FLAGS, "scales": Flag("--scale", comma=True), "modes": Flag("--mode", aliases=("--modes",), comma=True),
+           "gates": Flag("--gate", aliases=("--gates",), comma=True), "n_features": Flag(comma=True),
+           "feature_ids": Flag(comma=True), "dilution": Flag(comma=True), "controls": Flag(comma=True, parse=_controls)},
+)  # fmt: skip

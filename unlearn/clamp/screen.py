@@ -7,7 +7,7 @@ features were added one by one in that order, each kept only while retain (MMLU)
 unhooked value (or within a small number of errors). This module does both on the **dev** split:
 
 - **Screening**: for each of the top-K features of a selection, the clamp of `intervene` (same modes and
-  clamp units, the same `clamp` context manager) with that feature alone, evaluated by the shared
+  clamp units, the same `feature_edit` context manager) with that feature alone, evaluated by the shared
   `EvalSuite`; per feature: forget and retain accuracy with 95% bootstrap intervals, their paired changes
   vs the unhooked model (`unlearn.stats.paired_deltas`), the retain errors it causes, its edit size and
   its top contexts from the selection. The screening order is by forget change (largest drop first; ties
@@ -43,11 +43,11 @@ from rich.table import Table
 
 from unlearn.checks import check_model_path, finite_float, positive_int
 from unlearn.clamp.controls import EditStats, feature_info
-from unlearn.clamp.intervene import CLAMP_UNITS, check_mode, clamp
+from unlearn.clamp.intervene import CLAMP_UNITS, check_mode, feature_edit, resolve_targets
 from unlearn.errors import UnlearnError
 from unlearn.eval.suite import EvalSuite, Reuse
 from unlearn.options import EVAL_FLAGS, EvalFlags, Flag, RunFlags, command
-from unlearn.results import check_new_run, open_run, read_json, write_json, write_table
+from unlearn.results import EvalBlock, check_new_run, open_run, read_json, write_json, write_table
 from unlearn.setup import Setup, setup_of
 from unlearn.stats import _truthy, outcome_column, paired_deltas
 
@@ -219,7 +219,7 @@ def _contexts(selection) -> dict[int, dict]:
 
 
 class Clamper:
-    """Evaluates feature sets with `intervene.clamp` installed, on one prepared suite, against its
+    """Evaluates feature sets with `intervene.feature_edit` installed, on one prepared suite, against its
     unhooked run (`base`); caches by feature set."""
 
     def __init__(
@@ -251,7 +251,7 @@ class Clamper:
             stats, values = EditStats(), self.values(feats)
 
             def hook(live: bool):
-                return clamp(self.lm.model, self.sae, list(feats), self.mode, values, hook_name=self.hook,
+                return feature_edit(self.lm.model, self.sae, list(feats), self.mode, values, hook_name=self.hook,
                              stats=stats if live else EditStats())  # fmt: skip
 
             if isinstance(self.suite, EvalSuite) and self.base is not None:  # score only touched questions
@@ -288,21 +288,10 @@ class Clamper:
 
 def _resolve(cfg: ScreenConfig, setup: Setup, lm, sae):
     """Selection, ranked ids, SAE, its spec and hook point: as `intervene` resolves them."""
-    from unlearn.clamp.select import resolve_sae
     from unlearn.clamp.topics import read_topics
 
     selection = None if cfg.feature_ids else read_topics(cfg.features, cfg.topic)
-    ranked = list(cfg.feature_ids) if cfg.feature_ids else selection.features
-    if not ranked:
-        raise UnlearnError("The selection is empty: rerun select-features or pass --feature-ids.")
-    if sae is None:
-        spec = selection.sae if selection else None
-        hook = selection.hook if selection and not cfg.sae else None
-        sae, spec, hook = resolve_sae(setup, lm.model, spec, hook)
-    else:
-        spec, hook = cfg.sae or "<in-memory>", cfg.hook or sae.hook_name
-    if max(ranked) >= sae.d_sae:
-        raise UnlearnError(f"feature ids must lie in 0..{sae.d_sae - 1} for SAE {spec}; got {max(ranked)}")
+    ranked, sae, spec, hook = resolve_targets(cfg, setup, lm, sae, selection)
     return selection, ranked, sae, spec, hook
 
 
@@ -508,28 +497,23 @@ def screen_table(screen: dict, title: str, limit: int = 20) -> Table:
         table.add_row(str(i), str(f), str(r["rank"]), _f(r["forget_acc"]), _ci(r["d_forget"], r.get("d_forget_ci")),
                       _f(r["retain_acc"]), _ci(r["d_retain"], r.get("d_retain_ci")), f"{r['retain_errors']:g}",
                       ", ".join(repr(t) for t in r.get("top_tokens", [])[:4]))  # fmt: skip
-    b = EvalBlockView(screen["baseline"])
+    b = EvalBlock.of(screen["baseline"])
     table.caption = (
-        f"unhooked: forget {_f(b.forget)}, retain {_f(b.retain)} ({screen['n_known_retain']} known retain)"
+        f"unhooked: forget {_f(b.forget_acc)}, retain {_f(b.retain_acc)} "
+        f"({screen['n_known_retain']} known retain)"
     )
     return table
 
 
-class EvalBlockView:
-    def __init__(self, block):
-        block = block if isinstance(block, dict) else dataclasses.asdict(block)
-        self.forget, self.retain = block.get("forget_acc"), block.get("retain_acc")
-
-
 def test_frame(test: dict) -> pd.DataFrame:
-    b = test["baseline"] if isinstance(test["baseline"], dict) else dataclasses.asdict(test["baseline"])
-    rows = [{"point": "unhooked", "n_features": 0, "forget_acc": b.get("forget_acc"), "forget_ci": b.get("forget_ci"),
-             "retain_acc": b.get("retain_acc"), "retain_ci": b.get("retain_ci")}]  # fmt: skip
+    b = EvalBlock.of(test["baseline"])
+    rows = [{"point": "unhooked", "n_features": 0, "forget_acc": b.forget_acc, "forget_ci": b.forget_ci,
+             "retain_acc": b.retain_acc, "retain_ci": b.retain_ci}]  # fmt: skip
     for name, p in test["points"].items():
-        m = p["metrics"] if isinstance(p["metrics"], dict) else dataclasses.asdict(p["metrics"])
-        rows.append({"point": name, "n_features": len(p["features"]), "forget_acc": m.get("forget_acc"),
-                     "forget_ci": m.get("forget_ci"), "retain_acc": m.get("retain_acc"),
-                     "retain_ci": m.get("retain_ci"), "d_forget": p.get("d_forget"), "d_retain": p.get("d_retain"),
+        m = EvalBlock.of(p["metrics"])
+        rows.append({"point": name, "n_features": len(p["features"]), "forget_acc": m.forget_acc,
+                     "forget_ci": m.forget_ci, "retain_acc": m.retain_acc,
+                     "retain_ci": m.retain_ci, "d_forget": p.get("d_forget"), "d_retain": p.get("d_retain"),
                      "retain_errors": p.get("retain_errors")})  # fmt: skip
     return pd.DataFrame(rows)
 

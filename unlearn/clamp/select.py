@@ -30,7 +30,6 @@ from unlearn.clamp.feature_stats import (
     FeatureStats,
     accumulate,
     load_counters,
-    progress_bar,
     save_counters,
     token_chunks,
     top_contexts,
@@ -41,6 +40,7 @@ from unlearn.hooks import check_compatible, hook_width
 from unlearn.models import LoadedModel, load_model
 from unlearn.options import Flag, RunFlags, command
 from unlearn.paths import results_dir
+from unlearn.progress import progress_bar
 from unlearn.results import (
     check_new_run,
     is_complete,
@@ -256,9 +256,9 @@ def run_select(cfg: SelectConfig, *, lm: LoadedModel | None = None, sae: SAE | N
         kw = dict(pad_id=pad, bos_id=tok.bos_token_id, batch_tokens=cfg.batch_tokens)
         topics: dict[str, dict] = {}
         table = pd.DataFrame({"feature": range(sae.d_sae)})
-        with progress_bar() as bar:
+        with progress_bar("{task.description}", clock=None, tokens_per_second=True) as bar:
             retain = reused.get("retain") or accumulate(
-                lm.model, sae, hook, chunks_of(retain_source), progress=bar, desc="retain", **kw
+                lm.model, sae, hook, chunks_of(retain_source), bar=bar, desc="retain", **kw
             )
             counters = {"retain": retain}
             table["retain_freq"] = retain.freq_F.cpu().numpy()
@@ -266,7 +266,7 @@ def run_select(cfg: SelectConfig, *, lm: LoadedModel | None = None, sae: SAE | N
             for topic, source in forget_sources.items():
                 chunks = chunks_of(source)
                 forget = reused.get(topic) or accumulate(
-                    lm.model, sae, hook, chunks, progress=bar, desc=topic, **kw
+                    lm.model, sae, hook, chunks, bar=bar, desc=topic, **kw
                 )
                 counters[topic] = forget
                 ids = select_features(forget, retain, retain_threshold=cfg.retain_threshold,
@@ -279,16 +279,20 @@ def run_select(cfg: SelectConfig, *, lm: LoadedModel | None = None, sae: SAE | N
                 table.loc[ids, f"{topic}_rank"] = range(1, len(ids) + 1)
                 few = _first_tokens(chunks, cfg.context_tokens)
                 ctx = top_contexts(lm.model, sae, hook, few, ids, tok, k=cfg.n_contexts,
-                                   batch_tokens=cfg.batch_tokens, progress=bar)  # fmt: skip
+                                   batch_tokens=cfg.batch_tokens, bar=bar)  # fmt: skip
                 stats = [
                     {"feature": i, "forget_freq": float(forget.freq_F[i]), "retain_freq": float(retain.freq_F[i]),
                      "ratio": float(ratio[i]), "mean_act": float(forget.mean_act_F[i]), **ctx[i]}
                     for i in ids
                 ]  # fmt: skip
-                info = control_info(forget, retain, ids, seed=cfg.seed)
-                topics[topic] = {"features": ids, "source": source, "tokens": forget.n_tokens,
-                                 "typical_activation": info.pop("typical_activation"), "controls": info,
-                                 "stats": stats}  # fmt: skip
+                topics[topic] = {"features": ids, "source": source, "tokens": forget.n_tokens, "stats": stats}
+        taken = {
+            i for t in topics.values() for i in t["features"]
+        }  # controls of one topic avoid every topic's
+        for topic, t in topics.items():
+            info = control_info(counters[topic], retain, t["features"], seed=cfg.seed, exclude=sorted(taken))
+            taken |= set(info["controls"])
+            t |= {"typical_activation": info.pop("typical_activation"), "controls": info}
         for t in topics.values():
             held_forget, held_retain = held_out_sources(preset, t["source"])
             held_forget, held_retain = cfg.auroc_forget or held_forget, cfg.auroc_retain or held_retain

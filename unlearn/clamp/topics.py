@@ -28,7 +28,7 @@ from rich.table import Table
 
 from unlearn.clamp.select import Selection, read_selection
 from unlearn.errors import UnlearnError
-from unlearn.options import EVAL_FLAGS, EvalFlags, Flag, RunFlags, command
+from unlearn.options import EVAL_FLAGS, EvalFlags, Flag, RunFlags, command, parse_list
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,14 @@ def _items(text: str | Path | None) -> list:
         return [None]
     if isinstance(text, Path):
         return [text]
-    return [t.strip() for t in str(text).split(",") if t.strip()] or [None]
+    return parse_list(str(text)) or [None]
 
 
-def topic_pairs(features: str | Path | None, topic: str | None) -> list[tuple[str | Path | None, str | None]]:
-    """(selection, topic) pairs: `features` may list run folders separated by commas (`dirA,dirB`: each
-    folder's first topic, or the topics of `topic` in the same order), `topic` may list topics of one
-    run (`bio,chem`)."""
-    paths, topics = _items(features), _items(topic)
+def topic_pairs(path: str | Path | None, topic: str | None) -> list[tuple[str | Path | None, str | None]]:
+    """(selection, topic) pairs: `path` (`--features`) may list run folders separated by commas
+    (`dirA,dirB`: each folder's first topic, or the topics of `topic` in the same order), `topic` may
+    list topics of one run (`bio,chem`)."""
+    paths, topics = _items(path), _items(topic)
     if len(paths) == 1:
         return [(paths[0], t) for t in topics]
     if topics == [None]:
@@ -58,10 +58,10 @@ def topic_pairs(features: str | Path | None, topic: str | None) -> list[tuple[st
     return list(zip(paths, topics, strict=True))
 
 
-def read_topics(features: str | Path | None = None, topic: str | None = None) -> Selection:
+def read_topics(path: str | Path | None = None, topic: str | None = None) -> Selection:
     """One selection (`read_selection`), or several merged by `merge_selections`: see `topic_pairs` for
     how `dirA,dirB` and `--topic bio,chem` are read."""
-    pairs = topic_pairs(features, topic)
+    pairs = topic_pairs(path, topic)
     if len(pairs) == 1:
         return read_selection(*pairs[0])
     return merge_selections([read_selection(p, t) for p, t in pairs])
@@ -122,6 +122,22 @@ def truncated(selection: Selection, n: int) -> Selection:
                                controls=cut(selection.controls), control_typical=cut(selection.control_typical))  # fmt: skip
 
 
+def control_of(selection: Selection) -> Selection:
+    """The selection's frequency-matched random features in its place (with their own typical values), so
+    `clamp_values` clamps them exactly as the selected ones (the `random-features` control of intervene);
+    a control feature drawn for two merged topics is clamped once."""
+    if selection.controls is None or selection.control_typical is None:
+        raise UnlearnError(
+            f"{selection.source} has no control features (an older selection): rerun select-features "
+            "or pass --no-controls."
+        )
+    pairs = dict(
+        zip(selection.controls, selection.control_typical, strict=True)
+    )  # merged topics may share one
+    return dataclasses.replace(selection, features=list(pairs), typical=list(pairs.values()),
+                               topic=f"{selection.topic} ctrl-features", controls=None, control_typical=None)  # fmt: skip
+
+
 def topic_questions(preset, topic: str) -> str | None:
     """The question set a topic is judged on: the one its selection text reads (`questions:offline:chem@dev`
     -> `offline:chem`), else None."""
@@ -168,6 +184,9 @@ class CrossTopicConfig(EvalFlags, RunFlags):
     """Question sets, one per topic in `topics` order (default: each topic's own, from the preset)."""
     split: str | None = None
     """dev, test or all (default: the preset's)."""
+    controls: bool = True
+    """Also clamp each state's frequency-matched random features the same way (`<state> ctrl-features`):
+    an off-diagonal effect the control shows too is not about the topic."""
     extra: dict = field(default_factory=dict)
     """Further `EvalConfig` overrides (notebooks, tests)."""
 
@@ -233,7 +252,7 @@ def cross_frame(states: dict, base, topics_of: dict[str, str]) -> pd.DataFrame:
 def run_cross_topic(cfg: CrossTopicConfig, *, lm=None, sae=None, suite=None, console=None) -> Path:
     """Evaluate unhooked, each topic's top-n clamped alone, and all topics together, on every topic's
     question set; writes `results/cross-topic/<run-id>/` (`cross.json`, `cross.csv`)."""
-    from unlearn.clamp.intervene import CLAMP_UNITS, clamp
+    from unlearn.clamp.intervene import CLAMP_UNITS, feature_edit
     from unlearn.clamp.select import resolve_sae
     from unlearn.eval.suite import eval_config_from_preset, prepare_eval, weight_fingerprint
     from unlearn.models import load_model
@@ -278,6 +297,8 @@ def run_cross_topic(cfg: CrossTopicConfig, *, lm=None, sae=None, suite=None, con
     states = dict(zip(topics, cut, strict=True))
     if len(cut) > 1:
         states["+".join(topics)] = merge_selections(cut)
+    if cfg.controls:
+        states |= {f"{name} ctrl-features": control_of(sel) for name, sel in states.items()}
     eval_cfg = (
         dataclasses.asdict(suite.cfg) if dataclasses.is_dataclass(getattr(suite, "cfg", None)) else None
     )
@@ -292,7 +313,10 @@ def run_cross_topic(cfg: CrossTopicConfig, *, lm=None, sae=None, suite=None, con
         outs, points = {}, {}
         for state, sel in states.items():
             values = clamp_values(sel, unit, scale)
-            with torch.inference_mode(), clamp(lm.model, sae, sel.features, "clamp", values, hook_name=hook):
+            with (
+                torch.inference_mode(),
+                feature_edit(lm.model, sae, sel.features, "clamp", values, hook_name=hook),
+            ):
                 outs[state] = suite.run(lm.model, desc=f"clamp {state}")
             points[state] = {"features": sel.features, "clamp_values": values.tolist() if torch.is_tensor(values)
                              else [values] * len(sel.features), "metrics": outs[state].block}  # fmt: skip

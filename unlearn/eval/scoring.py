@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 from transformers import PreTrainedTokenizerBase
 
+from unlearn.batches import right_padded
 from unlearn.checks import require_finite
 from unlearn.eval.packing import MAX_ROW, LetterRow, pack_prompts
 from unlearn.eval.prompts import (
@@ -42,8 +43,8 @@ from unlearn.hooks import text_config
 ALL_ORDERS: list[tuple[int, ...]] = list(permutations(range(4)))
 """The 24 orderings of four choices; a question is *known* if answered right in all of them (Farrell et al., arXiv 2410.19278; SAEBench)."""
 
-Progress = Callable[[int], None]
-"""Called with the number of sequences just scored (drives a rich progress bar)."""
+Advance = Callable[[int], None]
+"""Called with the number of sequences just scored (drives a rich progress bar: `unlearn.progress`)."""
 
 
 class Head:
@@ -73,12 +74,8 @@ class Head:
         """Model inputs for right-padded sequences; with `segments`, the packed 4D mask and position ids
         (see `hidden_at`)."""
         device = self.weight_VD.device
-        T = max(len(s) for s in seqs)
-        ids_BT = torch.full((len(seqs), T), self.pad_id, dtype=torch.long)
-        mask_BT = torch.zeros((len(seqs), T), dtype=torch.long)
-        for b, seq in enumerate(seqs):
-            ids_BT[b, : len(seq)] = torch.tensor(seq)
-            mask_BT[b, : len(seq)] = 1
+        ids_BT, mask_BT = right_padded(seqs, self.pad_id)
+        T = ids_BT.shape[1]
         extra = {}
         if segments is not None:
             seg_BT = torch.full((len(seqs), T), -1, dtype=torch.long)  # -1: padding
@@ -183,13 +180,13 @@ class ModelLetterScorer:
     near the unpacked scorer's."""
 
     def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, *, batch_size: int = 16,
-                 progress: Progress | None = None, packed: bool = True, max_row: int = MAX_ROW):  # fmt: skip
+                 advance: Advance | None = None, packed: bool = True, max_row: int = MAX_ROW):  # fmt: skip
         self.head = Head(model)
         self.head.pad_id = tokenizer.pad_token_id or 0
         groups = letter_token_ids(tokenizer)
         self.rows_R = torch.tensor([i for g in groups for i in g], device=self.head.weight_VD.device)
         self.slots = [len(g) for g in groups]
-        self.batch_size, self.progress, self.packed = batch_size, progress, packed
+        self.batch_size, self.advance, self.packed = batch_size, advance, packed
         self.window = getattr(text_config(model), "sliding_window", None) or math.inf
         self.max_row = max_row
 
@@ -220,8 +217,8 @@ class ModelLetterScorer:
                     start += width
                 which = torch.tensor([i for r in batch for i, _ in r[2]])
                 out_N4[which] = torch.stack(cols, dim=1).double().cpu()
-                if self.progress:
-                    self.progress(len(which))
+                if self.advance:
+                    self.advance(len(which))
         return out_N4
 
 
@@ -243,11 +240,11 @@ def make_letter_scorer(
     tokenizer: PreTrainedTokenizerBase,
     *,
     batch_size: int = 16,
-    progress: Progress | None = None,
+    advance: Advance | None = None,
     packed: bool = True,
 ) -> ModelLetterScorer:
     """The model's letter scorer; `packed=False` forwards every order as its own sequence (tests, bench)."""
-    return ModelLetterScorer(model, tokenizer, batch_size=batch_size, progress=progress, packed=packed)
+    return ModelLetterScorer(model, tokenizer, batch_size=batch_size, advance=advance, packed=packed)
 
 
 def letter_prompts(
@@ -326,7 +323,7 @@ def score_cloze(
     tokenizer: PreTrainedTokenizerBase,
     *,
     batch_size: int = 16,
-    progress: Progress | None = None,
+    advance: Advance | None = None,
 ) -> dict[str, np.ndarray]:
     """Answer-text log-likelihood of each choice after `Question: …\\nAnswer:` (lm-eval's multiple-choice
     rule). `acc` takes the argmax of the summed log-probs, `acc_norm` of the sum divided by the choice's
@@ -369,8 +366,8 @@ def score_cloze(
             for qi, ci, _, targets in reads:
                 ll_N4[qi, ci] = picked[start : start + len(targets)].sum().item()
                 start += len(targets)
-            if progress:
-                progress(len(reads))
+            if advance:
+                advance(len(reads))
     require_finite(ll_N4, "answer log-likelihoods", "the cloze scorer's output")  # NaN would argmax to 0
     lengths_N4 = np.array([[len(c) for c in q.choices] for q in questions], dtype=float)
     return {"ll": ll_N4, "pred": ll_N4.argmax(axis=1), "pred_norm": (ll_N4 / lengths_N4).argmax(axis=1)}

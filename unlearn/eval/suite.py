@@ -28,7 +28,6 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
 from unlearn.checks import check_question_lengths, model_context
@@ -55,6 +54,7 @@ from unlearn.eval.scoring import (
 from unlearn.hooks import capture, forward_to, live_hooks
 from unlearn.models import LoadedModel
 from unlearn.presets import Preset
+from unlearn.progress import progress_bar
 from unlearn.results import EvalBlock, TaskScore
 from unlearn.stats import bootstrap_ci, outcome_column, stratified_bootstrap_ci
 
@@ -236,13 +236,7 @@ class EvalSuite:
             return self._outcome(frames)
         total = sum(len(t.questions) for t in self.tasks) * self._per_question
         frames = []
-        columns = [
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-        ]
-        with Progress(*columns, transient=True) as bar:
+        with progress_bar("[bold]{task.description}", clock="elapsed", transient=True) as bar:
             job = bar.add_task(desc or f"eval ({protocol})", total=total)
             for task in self.tasks:
                 if on_task is not None:
@@ -252,7 +246,7 @@ class EvalSuite:
                 advance = lambda n: bar.advance(job, n)  # noqa: E731
                 if reuse is None:
                     frame = score_questions(model, self.tokenizer, task.questions, cfg,
-                                            chat_template=self.chat_template, progress=advance)  # fmt: skip
+                                            chat_template=self.chat_template, advance=advance)  # fmt: skip
                 else:
                     frame = self._reused(model, task, reuse, advance)
                 frames.append(self._finish(task, frame))
@@ -297,7 +291,7 @@ class EvalSuite:
         if touched is None:  # lm-eval: score everything under the live hook
             with reuse.hook(True):
                 return score_questions(model, self.tokenizer, task.questions, cfg, chat_template=chat,
-                                       progress=advance)  # fmt: skip
+                                       advance=advance)  # fmt: skip
         base = reuse.base[reuse.base["task"] == task.name].drop(columns=["task", "role", "known"])
         base = base.reset_index(drop=True)
         if len(base) != len(task.questions) or list(base["index"]) != [
@@ -311,7 +305,7 @@ class EvalSuite:
         if picked:
             with reuse.hook(False):
                 scored = score_questions(
-                    model, self.tokenizer, picked, cfg, chat_template=chat, progress=advance
+                    model, self.tokenizer, picked, cfg, chat_template=chat, advance=advance
                 )
             for col in scored.columns:
                 frame.loc[touched, col] = scored[col].to_numpy()
@@ -337,7 +331,7 @@ def score_questions(
     cfg: EvalConfig,
     *,
     chat_template: bool,
-    progress=None,
+    advance=None,
 ) -> pd.DataFrame:
     """Per-question predictions of one protocol (the model as it is now, hooks included).
 
@@ -353,7 +347,7 @@ def score_questions(
     )
     answers = frame["answer"].to_numpy()
     if cfg.protocol == "letter":
-        scorer = make_letter_scorer(model, tokenizer, batch_size=cfg.batch_size, progress=progress)
+        scorer = make_letter_scorer(model, tokenizer, batch_size=cfg.batch_size, advance=advance)
         orders = ALL_ORDERS if cfg.permutations else [(0, 1, 2, 3)]
         out = score_letter(questions, tokenizer, scorer, chat_template=chat_template, orders=orders)
         frame["pred"] = out["pred"]
@@ -362,7 +356,7 @@ def score_questions(
             frame["frac_correct"] = out["correct"].mean(axis=1)
             frame["all_orders_correct"] = out["correct"].all(axis=1)
     elif cfg.protocol == "cloze":
-        out = score_cloze(questions, model, tokenizer, batch_size=cfg.batch_size, progress=progress)
+        out = score_cloze(questions, model, tokenizer, batch_size=cfg.batch_size, advance=advance)
         frame["pred"], frame["pred_norm"] = out["pred"], out["pred_norm"]
         frame["correct"] = out["pred"] == answers
         frame["correct_norm"] = out["pred_norm"] == answers
@@ -375,7 +369,7 @@ def score_questions(
                 model,
                 tokenizer,
                 batch_size=cfg.batch_size,
-                progress=progress,
+                advance=advance,
             )
             for k in range(4):
                 frame[f"prior_ll_{k}"] = prior["ll"][:, k]
@@ -390,8 +384,8 @@ def score_questions(
         )
         frame["pred"] = out["pred"]
         frame["correct"] = out["pred"] == answers
-        if progress:
-            progress(len(questions))
+        if advance:
+            advance(len(questions))
     else:
         raise UnlearnError(f"Unknown protocol {cfg.protocol!r}; use letter, cloze or lm-eval.")
     return frame

@@ -282,7 +282,9 @@ def _read_eval(run_dir: Path, run: str, results_dir: Path) -> list[dict]:
         return [_row(cfg, "eval", run, "eval", block, run_dir / "questions.csv")]
     rmu_path = Path(cfg["rmu"])
     params: dict[str, Any] = {"source": str(rmu_path)}
-    for cand in (rmu_path, results_dir / rmu_path, results_dir / "rmu-baseline" / rmu_path):
+    from unlearn.rmu.weights import run_candidates
+
+    for cand in run_candidates(rmu_path, results_dir):
         cand = cand.parent if cand.suffix == ".safetensors" else cand  # --rmu may name the weights file
         if (cand / "config.json").exists():
             try:

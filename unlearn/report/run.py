@@ -17,14 +17,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated
 
 import pandas as pd
-import typer
 from rich.console import Console
 
 from unlearn.checks import writable_dir
 from unlearn.errors import UnlearnError
+from unlearn.options import Flag, command, parse_list
 from unlearn.paths import results_dir
 from unlearn.report.collect import BASELINE_METHODS, METHODS, Collection, collect, collect_runs, pareto_mask
 from unlearn.report.extras import extra_tables
@@ -105,7 +104,7 @@ class ReportConfig:
     """Options of `unlearn report`."""
 
     results: Path | None = None
-    """Results tree to read (default: `$UNLEARN_RESULTS` or `./results`)."""
+    """Results tree to read (and to write the report into; default: `$UNLEARN_RESULTS` or `./results`)."""
     out: Path | None = None
     """Folder for the report files (default: `<results>/report/<run-id>/`)."""
     formats: tuple[str, ...] = ("md", "html", "csv")
@@ -141,7 +140,7 @@ def filter_split(points: pd.DataFrame, split: str, notes: list[str] | None = Non
 def filter_points(points: pd.DataFrame, preset: str | None, method: str | None) -> pd.DataFrame:
     """Rows of the chosen presets and methods; the unhooked rows stay so that deltas keep their reference."""
     if preset:
-        wanted = {p.strip() for p in preset.split(",") if p.strip()}
+        wanted = set(parse_list(preset))
         keep = points["group"].isin(wanted) | points["model"].isin(wanted)
         if not keep.any():
             raise UnlearnError(
@@ -150,7 +149,7 @@ def filter_points(points: pd.DataFrame, preset: str | None, method: str | None) 
             )
         points = points[keep]
     if method:
-        wanted = {m.strip() for m in method.split(",") if m.strip()}
+        wanted = set(parse_list(method))
         bad = wanted - {*METHODS, "sae"}
         if bad:
             raise UnlearnError(f"unknown method(s) {sorted(bad)}; choose from sae, {', '.join(METHODS)}")
@@ -166,7 +165,7 @@ def filter_points(points: pd.DataFrame, preset: str | None, method: str | None) 
 
 def parse_formats(text: str | tuple[str, ...]) -> tuple[str, ...]:
     items = tuple(
-        f.strip().lower() for f in (text.split(",") if isinstance(text, str) else text) if f.strip()
+        f.lower() for f in (parse_list(text) if isinstance(text, str) else map(str.strip, text)) if f
     )
     bad = [f for f in items if f not in FORMATS]
     if bad or not items:
@@ -245,28 +244,8 @@ def run_report(cfg: ReportConfig, console: Console | None = None) -> Path:
     return out
 
 
-def report_command(
-    results: Annotated[
-        Path | None, typer.Option(help="Results tree to read (default: $UNLEARN_RESULTS or ./results).")
-    ] = None,
-    out: Annotated[
-        Path | None, typer.Option(help="Report folder (default: <results>/report/<run-id>/).")
-    ] = None,
-    format: Annotated[str, typer.Option(help="Comma-separated: md, html, csv, png.")] = "md,html,csv",
-    preset: Annotated[
-        str | None, typer.Option(help="Only this preset or model id (comma-separated).")
-    ] = None,
-    method: Annotated[
-        str | None,
-        typer.Option(help="Only these methods: sae, sae-clamp, sae-zero, sae-scale, rmu (comma-separated)."),
-    ] = None,
-    split: Annotated[
-        str, typer.Option(help="test (test and whole-set runs, never dev), dev, or all.")
-    ] = "test",
-) -> None:
-    """Compare SAE interventions with RMU from everything under results/: tables, plots, HTML."""
-    run_report(
-        ReportConfig(
-            results=results, out=out, formats=parse_formats(format), preset=preset, method=method, split=split
-        )
-    )
+report_command = command(
+    ReportConfig, run_report,
+    doc="Compare SAE interventions with RMU from everything under results/: tables, plots, HTML.",
+    flags={"formats": Flag("--format", comma=True, parse=parse_formats)},
+)  # fmt: skip

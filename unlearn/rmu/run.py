@@ -347,10 +347,9 @@ class _progress:
     def __enter__(self) -> Callable[[int, StepLosses], None] | None:
         if not self.enabled:
             return None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+        from unlearn.progress import progress_bar
 
-        self.bar = Progress(TextColumn("RMU"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                            TextColumn("{task.fields[losses]}"))  # fmt: skip
+        self.bar = progress_bar("RMU", "losses")
         self.bar.__enter__()
         task = self.bar.add_task("rmu", total=self.total, losses="")
 

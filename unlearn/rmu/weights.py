@@ -41,9 +41,16 @@ def completed_rmu_weights(run: str | Path) -> Path:
     return path
 
 
+def run_candidates(run: str | Path, results: Path | None = None) -> tuple[Path, Path, Path]:
+    """Where an rmu-baseline run named `run` may be, in the order looked at: as given, under the results
+    tree (default: `results_dir()`), under its `rmu-baseline/` folder (a bare run id)."""
+    results = results_dir() if results is None else results
+    return Path(run), results / Path(run), results / "rmu-baseline" / Path(run)
+
+
 def weights_path(run: str | Path) -> Path:
     """A run folder, its `weights.safetensors`, or a run id under results/rmu-baseline/."""
-    for cand in (Path(run), results_dir() / Path(run), results_dir() / "rmu-baseline" / Path(run)):
+    for cand in run_candidates(run):
         if cand.is_file():
             return cand
         if (cand / WEIGHTS_FILE).is_file():

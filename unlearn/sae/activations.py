@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
+from unlearn.batches import bos_prefix, right_padded
 from unlearn.hooks import forward_to, hook_width
+from unlearn.progress import progress_bar
 from unlearn.results import read_json, write_json
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ def token_windows(
     """Documents joined by blank lines into one token stream, cut into windows of `max_length` tokens,
     each starting with BOS (Gemma is very sensitive to a missing BOS; lm-eval's `add_bos_token`). Full windows need no
     padding: cutting each ~150-token document on its own wasted about half of every forward."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    bos = bos_prefix(tokenizer)
     body = max_length - len(bos)
     stream: list[int] = []
     for text in texts:
@@ -69,12 +70,7 @@ def batch_windows(
         if window is not None:
             batch.append(window)
         if batch and (window is None or len(batch) == batch_size):
-            T = max(map(len, batch))
-            ids_BT = torch.full((len(batch), T), pad_id, dtype=torch.long)
-            mask_BT = torch.zeros((len(batch), T), dtype=torch.long)
-            for i, w in enumerate(batch):
-                ids_BT[i, : len(w)] = torch.tensor(w)
-                mask_BT[i, : len(w)] = 1
+            ids_BT, mask_BT = right_padded(batch, pad_id)
             keep_BT = mask_BT.bool()
             keep_BT[:, :n_prefix] = False
             yield {"input_ids": ids_BT, "attention_mask": mask_BT, "keep": keep_BT, "n_windows": len(batch)}
@@ -120,15 +116,8 @@ def collect_activations(
     n_prefix = int(tokenizer.bos_token_id is not None)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     windows = itertools.islice(token_windows(tokenizer, texts, max_length), done, None)
-    columns = [
-        TextColumn("activations"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[rate]}"),
-    ]
     t0, start = time.perf_counter(), filled
-    with Progress(*columns, disable=not progress) as bar, torch.inference_mode():
+    with progress_bar("activations", "rate", enabled=progress) as bar, torch.inference_mode():
         task = bar.add_task("acts", total=n_tokens, completed=filled, rate="")
         for i, batch in enumerate(batch_windows(windows, batch_size, pad, n_prefix)):
             acts_BTD = forward_to(

@@ -24,6 +24,7 @@ import torch
 from safetensors.torch import save
 from torch import Tensor, nn
 
+from unlearn.checks import DTYPE_NAMES
 from unlearn.errors import UnlearnError
 
 logger = logging.getLogger(__name__)
@@ -34,12 +35,6 @@ ARCHITECTURES: tuple[str, ...] = get_args(Architecture)
 # SAELens' file names (sae_lens/constants.py), so that our folders load in SAELens and vice versa.
 SAE_CFG_FILENAME = "cfg.json"
 SAE_WEIGHTS_FILENAME = "sae_weights.safetensors"
-_DTYPE_NAMES = {
-    torch.float32: "float32",
-    torch.float64: "float64",
-    torch.float16: "float16",
-    torch.bfloat16: "bfloat16",
-}
 
 
 class SAE(nn.Module):
@@ -200,7 +195,7 @@ class SAE(nn.Module):
             "architecture": self.architecture,
             "d_in": self.d_in,
             "d_sae": self.d_sae,
-            "dtype": _DTYPE_NAMES.get(self.dtype, str(self.dtype).removeprefix("torch.")),
+            "dtype": DTYPE_NAMES.get(self.dtype, str(self.dtype).removeprefix("torch.")),
             "device": "cpu",
             "apply_b_dec_to_input": self.apply_b_dec_to_input,
             "normalize_activations": "none",

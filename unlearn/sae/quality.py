@@ -6,16 +6,15 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from torch import Tensor, nn
 
 from unlearn.errors import UnlearnError
 from unlearn.hooks import edit, forward_to
+from unlearn.progress import progress_bar
 from unlearn.sae.activations import batch_windows, token_windows
 from unlearn.sae.model import SAE
 
 # --- evaluation on held-out text ---------------------------------------------------------------------------
-
 
 
 def variance_explained(x_ND, x_hat_ND) -> float:
@@ -23,6 +22,12 @@ def variance_explained(x_ND, x_hat_ND) -> float:
     `1 - Σ(x̂ - x)² / Σ(x - x̄)²` (one batch; `evaluate_sae` accumulates the same over held-out text)."""
     var = (x_ND - x_ND.mean(0)).pow(2).sum()
     return 1 - (x_hat_ND - x_ND).pow(2).sum().item() / var.item()
+
+
+def _streamed_fve(sse: float, sum_sq: float, sum_x_D: Tensor, n: int) -> float:
+    """`variance_explained` from running sums over n tokens: Σ(x - x̄)² = Σx² - |Σx|² / n."""
+    return 1 - sse / (sum_sq - sum_x_D.pow(2).sum().item() / n)
+
 
 def _next_token_ce(logits_BTV: Tensor, ids_BT: Tensor, sel_BT: Tensor, mask_BT: Tensor) -> tuple[float, int]:
     """Summed next-token cross-entropy over positions t with sel[t] whose target t+1 is a real token."""
@@ -85,13 +90,7 @@ def evaluate_sae(
     fired_F = torch.zeros(sae.d_sae, dtype=torch.bool)
     ce = {"clean": 0.0, "sae": 0.0, "zero": 0.0}
     ce_n = 0
-    columns = [
-        TextColumn("evaluate SAE"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[info]}"),
-    ]
-    with Progress(*columns, disable=not progress) as bar:
+    with progress_bar("evaluate SAE", "info", clock=None, enabled=progress) as bar:
         task = bar.add_task("eval", total=max_tokens, info="")
         for batch in batch_windows(token_windows(tokenizer, texts, max_length), batch_size, pad, n_prefix):
             ids_BT, mask_BT, keep_BT = batch["input_ids"], batch["attention_mask"], batch["keep"]
@@ -114,16 +113,15 @@ def evaluate_sae(
             bar.update(
                 task,
                 completed=n,
-                info=f"{n} tokens, FVE {1 - sse / (sum_sq - sum_x_D.pow(2).sum().item() / n):.3f}",
+                info=f"{n} tokens, FVE {_streamed_fve(sse, sum_sq, sum_x_D, n):.3f}",
             )
             if max_tokens is not None and n >= max_tokens:
                 break
     if n == 0:
         raise UnlearnError("no evaluation tokens: the held-out texts are empty")
-    total_var = sum_sq - sum_x_D.pow(2).sum().item() / n
     out = {
         "tokens": n,
-        "variance_explained": 1 - sse / total_var,
+        "variance_explained": _streamed_fve(sse, sum_sq, sum_x_D, n),
         "mse_per_token": sse / n,
         "l0": l0_sum / n,
         "dead_frac": 1 - fired_F.float().mean().item(),

@@ -19,10 +19,10 @@ import math
 from dataclasses import dataclass
 
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch import Tensor, nn
 
 from unlearn.errors import UnlearnError
+from unlearn.progress import progress_bar
 from unlearn.sae.model import SAE
 from unlearn.sae.quality import variance_explained
 
@@ -271,14 +271,7 @@ def train_sae(acts_ND: Tensor, cfg: SAETrainConfig, *, progress: bool = True) ->
     last_fired_F = torch.zeros(cfg.width, dtype=torch.long)
     seen, history, order = 0, [], torch.empty(0, dtype=torch.long)
 
-    columns = [
-        TextColumn("train SAE"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        TextColumn("{task.fields[stats]}"),
-    ]
-    with Progress(*columns, disable=not progress) as bar:
+    with progress_bar("train SAE", "stats", enabled=progress) as bar:
         task = bar.add_task("train", total=total, stats="")
         for step in range(total):
             if len(order) < cfg.batch_size:  # new epoch: a fresh permutation, leftovers first
