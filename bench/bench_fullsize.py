@@ -86,7 +86,7 @@ def rehearse(n_questions: int = 2, n_layers: int | None = None, n_features: int 
     import numpy as np
     import torch
 
-    from unlearn.clamp.intervene import clamp
+    from unlearn.clamp.intervene import feature_edit
     from unlearn.eval.scoring import ALL_ORDERS, ModelLetterScorer, letter_prompts, letter_token_ids
     from unlearn.eval.suite import eval_config_from_preset, forwarded_sequences, prepare_eval
     from unlearn.hooks import forward_to
@@ -144,7 +144,7 @@ def rehearse(n_questions: int = 2, n_layers: int | None = None, n_features: int 
     active = (sae.encode(x.float()) > 0).float().mean(0)
     features = torch.argsort(active, descending=True)[:n_features].tolist()
     t0 = time.perf_counter()
-    with clamp(model, sae, features, "clamp", -20.0, hook_name=hook):
+    with feature_edit(model, sae, features, "clamp", -20.0, hook_name=hook):
         point = suite.run(lm)
     out["point_s"] = time.perf_counter() - t0
     out |= {"rss_peak_gib": peak_rss_gib(), "base": base.block, "point": point.block,
