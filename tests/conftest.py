@@ -81,7 +81,7 @@ def build_tokenizer() -> PreTrainedTokenizerFast:
     return fast
 
 
-def build_model(family: str, vocab_size: int) -> torch.nn.Module:
+def build_model(family: str, vocab_size: int, sliding_window: int = 32) -> torch.nn.Module:
     common = dict(
         vocab_size=vocab_size,
         hidden_size=64,
@@ -99,9 +99,13 @@ def build_model(family: str, vocab_size: int) -> torch.nn.Module:
     if family == "gemma":
         model = GemmaForCausalLM(GemmaConfig(**common))
     elif family == "gemma2":
-        model = Gemma2ForCausalLM(Gemma2Config(**common, sliding_window=32, attn_implementation="eager"))
+        model = Gemma2ForCausalLM(
+            Gemma2Config(**common, sliding_window=sliding_window, attn_implementation="eager")
+        )
     elif family == "gemma3":
-        model = Gemma3ForCausalLM(Gemma3TextConfig(**common, sliding_window=32, attn_implementation="eager"))
+        model = Gemma3ForCausalLM(
+            Gemma3TextConfig(**common, sliding_window=sliding_window, attn_implementation="eager")
+        )
     else:
         raise ValueError(family)
     return model.eval()

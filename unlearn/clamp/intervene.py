@@ -179,11 +179,8 @@ def feature_edit(
             protect_BT = sink_BT if protect_BT is None else protect_BT | sink_BT
         out_BTD = clamped(sae, x_BTD, idx_K, mode, value, protect_BT, directions_KD=directions_KD)
         if stats is not None:
-            real_BT = torch.ones(x_BTD.shape[:-1], dtype=torch.bool, device=x_BTD.device)
-            mask_BT = seen.get("attention_mask")
-            mask_BT = mask_BT if torch.is_tensor(mask_BT) and mask_BT.dim() == 2 else None
-            if mask_BT is not None and mask_BT.shape == real_BT.shape:
-                real_BT &= mask_BT.bool().to(x_BTD.device)
+            # padding is not counted, whether behind a 2D mask or a packed row's 4D one
+            real_BT = real_tokens(seen.get("attention_mask"), x_BTD.shape[:-1], x_BTD.device)
             if protect_BT is not None:
                 real_BT &= ~protect_BT
             stats.update(x_BTD, out_BTD, real_BT)

@@ -9,7 +9,9 @@ for the letter protocol only to the rows of the letter tokens. Gemma 2/3 final-l
 Batches are right-padded: real tokens keep positions 0..n-1, padding sits after them behind the
 attention mask, so padded and unpadded sequences give the same numbers (tested). The cloze scorer
 packs a question's four answers behind one copy of its context (`pack_choices`), with a 4D mask and
-position ids that make each answer see exactly what it would see alone (tested against the full model).
+position ids that make each answer see exactly what it would see alone (tested against the full model);
+the letter scorer packs a question's 24 answer orders behind one copy of their shared prefix the same
+way (`unlearn.eval.packing`; tested equal to scoring each order alone).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from itertools import permutations
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -25,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 
 from unlearn.batches import right_padded
 from unlearn.checks import require_finite
+from unlearn.eval.packing import MAX_ROW, LetterRow, pack_prompts
 from unlearn.eval.prompts import (
     LETTERS,
     QuestionLike,
@@ -55,12 +59,13 @@ class Head:
         self.pad_id = 0
 
     def logits(self, hidden_ND: Tensor, rows: Tensor | None = None) -> Tensor:
-        """Float32 logits of the hidden rows for all vocabulary rows, or only `rows` (token ids)."""
+        """Float32 logits (float64 for a float64 model) of the hidden rows for all vocabulary rows, or only
+        `rows` (token ids)."""
         weight = self.weight_VD if rows is None else self.weight_VD[rows]
         logits = hidden_ND.to(weight.dtype) @ weight.T
         if self.bias_V is not None:
             logits = logits + (self.bias_V if rows is None else self.bias_V[rows])
-        logits = logits.float()
+        logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float64 models stay float64
         if self.softcap:
             logits = torch.tanh(logits / self.softcap) * self.softcap
         return logits
@@ -159,8 +164,75 @@ def letter_token_ids(tokenizer: PreTrainedTokenizerBase) -> list[list[int]]:
     return ids
 
 
-LetterScorer = Callable[[list[list[int]]], Tensor]
-"""Token-id prompts -> (n, 4) letter scores; the real one runs the model, tests pass fakes."""
+class LetterScorer(Protocol):
+    """Token-id prompts -> (n, 4) letter scores; the real one runs the model, tests pass fakes."""
+
+    def __call__(self, prompts: list[list[int]]) -> Tensor: ...
+
+
+class ModelLetterScorer:
+    """Letter logits (max over "A"/" A" per letter) at the last token of each prompt.
+
+    `score_groups` takes prompts grouped by question and, with `packed` (the default), forwards each
+    group behind one copy of its shared token prefix (`unlearn.eval.packing`): exact, since every order
+    sees exactly the tokens and positions it would see alone (tested in float64 against `packed=False`).
+    `batch_size` counts prompts (a batch is filled with rows until it holds that many), so memory stays
+    near the unpacked scorer's."""
+
+    def __init__(self, model: nn.Module, tokenizer: PreTrainedTokenizerBase, *, batch_size: int = 16,
+                 advance: Advance | None = None, packed: bool = True, max_row: int = MAX_ROW):  # fmt: skip
+        self.head = Head(model)
+        self.head.pad_id = tokenizer.pad_token_id or 0
+        groups = letter_token_ids(tokenizer)
+        self.rows_R = torch.tensor([i for g in groups for i in g], device=self.head.weight_VD.device)
+        self.slots = [len(g) for g in groups]
+        self.batch_size, self.advance, self.packed = batch_size, advance, packed
+        self.window = getattr(text_config(model), "sliding_window", None) or math.inf
+        self.max_row = max_row
+
+    def __call__(self, prompts: list[list[int]]) -> Tensor:
+        """Every prompt on its own (no grouping known)."""
+        return self.score_groups([[p] for p in prompts])
+
+    def rows(self, groups: Sequence[Sequence[list[int]]]) -> list[LetterRow]:
+        return pack_prompts(groups, window=self.window, limit=self.max_row, packed=self.packed)
+
+    @torch.no_grad()
+    def score_groups(self, groups: Sequence[Sequence[list[int]]]) -> Tensor:
+        """(total prompts, 4) letter scores of the grouped prompts, in order."""
+        rows = self.rows(groups)
+        out_N4 = torch.empty((sum(len(g) for g in groups), 4), dtype=torch.float64)
+        for kind in (True, False):  # packed rows (4D mask) and plain rows (the model's own mask) apart
+            group = [r for r in rows if (r[1] is not None) == kind]
+            for batch in _row_batches(group, self.batch_size):
+                hidden = self.head.hidden_at(
+                    [r[0] for r in batch],
+                    [[pos for _, pos in r[2]] for r in batch],
+                    [r[1] for r in batch] if kind else None,
+                )
+                logits_NR = self.head.logits(torch.cat(hidden), self.rows_R)
+                cols, start = [], 0
+                for width in self.slots:  # max over "A"/" A" per letter
+                    cols.append(logits_NR[:, start : start + width].max(dim=1).values)
+                    start += width
+                which = torch.tensor([i for r in batch for i, _ in r[2]])
+                out_N4[which] = torch.stack(cols, dim=1).double().cpu()
+                if self.advance:
+                    self.advance(len(which))
+        return out_N4
+
+
+def _row_batches(rows: list[LetterRow], batch_size: int) -> list[list[LetterRow]]:
+    """Rows longest first, each batch holding rows until it scores `batch_size` prompts (at least one row)."""
+    batches: list[list[LetterRow]] = []
+    count = batch_size
+    for row in sorted(rows, key=lambda r: -len(r[0])):
+        if count + len(row[2]) > batch_size:
+            batches.append([])
+            count = 0
+        batches[-1].append(row)
+        count += len(row[2])
+    return batches
 
 
 def make_letter_scorer(
@@ -169,30 +241,27 @@ def make_letter_scorer(
     *,
     batch_size: int = 16,
     advance: Advance | None = None,
-) -> LetterScorer:
-    head = Head(model)
-    head.pad_id = tokenizer.pad_token_id or 0
-    groups = letter_token_ids(tokenizer)
-    rows = torch.tensor([i for g in groups for i in g], device=head.weight_VD.device)
-    slots = [[k for k, _ in enumerate(g)] for g in groups]
+    packed: bool = True,
+) -> ModelLetterScorer:
+    """The model's letter scorer; `packed=False` forwards every order as its own sequence (tests, bench)."""
+    return ModelLetterScorer(model, tokenizer, batch_size=batch_size, advance=advance, packed=packed)
 
-    @torch.no_grad()
-    def score(prompts: list[list[int]]) -> Tensor:
-        out_N4 = torch.empty((len(prompts), 4))
-        for batch in _batches(len(prompts), [len(p) for p in prompts], batch_size):
-            seqs = [prompts[i] for i in batch]
-            hidden = head.hidden_at(seqs, [[len(s) - 1] for s in seqs])
-            logits_BR = head.logits(torch.cat(hidden), rows)
-            start, cols = 0, []
-            for slot in slots:  # max over "A"/" A" per letter
-                cols.append(logits_BR[:, start : start + len(slot)].max(dim=1).values)
-                start += len(slot)
-            out_N4[batch] = torch.stack(cols, dim=1).cpu()
-            if advance:
-                advance(len(batch))
-        return out_N4
 
-    return score
+def letter_prompts(
+    questions: Sequence[QuestionLike],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    chat_template: bool,
+    orders: Sequence[Sequence[int]],
+) -> list[list[list[int]]]:
+    """Per question, the token ids of its letter prompt under each order."""
+    return [
+        [
+            encode_prompt(letter_prompt(q, tokenizer, chat_template=chat_template, order=o), tokenizer)
+            for o in orders
+        ]
+        for q in questions
+    ]
 
 
 def score_letter(
@@ -209,12 +278,12 @@ def score_letter(
     booleans, and `scores` (n, 4) letter scores of the first order. A question is *known* when
     `correct.all(axis=1)` with `orders=ALL_ORDERS`.
     """
-    prompts = [
-        encode_prompt(letter_prompt(q, tokenizer, chat_template=chat_template, order=order), tokenizer)
-        for q in questions
-        for order in orders
-    ]
-    scores = scorer(prompts).reshape(len(questions), len(orders), 4)
+    grouped = letter_prompts(questions, tokenizer, chat_template=chat_template, orders=orders)
+    if hasattr(scorer, "score_groups"):  # the model's scorer packs each question's orders
+        scores = scorer.score_groups(grouped)
+    else:
+        scores = scorer([p for group in grouped for p in group])
+    scores = scores.reshape(len(questions), len(orders), 4)
     require_finite(scores, "letter logits", "the letter scorer's output")  # NaN would argmax to "A"
     picked = scores.argmax(dim=-1).numpy()  # (n, n_orders) position in the permuted list
     orders_arr = np.asarray(orders)

@@ -41,8 +41,17 @@ from unlearn.eval.known import (  # noqa: F401  (PROMPT_VERSION, cloze_known, we
     unhooked_scores,
     weight_fingerprint,
 )
-from unlearn.eval.prompts import QuestionLike, answer_prior, encode_prompt, letter_prompt
-from unlearn.eval.scoring import ALL_ORDERS, Head, cloze_rows, make_letter_scorer, score_cloze, score_letter
+from unlearn.eval.prompts import QuestionLike, answer_prior
+from unlearn.eval.scoring import (
+    ALL_ORDERS,
+    Head,
+    ModelLetterScorer,
+    cloze_rows,
+    letter_prompts,
+    make_letter_scorer,
+    score_cloze,
+    score_letter,
+)
 from unlearn.hooks import capture, forward_to, live_hooks
 from unlearn.models import LoadedModel
 from unlearn.presets import Preset
@@ -393,18 +402,17 @@ def forwarded_sequences(
     model: nn.Module, tokenizer, questions: Sequence[QuestionLike], cfg: EvalConfig, *, chat_template: bool
 ) -> list[Forwarded] | None:
     """The token sequences that `score_questions` forwards for these questions: cloze packed rows (and the
-    answer-prior rows with `mutual_info`), letter prompts (one per order). None for lm-eval, whose
+    answer-prior rows with `mutual_info`), letter rows (a question's orders packed). None for lm-eval, whose
     requests are built inside lm-eval."""
     n = len(questions)
     if cfg.protocol == "cloze":
         asked = list(questions) + ([answer_prior(q) for q in questions] if cfg.mutual_info else [])
         return [(ids, seg, reads[0][0] % n) for ids, seg, reads in cloze_rows(asked, tokenizer, model)]
-    if cfg.protocol == "letter":
+    if cfg.protocol == "letter":  # the rows `ModelLetterScorer.score_groups` forwards (orders packed)
         orders = ALL_ORDERS if cfg.permutations else [(0, 1, 2, 3)]
-        prompt = lambda q, o: letter_prompt(q, tokenizer, chat_template=chat_template, order=o)  # noqa: E731
-        return [
-            (encode_prompt(prompt(q, o), tokenizer), None, i) for i, q in enumerate(questions) for o in orders
-        ]
+        grouped = letter_prompts(questions, tokenizer, chat_template=chat_template, orders=orders)
+        rows = ModelLetterScorer(model, tokenizer).rows(grouped)
+        return [(ids, seg, reads[0][0] // len(orders)) for ids, seg, reads in rows]
     return None
 
 
