@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_intervene import HOOK, _fires_on_token, _inputs, random_sae
+from test_intervene import HOOK, _fires_on_token, _inputs, random_sae, write_question_sets
 
 from unlearn.clamp.gates import FiringLog, Gate, gated
 from unlearn.clamp.intervene import feature_edit
@@ -223,11 +223,7 @@ def _question_files(tmp_path):
         "retain": [{"question": f"Which city {i} is a capital{' heart' if i == 0 else ''}?",
                     "choices": ["Paris", "Lyon", "Nice", "Metz"], "answer": i % 4} for i in range(8)],
     }  # fmt: skip
-    paths = {}
-    for role, rs in rows.items():
-        paths[role] = tmp_path / f"{role}.jsonl"
-        paths[role].write_text("".join(json.dumps(r) + "\n" for r in rs))
-    return paths
+    return write_question_sets(tmp_path, rows)
 
 
 def test_a_sweep_gives_the_same_points_with_and_without_the_cache(tiny, tmp_path, monkeypatch):

@@ -60,6 +60,15 @@ def dense_reference(sae: SAE, x, features, mode, scale, protect=None):
     return sae.decode(f_new) + (x - sae.decode(f))
 
 
+def write_question_sets(tmp_path, rows: dict[str, list[dict]]) -> dict:
+    """One question .jsonl per role (`{role: [rows]}`) under `tmp_path`; returns {role: path}."""
+    paths = {}
+    for role, rs in rows.items():
+        paths[role] = tmp_path / f"{role}.jsonl"
+        paths[role].write_text("".join(json.dumps(r) + "\n" for r in rs))
+    return paths
+
+
 @pytest.mark.parametrize("architecture", ARCHITECTURES)
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("apply_b_dec", [False, True])
@@ -528,10 +537,7 @@ def test_gated_point_is_calibrated_on_retain_and_leaves_unfired_questions_bit_id
         "retain": [{"question": f"Which city {i} is a capital{' heart' if i == 0 else ''}?",
                     "choices": ["Paris", "Lyon", "Nice", "Metz"], "answer": i % 4} for i in range(6)],
     }  # fmt: skip
-    paths = {}
-    for role, rs in rows.items():
-        paths[role] = tmp_path / f"{role}.jsonl"
-        paths[role].write_text("".join(json.dumps(r) + "\n" for r in rs))
+    paths = write_question_sets(tmp_path, rows)
     cfg = InterveneConfig(
         feature_ids=[5], scales=[-50.0], clamp_unit="absolute", controls=[], gates=["none", "window"],
         gate_fpr=0.0, protocol="cloze", forget_tasks=[str(paths["forget"])],
