@@ -54,6 +54,14 @@ from unlearn.clamp.gate_points import (
     with_scored_rates,
 )
 from unlearn.clamp.gates import FiringLog, Gate, gated, real_tokens, sink_tokens
+from unlearn.clamp.shard import (
+    FanoutFlags,
+    check_shard_flags,
+    open_shard,
+    parse_shard,
+    shard_points,
+    shard_state,
+)
 from unlearn.errors import UnlearnError
 from unlearn.eval.hook_cache import hook_layer_cache
 from unlearn.eval.suite import EvalSuite, Reuse
@@ -194,7 +202,7 @@ def feature_edit(
 
 
 @dataclass
-class InterveneConfig(EvalFlags, RunFlags):
+class InterveneConfig(FanoutFlags, EvalFlags, RunFlags):
     features: str | None = None
     """select-features run folder or its features.json (default: the latest run); `dirA,dirB` merges the
     selections (`unlearn.clamp.topics.read_topics`: round-robin, so the top n holds each topic's best)."""
@@ -296,7 +304,11 @@ def check_intervene_flags(cfg: InterveneConfig) -> None:
     positive_int(cfg.limit, "--limit")
     positive_int(cfg.batch_size, "--batch-size")
     checks.feature_ids(cfg.feature_ids)
-    check_new_run("intervene", cfg.run_id, resume=cfg.resume, overwrite=cfg.overwrite)
+    if cfg.shard is not None:
+        check_shard_flags("intervene", cfg.run_id, parse_shard(cfg.shard), resume=cfg.resume,
+                          overwrite=cfg.overwrite, settings=sweep_settings(cfg))  # fmt: skip
+    else:
+        check_new_run("intervene", cfg.run_id, resume=cfg.resume, overwrite=cfg.overwrite)
     check_model_path(cfg.model)
 
 
@@ -313,9 +325,26 @@ def _open_run(cfg: InterveneConfig, identity: dict, config: dict):
             resume = False
     if run_id and resume and not (results_dir() / "intervene" / run_id).exists():
         resume = False  # --run-id NEW --resume: nothing to resume yet
+    if run_id and (state := shard_state(results_dir() / "intervene" / run_id)) is not None:
+        raise UnlearnError(f"run {run_id} is sharded ({state.count} shards): continue it with "
+                           f"--shard I/{state.count} --resume, or pass a new --run-id")  # fmt: skip
     return open_run(
         "intervene", identity, config=config, run_id=run_id, resume=resume, overwrite=cfg.overwrite
     )
+
+
+def sweep_settings(cfg: InterveneConfig) -> dict:
+    """The sweep's keys of config.json, known from the flags alone (every shard of a run must agree)."""
+    sizes = cfg.n_features or ([len(cfg.feature_ids)] if cfg.feature_ids else [20])
+    return {"grid": {"modes": cfg.modes, "n_features": sizes, "scales": cfg.scales},
+            "controls": cfg.controls, "seed": cfg.seed, "gates": cfg.gates, "gate_fpr": cfg.gate_fpr,
+            "window_span": cfg.window_span,
+            "dilution": {"prefix_tokens": cfg.dilution, "questions": cfg.dilution_questions,
+                         "text": cfg.dilution_text}}  # fmt: skip
+
+
+def write_summary(run_dir: Path) -> None:
+    write_table(run_dir / "summary.csv", summary_frame(run_dir))
 
 
 def summary_frame(run_dir: Path) -> pd.DataFrame:
@@ -402,7 +431,16 @@ def run_intervene(
     from unlearn.clamp.topics import read_topics  # one selection, or several merged (dirA,dirB / bio,chem)
     from unlearn.eval.suite import weight_fingerprint
 
+    if cfg.launcher is not None or cfg.shards is not None:  # fan out over jobs, each one shard
+        from unlearn.clamp.launch import launch_sweep
+
+        if lm is not None or sae is not None or suite is not None:
+            raise UnlearnError(
+                "--launcher jobs load their own model: call run_intervene without lm/sae/suite"
+            )
+        return launch_sweep(cfg, console=console or Console())
     console = console or Console()
+    shard = parse_shard(cfg.shard) if cfg.shard is not None else None
     setup = setup_of(cfg)
     check_intervene_flags(cfg)
     selection = None if cfg.feature_ids else read_topics(cfg.features, cfg.topic)  # before the model
@@ -416,6 +454,7 @@ def run_intervene(
     points = with_gates(
         grid(cfg.modes, sorted({min(n, len(ranked)) for n in sizes}), cfg.scales), cfg.gates, cfg.controls
     )
+    points = shard_points(points, shard)  # every point, or shard I/N's share
     unit = cfg.clamp_unit or setup.clamp_unit
     if unit not in CLAMP_UNITS:
         raise UnlearnError(f"--clamp-unit must be one of {', '.join(CLAMP_UNITS)}, got {unit!r}.")
@@ -450,17 +489,17 @@ def run_intervene(
     plan = ClampPlan(unit, typical, control_ids, control_typical, rotation_DD, cfg.seed, cfg.gate_fpr,
                      (cfg.dilution, cfg.dilution_questions, cfg.dilution_text), cfg.window_span)  # fmt: skip
     layer = parse_hook_name(hook).layer
-    config = {"layer": layer, "grid": {"modes": cfg.modes, "n_features": sizes, "scales": cfg.scales},
-              "controls": cfg.controls, "seed": cfg.seed, "gates": cfg.gates, "gate_fpr": cfg.gate_fpr,
-              "window_span": cfg.window_span,
-              "dilution": {"prefix_tokens": cfg.dilution, "questions": cfg.dilution_questions,
-                           "text": cfg.dilution_text}}  # fmt: skip
-    with (
-        _open_run(cfg, identity, config) as run,
-        hook_layer_cache(lm.model, hook, enabled=cfg.hook_cache) as hc,
-    ):
-        _sweep(run.path, lm, sae, suite, points, ranked, hook, selection, plan, console)
-        write_json(run.path / "hook_cache.json", hc.stats.as_dict())  # what the shared prefix saved
+    config = {"layer": layer, **sweep_settings(cfg)}
+    if shard is not None:  # join the folder every shard shares; this shard's status in shards/
+        own = [p[0] for p in points]
+        opened = open_shard("intervene", identity, config, cfg.run_id, shard, own, on_complete=write_summary)
+    else:
+        opened = _open_run(cfg, identity, config)
+    with opened as run, hook_layer_cache(lm.model, hook, enabled=cfg.hook_cache) as hc:
+        _sweep(run.path, lm, sae, suite, points, ranked, hook, selection, plan, console,
+               own_baseline=shard is not None)  # fmt: skip
+        stats_file = "hook_cache.json" if shard is None else shard.file.replace(".json", ".hook_cache.json")
+        write_json(run.path / stats_file, hc.stats.as_dict())  # what the shared prefix saved
     return run.path
 
 
@@ -478,13 +517,17 @@ class ClampPlan(NamedTuple):
     window_span: str = "windows"
 
 
-def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan: ClampPlan, console) -> None:
-    """Baseline, then each grid point not yet in the folder; a point's JSON is its last file."""
+def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan: ClampPlan, console,
+           *, own_baseline: bool = False) -> None:  # fmt: skip
+    """Baseline, then each grid point not yet in the folder; a point's JSON is its last file.
+
+    `own_baseline` (a shard): score the baseline here even when the folder has one, as the unsharded run
+    does (its frame, not a CSV read back, feeds `Reuse`), and write it only where it is missing."""
     unit, typical, control_ids, control_typical, rotation_DD, seed, gate_fpr, dilution, window_span = plan
     dilute = Diluter(run_dir, lm, suite, *dilution) if dilution[0] else None
     calibrated_gates: dict[tuple, Gate] = {}  # a real point and its direction control share one gate
     base_frame = None  # per-question baseline: paired deltas, and the scores of questions a hook leaves alone
-    if (run_dir / "baseline.json").exists():
+    if (run_dir / "baseline.json").exists() and not own_baseline:
         base = EvalBlock.from_dict(read_json(run_dir / "baseline.json"))
         if (run_dir / "questions" / "baseline.csv").exists():
             base_frame = pd.read_csv(run_dir / "questions" / "baseline.csv")
@@ -492,10 +535,13 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan:
         with torch.inference_mode():
             base_out = suite.run(lm.model, desc="baseline")
         base = base_out.block
+        new = not (run_dir / "baseline.json").exists()
         if getattr(base_out, "questions", None) is not None and len(base_out.questions):  # paired deltas
-            write_table(run_dir / "questions" / "baseline.csv", base_out.questions)
+            if new:
+                write_table(run_dir / "questions" / "baseline.csv", base_out.questions)
             base_frame = base_out.questions
-        write_json(run_dir / "baseline.json", base)
+        if new:
+            write_json(run_dir / "baseline.json", base)
     reusable = isinstance(suite, EvalSuite) and base_frame is not None
     console.print(point_table("unhooked", base, None))
     thr = selection.retain_threshold if selection else None

@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from unlearn.clamp.shard import shard_state
 from unlearn.errors import UnlearnError
 from unlearn.results import COMPLETE_FILE, EvalBlock, TaskScore, is_complete, read_json
 
@@ -365,12 +366,19 @@ def collect(results_dir: Path) -> Collection:
             notes.append(f"no {command} runs in {results_dir}: run {_MISSING_HINT[command]}")
         for run_dir in run_dirs:
             run = f"{command}/{run_dir.name}"
+            shards = shard_state(run_dir) if command == "intervene" else None
+            if shards is not None and not shards.complete:  # `intervene --shard I/N`: every shard, or none
+                notes.append(f"skipped incomplete sharded run {run_dir}: {shards.describe()}")
+                log.warning("skipped incomplete sharded run %s: %s", run_dir, shards.describe())
+                continue
             if (run_dir / "FAILED").exists():  # rmu-baseline (and others) leave this when a run crashed
                 reason = (run_dir / "FAILED").read_text(errors="replace").strip()[:200]
                 notes.append(f"skipped failed run {run_dir}: {reason}")
                 log.warning("skipped failed run %s: %s", run_dir, reason)
                 continue
-            if not is_complete(run_dir):  # killed, or still running: never read as a result
+            if shards is None and not is_complete(
+                run_dir
+            ):  # killed, or still running: never read as a result
                 notes.append(
                     f"skipped unfinished run {run_dir} (no {COMPLETE_FILE}: killed or still running)"
                 )
