@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 
 import pandas as pd
 import pytest
@@ -74,19 +75,19 @@ def _files(run_dir, sub: str, suffix: str) -> dict[str, bytes]:
 
 
 def _sweep_setup(tiny, tmp_path):
-    """A sweep with static, zero, gated and control points on the real evaluator (cloze, 8 questions)."""
+    """A sweep with static, zero, gated and control points on the real evaluator (cloze, 6 questions)."""
     lm = tiny("gemma3")
     sae, _ = _fires_on_token(lm, HOOK, " heart")
     with torch.no_grad():
         sae.b_enc[5] *= 0.5
     heart = " heart" * 3
     rows = {"forget": [{"question": f"Which organ {i} beats{heart if i % 2 else ''}?",
-                        "choices": ["heart", "lung", "eye", "ear"], "answer": i % 4} for i in range(4)],
+                        "choices": ["heart", "lung", "eye", "ear"], "answer": i % 4} for i in range(3)],
             "retain": [{"question": f"Which city {i} is a capital{' heart' if i == 0 else ''}?",
-                        "choices": ["Paris", "Lyon", "Nice", "Metz"], "answer": i % 4} for i in range(4)]}  # fmt: skip
+                        "choices": ["Paris", "Lyon", "Nice", "Metz"], "answer": i % 4} for i in range(3)]}  # fmt: skip
     paths = write_question_sets(tmp_path, rows)
     cfg = InterveneConfig(
-        feature_ids=[5, 1, 2], modes=["clamp", "zero"], n_features=[1, 3], scales=[-50.0],
+        feature_ids=[5, 1, 2], modes=["clamp", "zero"], n_features=[3], scales=[-50.0],
         clamp_unit="absolute", controls=["random-direction"], gates=["none", "window"], gate_fpr=0.0,
         protocol="cloze", forget_tasks=[str(paths["forget"])], retain_tasks=[str(paths["retain"])],
         known_only=False, split="all", batch_size=4,
@@ -101,9 +102,13 @@ def test_two_shards_in_one_folder_equal_one_unsharded_run(tiny, tmp_path, monkey
     one = dataclasses.replace(cfg, run_id="split", shard="1/2")
     split = run_intervene(one, lm=lm, sae=sae)
     points = sorted(p.name for p in (whole / "points").glob("*.json"))
-    assert len(points) == 10  # 2 static + 2 controls + 2 zero + 2 gated + 2 gated controls
-    got_1 = sorted(p.name for p in (split / "points").glob("*.json"))
-    assert 0 < len(got_1) < len(points) and not (split / "complete.json").exists()
+    # static, its control, zero, gated, its control: shard 1/2 takes points 0, 2, 4 and shard 2/2 points 1, 3,
+    # so a gated point and its control are calibrated in different shards
+    assert points == sorted(["clamp_n3_s-50.json", "clamp_n3_s-50_ctrl-direction.json", "zero_n3.json",
+                             "clamp_n3_s-50_gate-window.json", "clamp_n3_s-50_gate-window_ctrl-direction.json"])  # fmt: skip
+    got_1 = sorted(p.stem for p in (split / "points").glob("*.json"))
+    assert got_1 == ["clamp_n3_s-50", "clamp_n3_s-50_gate-window_ctrl-direction", "zero_n3"]
+    assert not (split / "complete.json").exists()
     # one shard alone is not a result: report skips the run and names the missing shard
     c = collect(tmp_path / "results")
     assert set(c.points["run"]) == {"intervene/whole"}
@@ -112,6 +117,15 @@ def test_two_shards_in_one_folder_equal_one_unsharded_run(tiny, tmp_path, monkey
         run_intervene(one, lm=lm, sae=sae)
     run_intervene(dataclasses.replace(cfg, run_id="split", shard="2/2"), lm=lm, sae=sae)
     assert (split / "complete.json").exists() and shard_state(split).complete
+    # the points edit the model (else equal files would prove little): the static clamp moves the
+    # log-likelihoods, the gate fires on forget questions and on no retain question
+    ll = [f"ll_{k}" for k in range(4)]
+    base_q = pd.read_csv(whole / "questions" / "baseline.csv")
+    assert (pd.read_csv(whole / "questions" / "clamp_n3_s-50.csv")[ll] != base_q[ll]).any().any()
+    rates = json.loads((whole / "points" / "clamp_n3_s-50_gate-window.json").read_text())["gate"][
+        "measured_fpr"
+    ]
+    assert rates["forget_all"] > 0 and rates["retain_all"] == 0
     # every file a point leaves, byte for byte (JSON: the same scores, gates, edit sizes; CSV: per question)
     assert _files(split, "points", ".json") == _files(whole, "points", ".json")
     assert _files(split, "questions", ".csv") == _files(whole, "questions", ".csv")
@@ -126,7 +140,7 @@ def test_two_shards_in_one_folder_equal_one_unsharded_run(tiny, tmp_path, monkey
     keep = [c for c in rows.columns if c not in ("run", "point", "row_id", "ref", "questions_file")]
     by_run = {r: g.set_index("point")[keep].sort_index() for r, g in rows.groupby("run")}
     pd.testing.assert_frame_equal(by_run["intervene/split"], by_run["intervene/whole"])
-    assert len(by_run["intervene/split"]) == 11  # baseline + 10 points, exactly one baseline
+    assert len(by_run["intervene/split"]) == 6  # baseline + 5 points, exactly one baseline
 
 
 def test_a_shard_with_other_settings_is_refused(tiny, tmp_path, monkeypatch):
@@ -216,9 +230,9 @@ def test_submitit_launcher_merges_shards_into_the_unsharded_run(tiny_folder, tmp
     app = typer.Typer()
     app.command()(intervene_command)
     args = ["--model", str(tiny_folder("gemma3")), "--sae", str(sae.save(tmp_path / "sae")), "--hook", HOOK,
-            "--feature-ids", "1,2,3", "--n-features", "1,3", "--mode", "clamp,zero", "--scale", "-50",
+            "--feature-ids", "1,2,3", "--n-features", "1,3", "--mode", "clamp", "--scale", "-50",
             "--forget-tasks", "offline:bio", "--retain-tasks", "offline:retain", "--protocol", "cloze",
-            "--all-questions", "--limit", "3", "--controls", "random-direction"]  # fmt: skip
+            "--all-questions", "--limit", "2", "--controls", "none"]  # fmt: skip
     whole = CliRunner().invoke(app, [*args, "--run-id", "whole"])
     assert whole.exit_code == 0, whole.output
     launched = CliRunner().invoke(app, [*args, "--run-id", "fan", "--shards", "2", "--launcher", "submitit",
@@ -226,10 +240,13 @@ def test_submitit_launcher_merges_shards_into_the_unsharded_run(tiny_folder, tmp
     assert launched.exit_code == 0, (launched.output, launched.exception)
     res = tmp_path / "results" / "intervene"
     assert "submitted 2 local jobs" in launched.output and "intervene sweep" in launched.output
-    assert "zero_n3" in launched.output  # the merged summary lists every point
+    assert "clamp_n1_s-50" in launched.output and "clamp_n3_s-50" in launched.output  # the merged summary
     points = _files(res / "whole", "points", ".json")
-    assert len(points) == 6 and _files(res / "fan", "points", ".json") == points
+    assert len(points) == 2 and _files(res / "fan", "points", ".json") == points
     assert (res / "fan" / "summary.csv").read_bytes() == (res / "whole" / "summary.csv").read_bytes()
     assert shard_state(res / "fan").complete
     logs = list((tmp_path / "results" / ".submitit" / "intervene" / "fan").glob("*_log.out"))
-    assert len(logs) == 2  # two jobs really ran
+    assert len(logs) == 2  # two jobs really ran, one point each, in two processes
+    shards = [json.loads((res / "fan" / "shards" / f"{i}-of-2.json").read_text()) for i in (1, 2)]
+    assert [s["points"] for s in shards] == [["clamp_n1_s-50"], ["clamp_n3_s-50"]]
+    assert shards[0]["pid"] != shards[1]["pid"] != os.getpid()
