@@ -31,10 +31,14 @@ def compute(model_dir: str, forget: str, retain: str, sae_dir: str) -> dict:
     cloze = EvalConfig(forget=[forget], retain=[retain], protocol="cloze", batch_size=3, known_only=True)
     for name, cfg in (("letter", letter), ("cloze", cloze)):
         questions = [q for t in load_tasks(cfg) for q in t.questions]
+        calls: list[int] = []  # forwards this process ran: a rank runs its share of the batches
+        counter = lm.model.get_decoder().register_forward_pre_hook(lambda *_: calls.append(1))
         with distributed.sharded():
             out[f"{name}_frame"] = score_questions(
                 lm.model, lm.tokenizer, questions, cfg, chat_template=False
             )
+        counter.remove()
+        out[f"{name}_forwards"] = len(calls)
     # a sweep point: the known pass (sharded), then a clamp scored through Reuse on the cached prefix
     suite = prepare_eval(lm, cloze)
     base = suite.run(lm.model)

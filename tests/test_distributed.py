@@ -10,6 +10,7 @@ one process), which is no property of the sharding.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -88,6 +89,9 @@ def test_two_ranks_score_and_count_as_one_process(files, tmp_path, monkeypatch):
     got = [torch.load(out / f"rank{r}.pt", weights_only=False) for r in (0, 1)]
     assert [g["rank"] for g in got] == [0, 1] and {g["world"] for g in got} == {2}
     assert want["n_chunks"] > 4 * 2, "the test needs several batches per rank"
+    for name in ("letter", "cloze"):  # the batches were split, not all run twice
+        shares = [g[f"{name}_forwards"] for g in got]
+        assert sum(shares) == want[f"{name}_forwards"] and 0 < min(shares) <= max(shares) <= min(shares) + 1
     for g in got:  # every rank holds the full result
         for key in ("letter_frame", "cloze_frame", "point_0", "point_1"):
             pd.testing.assert_frame_equal(g[key], want[key], check_exact=True)
@@ -118,3 +122,48 @@ def test_eval_launched_on_two_processes_equals_one_process(files, tmp_path, monk
                                   check_exact=True)  # fmt: skip
     assert read_json(a / "metrics.json") == read_json(b / "metrics.json")
     assert (b / "complete.json").exists()
+
+
+def test_device_map_auto_loads_and_scores_as_a_plain_load(files, tiny, monkeypatch, tmp_path):
+    """`--device-map auto` (accelerate places the modules; on a CPU-only machine all on the CPU): the same
+    weights, the same cloze and letter frames, and the same clamped point as `--device cpu`."""
+    from unlearn.clamp.intervene import feature_edit
+    from unlearn.errors import UnlearnError
+    from unlearn.eval.suite import EvalConfig, load_tasks, score_questions
+    from unlearn.hooks import hook_device
+    from unlearn.models import load_model
+    from unlearn.sae.loaders import load_sae
+    from unlearn.setup import resolve_setup
+
+    monkeypatch.setenv("UNLEARN_CACHE", str(tmp_path / "cache"))
+    model, forget, retain, sae_dir = files
+    plain = tiny("gemma2")
+    from transformers import AutoModelForCausalLM
+
+    asked = []
+    real = AutoModelForCausalLM.from_pretrained
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained",
+                        lambda *a, **kw: asked.append(kw.get("device_map")) or real(*a, **kw))  # fmt: skip
+    mapped = load_model(resolve_setup(model=model, device_map="auto"), dtype="float32")
+    assert asked == ["auto"]  # placed by transformers/accelerate, not moved by us
+    assert hook_device(mapped.model, dist_worker.HOOK) == torch.device("cpu")
+    a, b = dict(plain.model.named_parameters()), dict(mapped.model.named_parameters())
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    sae = load_sae(sae_dir, device="cpu", dtype=torch.float32)
+    for cfg in (EvalConfig(forget=[forget], retain=[retain], protocol="cloze", batch_size=4),
+                EvalConfig(forget=[forget], protocol="letter", batch_size=4)):  # fmt: skip
+        questions = [q for t in load_tasks(cfg) for q in t.questions]
+        for edit in (False, True):
+            frames = []
+            for lm in (plain, mapped):
+                hook = feature_edit(
+                    lm.model, sae, dist_worker.FEATURES, "clamp", -8.0, hook_name=dist_worker.HOOK
+                )
+                with torch.inference_mode(), hook if edit else contextlib.nullcontext():
+                    frames.append(
+                        score_questions(lm.model, lm.tokenizer, questions, cfg, chat_template=False)
+                    )
+            pd.testing.assert_frame_equal(*frames, check_exact=True)
+    with pytest.raises(UnlearnError, match="--device-map"):
+        load_model(resolve_setup(model=model, device_map="auto", device="cpu"))
+    assert "--device-map" in CliRunner().invoke(app, ["eval", "--help"]).output

@@ -53,7 +53,8 @@ def main() -> None:
     try:
         app()
     except UnlearnError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}")
+        if distributed.is_main():  # every rank meets the same error; one says it
+            Console(stderr=True).print(f"[bold red]error:[/] {exc}")
         sys.exit(2)
     except KeyboardInterrupt:  # the run folder (if one was open) is already marked FAILED
         Console(stderr=True).print("[bold red]interrupted[/]: the run was marked FAILED and is not a result")
