@@ -32,7 +32,7 @@ def compute(model_dir: str, forget: str, retain: str, sae_dir: str) -> dict:
     for name, cfg in (("letter", letter), ("cloze", cloze)):
         questions = [q for t in load_tasks(cfg) for q in t.questions]
         calls: list[int] = []  # forwards this process ran: a rank runs its share of the batches
-        counter = lm.model.get_decoder().register_forward_pre_hook(lambda *_: calls.append(1))
+        counter = lm.model.get_decoder().register_forward_pre_hook(lambda *_, c=calls: c.append(1))
         with distributed.sharded():
             out[f"{name}_frame"] = score_questions(
                 lm.model, lm.tokenizer, questions, cfg, chat_template=False

@@ -103,7 +103,10 @@ class Shard:
 
         mine = (_cpu(filled), _cpu(value))
         out = value.copy() if isinstance(value, np.ndarray) else value.clone()
-        for got_filled, got in gather_object([mine]):
+        parts = gather_object([mine])
+        if any(tuple(got.shape) != tuple(value.shape) for _, got in parts):
+            raise RuntimeError(f"ranks scored different inputs: shapes {[tuple(g.shape) for _, g in parts]}")
+        for got_filled, got in parts:
             if isinstance(out, torch.Tensor):
                 got_filled, got = got_filled.to(out.device), got.to(out.device)
             out[got_filled] = got[got_filled]
@@ -120,6 +123,16 @@ class Shard:
         return [
             t.to(v.device) if isinstance(v, torch.Tensor) else t for t, v in zip(total, values, strict=True)
         ]
+
+
+def from_rank_zero(obj: Any) -> Any:
+    """Rank 0's `obj` on every rank: for a decision that picks what the ranks then score together (which
+    questions a hook touches), so kernels that round differently on two devices cannot split the ranks."""
+    if not is_distributed():
+        return obj
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list([obj])[0]
 
 
 def _ordered_sum(items: list):

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from unlearn.checks import check_question_lengths, model_context
-from unlearn.distributed import sharded
+from unlearn.distributed import from_rank_zero, sharded
 from unlearn.errors import UnlearnError
 from unlearn.eval.hook_cache import score_all_instead
 from unlearn.eval.known import (  # noqa: F401  (PROMPT_VERSION, cloze_known, weight_fingerprint: re-exported)
@@ -288,9 +288,9 @@ class EvalSuite:
     def _reused(self, model, task: EvalTask, reuse: Reuse, advance) -> pd.DataFrame:
         """`task`'s frame under the hook: its touched questions scored, the rest the unhooked model's."""
         cfg, chat = self.cfg, self.chat_template
-        touched = touched_questions(
+        touched = from_rank_zero(touched_questions(
             model, self.tokenizer, task.questions, cfg, chat_template=chat, reuse=reuse
-        )
+        ))  # fmt: skip
         if touched is None:  # lm-eval: score everything under the live hook
             with reuse.hook(True):
                 return score_questions(model, self.tokenizer, task.questions, cfg, chat_template=chat,
