@@ -167,3 +167,32 @@ def test_device_map_auto_loads_and_scores_as_a_plain_load(files, tiny, monkeypat
     with pytest.raises(UnlearnError, match="--device-map"):
         load_model(resolve_setup(model=model, device_map="auto", device="cpu"))
     assert "--device-map" in CliRunner().invoke(app, ["eval", "--help"]).output
+
+
+@pytest.mark.slow
+def test_select_and_intervene_launched_on_two_processes_equal_one_process(files, tmp_path, monkeypatch):
+    """`select-features` then an `intervene` sweep (two sizes, both controls, the hook-layer cache), each
+    launched on 2 processes: every file but the run's own timestamps and paths is byte-identical."""
+    model, forget, retain, sae_dir = files
+    select = ["select-features", "--model", model, "--sae", sae_dir, "--hook", dist_worker.HOOK,
+              "--forget-source", f"bio=questions:{forget}", "--retain-source", f"questions:{retain}",
+              "--n-features", "6", "--retain-threshold", "1.0", "--max-length", "16", "--batch-tokens", "64",
+              "--auroc-forget", forget, "--auroc-retain", retain, "--run-id", "s"]  # fmt: skip
+    sweep = ["intervene", "--model", model, "--forget-tasks", forget, "--retain-tasks", retain, "--protocol",
+             "cloze", "--n-features", "3,6", "--scale", "-5", "--all-questions", "--run-id", "i"]  # fmt: skip
+    monkeypatch.setenv("UNLEARN_CACHE", str(tmp_path / "cache-1"))
+    for args in (select, sweep):
+        features = ["--features", str(tmp_path / "one" / "select-features" / "s")] if args is sweep else []
+        with one_thread():
+            res = CliRunner().invoke(app, [*args, *features, "--results", str(tmp_path / "one")])
+        assert res.exit_code == 0, res.output
+        features = ["--features", str(tmp_path / "two" / "select-features" / "s")] if args is sweep else []
+        launch(["unlearn.cli", *args, *features, "--results", str(tmp_path / "two")],
+               {"UNLEARN_CACHE": str(tmp_path / "cache-2")}, module=True)  # fmt: skip
+    own = {"complete.json", "run.json", "config.json", "hook_cache.json", "RUNNING"}
+    one = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*") if p.is_file())
+    two = sorted(p.relative_to(tmp_path / "two") for p in (tmp_path / "two").rglob("*") if p.is_file())
+    assert one == two and any(p.parts[-2] == "points" for p in one)
+    for rel in one:
+        if rel.name not in own:
+            assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes(), rel
