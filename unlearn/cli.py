@@ -9,7 +9,7 @@ import typer
 from rich.console import Console
 from rich.logging import RichHandler
 
-from unlearn import demo, info
+from unlearn import demo, distributed, info
 from unlearn.attacks import run as attack
 from unlearn.clamp import intervene, screen, select, topics
 from unlearn.errors import UnlearnError
@@ -49,11 +49,17 @@ app.command("demo")(writes_results(demo.demo_command))
 def main() -> None:
     """Entry point: user errors print as one red message (exit 2) instead of a traceback."""
     logging.basicConfig(level=logging.INFO, format="%(message)s", handlers=[RichHandler(show_path=False)])
+    distributed.quiet_other_ranks()  # under `accelerate launch`, rank 0 prints for the run
     try:
         app()
     except UnlearnError as exc:
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}")
+        if distributed.is_main():  # every rank meets the same error; one says it
+            Console(stderr=True).print(f"[bold red]error:[/] {exc}")
         sys.exit(2)
     except KeyboardInterrupt:  # the run folder (if one was open) is already marked FAILED
         Console(stderr=True).print("[bold red]interrupted[/]: the run was marked FAILED and is not a result")
         sys.exit(130)
+
+
+if __name__ == "__main__":  # `accelerate launch -m unlearn.cli ...`
+    main()

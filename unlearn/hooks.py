@@ -94,6 +94,21 @@ def resolve(model: nn.Module, name: str) -> tuple[HookPoint, nn.Module]:
     return point, module
 
 
+def hook_device(model: nn.Module, name: str):
+    """The device the activation at `name` lives on: where accelerate runs the hooked layer under a
+    `device_map` (its hook's `execution_device`), else where its weights are. An SAE edit at `name`
+    keeps its tensors there, so a model spread over devices needs no transfer at the hook."""
+    point, module = resolve(model, name)
+    layer = decoder_layers(model)[point.layer]
+    for m in (module, layer):
+        placed = getattr(getattr(m, "_hf_hook", None), "execution_device", None)
+        if placed is not None:
+            import torch
+
+            return torch.device(placed)  # an index means that accelerator
+    return next(layer.parameters()).device
+
+
 def hook_width(model: nn.Module, name: str) -> int:
     """Width of the activation at a hook point (what an SAE's `d_in` must equal)."""
     point, module = resolve(model, name)
@@ -145,7 +160,7 @@ def _install(module: nn.Module, side: str, fn: Callable[[Tensor], Tensor | None]
             new = fn(act)
             if new is None:
                 return None
-            new = new.to(act.dtype)
+            new = new.to(act.device, act.dtype)  # the hooked module's device and dtype
             return (new, *out[1:]) if isinstance(out, tuple) else new
 
         return module.register_forward_hook(out_hook)
@@ -155,7 +170,7 @@ def _install(module: nn.Module, side: str, fn: Callable[[Tensor], Tensor | None]
         new = fn(act)
         if new is None:
             return None
-        new = new.to(act.dtype)
+        new = new.to(act.device, act.dtype)
         if args:
             return (new, *args[1:]), kwargs
         return args, {**kwargs, "hidden_states": new}

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel, PreTrainedTokenizerBase
 
+from unlearn import distributed
 from unlearn.checks import DTYPES
 from unlearn.errors import UnlearnError
 from unlearn.paths import cache_dir
@@ -89,7 +90,13 @@ def load_model(
         setup = resolve_setup(model=spec)
     dtype = dtype if dtype is not None else setup.dtype
     device = device if device is not None else setup.device
-    device = torch.device(device) if device is not None else default_device()
+    device_map = setup.device_map
+    if device_map is not None and (device is not None or distributed.is_distributed()):
+        raise UnlearnError(
+            "--device-map places one model across devices: pass it without --device, and outside "
+            "`accelerate launch` (where each process holds its own copy)."
+        )
+    device = torch.device(device) if device is not None else distributed.device() or default_device()
     wanted = dtype if dtype is not None else setup.model.dtype
     if dtype is None and device.type == "cpu" and wanted in ("bfloat16", "bf16"):
         wanted = "float32"
@@ -107,18 +114,26 @@ def load_model(
         folder, gguf_file = source, None
 
     model, tokenizer = _from_pretrained(
-        folder, gguf_file=gguf_file, dtype=torch_dtype, attn=setup.model.attn_implementation
+        folder,
+        gguf_file=gguf_file,
+        dtype=torch_dtype,
+        attn=setup.model.attn_implementation,
+        device_map=device_map,
     )
-    model.to(device).eval()
+    if device_map is None:  # with a device map, accelerate has placed every module
+        model.to(device)
+    model.eval()
     model.requires_grad_(False)
     return LoadedModel(model=model, tokenizer=tokenizer, setup=setup)
 
 
-def _from_pretrained(folder, *, gguf_file, dtype, attn):
+def _from_pretrained(folder, *, gguf_file, dtype, attn, device_map=None):
     kwargs = {"gguf_file": gguf_file} if gguf_file else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(folder, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn, **kwargs)
+        placed = {"device_map": device_map} if device_map is not None else {}
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype, attn_implementation=attn, **kwargs,
+                                                     **placed)  # fmt: skip
     except (OSError, ValueError) as exc:  # missing folder, unknown hub id, hub unreachable and not cached
         local = Path(str(folder)).exists()
         raise UnlearnError(

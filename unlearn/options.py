@@ -102,6 +102,9 @@ class ModelFlags:
     """cpu, cuda, cuda:1 ... (default: cuda if available)."""
     dtype: str | None = None
     """Model dtype: float32, bfloat16 ... (default: the preset's)."""
+    device_map: str | None = None
+    """Place the model's layers across devices (accelerate): `auto` fills the GPUs in turn, then CPU
+    memory, for models larger than one GPU; instead of --device."""
 
 
 @dataclass

@@ -45,4 +45,6 @@ def progress_bar(
     if clock is not None:
         columns.append(TimeRemainingColumn() if clock == "remaining" else TimeElapsedColumn())
     columns += [TextColumn(f"{{task.fields[{name}]}}") for name in fields]
-    return Progress(*columns, disable=not enabled, transient=transient)
+    from unlearn.distributed import is_main
+
+    return Progress(*columns, disable=not (enabled and is_main()), transient=transient)  # rank 0 draws

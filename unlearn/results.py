@@ -19,6 +19,7 @@ task (an MMLU subject or an offline retain subject is its own task) and pooled f
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import re
@@ -343,7 +344,31 @@ def open_run(
     A fresh id is created exclusively. An existing id needs `resume` (same identity, else an error
     naming what differs; its finished files are kept) or `overwrite` (the folder is cleared first). On
     exit the completion record is written last; on any exception (Ctrl-C too) `FAILED` holds the error.
+    Under `accelerate launch` only rank 0 writes it (`unlearn.distributed.rank_zero_run`).
     """
+    from unlearn import distributed
+
+    kwargs = {"config": config, "run_id": run_id, "resume": resume, "overwrite": overwrite, "root": root}
+    if not distributed.is_distributed():
+        with _open_run_here(command, identity, **kwargs) as run:
+            yield run
+        return
+    make = functools.partial(Run, command)
+    with distributed.rank_zero_run(lambda: _open_run_here(command, identity, **kwargs), make) as run:
+        yield run
+
+
+@contextmanager
+def _open_run_here(
+    command: str,
+    identity: dict,
+    *,
+    config: dict | None = None,
+    run_id: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    root: Path | None = None,
+) -> Iterator[Run]:
     base = (root or results_dir()) / command
     if run_id is not None:
         check_run_id(run_id)

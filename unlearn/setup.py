@@ -47,6 +47,8 @@ class Setup:
     device: str | None = None
     dtype: str | None = None
     """An explicit `--dtype` (wins over `model.dtype`)."""
+    device_map: str | None = None
+    """`--device-map` (`auto`: accelerate spreads the layers over the GPUs, then CPU memory)."""
     sae: str | None = None
     """`--sae` (registry id, SAELens folder, params.npz); the preset's otherwise (`sae_spec`)."""
     hook: HookPoint | None = None
@@ -117,6 +119,7 @@ def resolve_setup(
     hook: str | None = None,
     device: str | None = None,
     dtype: str | None = None,
+    device_map: str | None = None,
 ) -> Setup:
     """The module docstring's rule. Bad flags (an unknown preset, a local --model path that does not exist,
     a malformed --hook) fail here, before anything loads."""
@@ -129,19 +132,20 @@ def resolve_setup(
     point = parse_hook_name(hook) if hook else None
     if p is None:
         return Setup(preset=None, model=ModelSpec(source=model), name=model, device=device, dtype=dtype,
-                     sae=sae, hook=point)  # fmt: skip
+                     sae=sae, hook=point, device_map=device_map)  # fmt: skip
     spec = ModelSpec(
         source=model or p.model,
         dtype=p.dtype,
         attn_implementation=p.attn_implementation,
         chat_template=p.chat_template,
     )
-    return Setup(preset=p, model=spec, name=model or p.name, device=device, dtype=dtype, sae=sae, hook=point)
+    return Setup(preset=p, model=spec, name=model or p.name, device=device, dtype=dtype, sae=sae, hook=point,
+                 device_map=device_map)  # fmt: skip
 
 
 def setup_of(cfg: Any) -> Setup:
-    """The setup of a command config: its `preset`, `model`, `sae`, `hook`, `device` and `dtype` fields
-    (those it has), resolved by `resolve_setup`."""
+    """The setup of a command config: its `preset`, `model`, `sae`, `hook`, `device`, `dtype` and
+    `device_map` fields (those it has), resolved by `resolve_setup`."""
     get = lambda name: getattr(cfg, name, None)  # noqa: E731
     return resolve_setup(get("preset"), get("model"), sae=get("sae"), hook=get("hook"), device=get("device"),
-                         dtype=get("dtype"))  # fmt: skip
+                         dtype=get("dtype"), device_map=get("device_map"))  # fmt: skip

@@ -22,6 +22,7 @@ from safetensors.torch import save
 from torch import Tensor, nn
 
 from unlearn.batches import bos_prefix, right_padded
+from unlearn.distributed import Shard
 from unlearn.hooks import forward_to
 from unlearn.results import write_bytes
 
@@ -159,12 +160,15 @@ def accumulate(
     """FeatureStats of `chunks` at `hook`: forward to the hook only, encode, reduce; nothing stored."""
     stats = FeatureStats.empty(sae.d_sae, sae.W_enc.device)
     task = bar.add_task(desc, total=sum(len(c) for c in chunks)) if bar else None
+    shard = Shard(force=True)  # under `accelerate launch`: this rank's batches, counters summed over ranks
     for _, ids_BT, mask_BT in batches(chunks, pad_id, batch_tokens):
-        x_ND, _ = _counted_acts(model, hook, ids_BT, mask_BT, bos_id)
-        stats.update(sae.encode(x_ND))
+        if shard.take():
+            x_ND, _ = _counted_acts(model, hook, ids_BT, mask_BT, bos_id)
+            stats.update(sae.encode(x_ND))
         if bar is not None:
             bar.advance(task, int(mask_BT.sum()))
-    return stats
+    n, fires, acts = shard.sum([stats.n_tokens, stats.fire_count_F, stats.act_sum_F])
+    return FeatureStats(n, fires, acts)
 
 
 @torch.inference_mode()
@@ -241,11 +245,16 @@ def summed_acts(
     """Per chunk, each feature's activation summed over its counted tokens (BOS and padding excluded):
     float64, shape (len(chunks), len(feature_ids)), rows in the order of `chunks`."""
     out_CK = torch.zeros(len(chunks), len(feature_ids), dtype=torch.float64)
+    filled_CK = torch.zeros(out_CK.shape, dtype=torch.bool)
+    shard = Shard(force=True)  # under `accelerate launch`: this rank's batches, rows gathered below
     device = next(model.parameters()).device
     for idx, ids_BT, mask_BT in batches(chunks, pad_id, batch_tokens):
+        if not shard.take():
+            continue
+        filled_CK[torch.as_tensor(idx)] = True
         ids_BT, mask_BT = ids_BT.to(device), mask_BT.to(device)
         x_BTD = forward_to(model, [hook], input_ids=ids_BT, attention_mask=mask_BT)[hook]
         keep_BT = mask_BT.bool() if bos_id is None else mask_BT.bool() & (ids_BT != bos_id)
         f_BTK = sae.encode_subset(x_BTD, feature_ids).double() * keep_BT.unsqueeze(-1)
         out_CK[torch.as_tensor(idx)] = f_BTK.sum(1).cpu()
-    return out_CK
+    return shard.merge(out_CK, filled_CK)

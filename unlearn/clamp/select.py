@@ -36,7 +36,7 @@ from unlearn.clamp.feature_stats import (
 )
 from unlearn.errors import UnlearnError
 from unlearn.eval.suite import weight_fingerprint
-from unlearn.hooks import check_compatible, hook_width
+from unlearn.hooks import check_compatible, hook_device, hook_width
 from unlearn.models import LoadedModel, load_model
 from unlearn.options import Flag, RunFlags, command
 from unlearn.paths import results_dir
@@ -169,7 +169,8 @@ def resolve_sae(
         raise UnlearnError(
             f"SAE {spec!r} records no hook point; pass --hook (e.g. blocks.6.hook_resid_post)."
         )
-    return sae, spec, point.name
+    at = hook_device(model, point.name)  # under --device-map the hooked layer may sit on another device
+    return (sae if at == param.device else sae.to(at)), spec, point.name
 
 
 def _first_tokens(chunks: list[list[int]], n: int | None) -> list[list[int]]:

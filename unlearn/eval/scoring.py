@@ -28,6 +28,7 @@ from transformers import PreTrainedTokenizerBase
 
 from unlearn.batches import right_padded
 from unlearn.checks import require_finite
+from unlearn.distributed import Shard
 from unlearn.eval.packing import MAX_ROW, LetterRow, pack_prompts
 from unlearn.eval.prompts import (
     LETTERS,
@@ -62,7 +63,7 @@ class Head:
         """Float32 logits (float64 for a float64 model) of the hidden rows for all vocabulary rows, or only
         `rows` (token ids)."""
         weight = self.weight_VD if rows is None else self.weight_VD[rows]
-        logits = hidden_ND.to(weight.dtype) @ weight.T
+        logits = hidden_ND.to(weight.device, weight.dtype) @ weight.T  # layers may sit elsewhere (device_map)
         if self.bias_V is not None:
             logits = logits + (self.bias_V if rows is None else self.bias_V[rows])
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # float64 models stay float64
@@ -201,10 +202,16 @@ class ModelLetterScorer:
     def score_groups(self, groups: Sequence[Sequence[list[int]]]) -> Tensor:
         """(total prompts, 4) letter scores of the grouped prompts, in order."""
         rows = self.rows(groups)
-        out_N4 = torch.empty((sum(len(g) for g in groups), 4), dtype=torch.float64)
+        out_N4 = torch.zeros((sum(len(g) for g in groups), 4), dtype=torch.float64)
+        filled_N4 = torch.zeros(out_N4.shape, dtype=torch.bool)
+        shard = Shard()  # under `accelerate launch`: this rank's batches only, gathered below
         for kind in (True, False):  # packed rows (4D mask) and plain rows (the model's own mask) apart
             group = [r for r in rows if (r[1] is not None) == kind]
             for batch in _row_batches(group, self.batch_size):
+                if not shard.take():
+                    if self.advance:
+                        self.advance(sum(len(r[2]) for r in batch))
+                    continue
                 hidden = self.head.hidden_at(
                     [r[0] for r in batch],
                     [[pos for _, pos in r[2]] for r in batch],
@@ -217,9 +224,10 @@ class ModelLetterScorer:
                     start += width
                 which = torch.tensor([i for r in batch for i, _ in r[2]])
                 out_N4[which] = torch.stack(cols, dim=1).double().cpu()
+                filled_N4[which] = True
                 if self.advance:
                     self.advance(len(which))
-        return out_N4
+        return shard.merge(out_N4, filled_N4)
 
 
 def _row_batches(rows: list[LetterRow], batch_size: int) -> list[list[LetterRow]]:
@@ -338,6 +346,8 @@ def score_cloze(
     head.pad_id = tokenizer.pad_token_id or 0
     rows = cloze_rows(questions, tokenizer, model)
     ll_N4 = np.zeros((len(questions), 4))
+    filled_N4 = np.zeros(ll_N4.shape, dtype=bool)
+    shard = Shard()  # under `accelerate launch`: this rank's batches only, gathered below
     packed = [i for i, r in enumerate(rows) if r[1] is not None]
     plain = [i for i, r in enumerate(rows) if r[1] is None]
     for group in (packed, plain):
@@ -345,6 +355,10 @@ def score_cloze(
         for batch in _batches(len(group), lengths, batch_size):
             batch_rows = [rows[group[i]] for i in batch]
             reads = [read for row in batch_rows for read in row[2]]
+            if not shard.take():
+                if advance:
+                    advance(len(reads))
+                continue
             # a row's choices all read its last context token: compute each position's logits once
             unique = [sorted({p for read in row[2] for p in read[2]}) for row in batch_rows]
             hidden = head.hidden_at(
@@ -365,9 +379,11 @@ def score_cloze(
             start = 0
             for qi, ci, _, targets in reads:
                 ll_N4[qi, ci] = picked[start : start + len(targets)].sum().item()
+                filled_N4[qi, ci] = True
                 start += len(targets)
             if advance:
                 advance(len(reads))
+    ll_N4 = shard.merge(ll_N4, filled_N4)
     require_finite(ll_N4, "answer log-likelihoods", "the cloze scorer's output")  # NaN would argmax to 0
     lengths_N4 = np.array([[len(c) for c in q.choices] for q in questions], dtype=float)
     return {"ll": ll_N4, "pred": ll_N4.argmax(axis=1), "pred_norm": (ll_N4 / lengths_N4).argmax(axis=1)}

@@ -31,6 +31,7 @@ import torch
 from torch import nn
 
 from unlearn.checks import check_question_lengths, model_context
+from unlearn.distributed import from_rank_zero, sharded
 from unlearn.errors import UnlearnError
 from unlearn.eval.hook_cache import score_all_instead
 from unlearn.eval.known import (  # noqa: F401  (PROMPT_VERSION, cloze_known, weight_fingerprint: re-exported)
@@ -245,9 +246,10 @@ class EvalSuite:
                 if task.known is not None and not task.known.any():
                     log.warning("task %s: the unhooked model knows none of its questions", task.name)
                 advance = lambda n: bar.advance(job, n)  # noqa: E731
-                if reuse is None:
-                    frame = score_questions(model, self.tokenizer, task.questions, cfg,
-                                            chat_template=self.chat_template, advance=advance)  # fmt: skip
+                if reuse is None:  # data-parallel only where no hook observes the forward
+                    with sharded(not live_hooks(model)):
+                        frame = score_questions(model, self.tokenizer, task.questions, cfg,
+                                                chat_template=self.chat_template, advance=advance)  # fmt: skip
                 else:
                     frame = self._reused(model, task, reuse, advance)
                 frames.append(self._finish(task, frame))
@@ -286,9 +288,9 @@ class EvalSuite:
     def _reused(self, model, task: EvalTask, reuse: Reuse, advance) -> pd.DataFrame:
         """`task`'s frame under the hook: its touched questions scored, the rest the unhooked model's."""
         cfg, chat = self.cfg, self.chat_template
-        touched = touched_questions(
+        touched = from_rank_zero(touched_questions(
             model, self.tokenizer, task.questions, cfg, chat_template=chat, reuse=reuse
-        )
+        ))  # fmt: skip
         if touched is None:  # lm-eval: score everything under the live hook
             with reuse.hook(True):
                 return score_questions(model, self.tokenizer, task.questions, cfg, chat_template=chat,
@@ -306,7 +308,7 @@ class EvalSuite:
             touched = np.ones_like(touched)
         picked = [q for q, t in zip(task.questions, touched, strict=True) if t]
         if picked:
-            with reuse.hook(False):
+            with reuse.hook(False), sharded():  # its logs are discarded: data-parallel
                 scored = score_questions(
                     model, self.tokenizer, picked, cfg, chat_template=chat, advance=advance
                 )
@@ -475,7 +477,8 @@ def prepare_eval(lm: LoadedModel, cfg: EvalConfig) -> EvalSuite:
                                limit=model_context(lm.model))  # fmt: skip
     if cfg.known_only:
         for task in tasks:
-            task.known, task.unhooked = unhooked_scores(lm, task, cfg, chat_template=chat)
+            with sharded():  # the unhooked model: data-parallel under `accelerate launch`
+                task.known, task.unhooked = unhooked_scores(lm, task, cfg, chat_template=chat)
             log.info("%s: %d of %d questions known", task.name, int(task.known.sum()), len(task.known))
     return EvalSuite(lm.tokenizer, cfg, tasks, chat, weights=weight_fingerprint(lm.model))
 
