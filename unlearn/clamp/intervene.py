@@ -344,6 +344,7 @@ def sweep_settings(cfg: InterveneConfig) -> dict:
 
 
 def write_summary(run_dir: Path) -> None:
+    """`summary.csv` from the point files in the folder (after each point, and by a sharded run's last shard)."""
     write_table(run_dir / "summary.csv", summary_frame(run_dir))
 
 
@@ -611,14 +612,14 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan:
                           "seed": seed if control == "random-direction" else None,
                           "gate": gate.to_json() if gate else None,
                           "edit": edit_stats.as_dict() if gate is None else None, "metrics": outcome.block})  # fmt: skip
-        write_table(run_dir / "summary.csv", summary_frame(run_dir))
+        write_summary(run_dir)
         size = edit_stats.as_dict()
         title = (f"{pid} ({len(feats)} features at {hook}; edited {size['edited_frac']:.1%} of tokens, "
                  f"mean ||Δx||/||x|| {size['rel_norm']:.3f})") if gate is None else (
                  f"{pid} ({len(feats)} features at {hook}; gate τ={gate.threshold:.3g}, "
                  f"firing rates {', '.join(f'{k} {v:.2f}' for k, v in gate.measured_fpr.items())})")  # fmt: skip
         console.print(point_table(title, outcome.block, base))
-    write_table(run_dir / "summary.csv", summary_frame(run_dir))
+    write_summary(run_dir)
 
 
 def show_intervene(cfg: InterveneConfig) -> None:
