@@ -412,3 +412,20 @@ def test_unhooked_run_reads_the_known_pass_exactly(tiny, qfiles, monkeypatch, mu
     cols = [f"ll_{k}" for k in range(4)]
     for other in (hooked, changed):
         assert np.abs(other[cols].to_numpy() - scored[cols].to_numpy()).max() > 1e-3
+
+
+def test_reused_rows_overwrite_a_column_the_csv_read_back_as_all_nan(tmp_path):
+    """A baseline frame read back from questions/baseline.csv has an empty text column (no subjects) as
+    all-NaN floats; a resumed sweep overwrites its touched rows with strings and bools."""
+    from unlearn.eval.suite import overwrite_rows
+
+    pd.DataFrame({"index": [0, 1, 2], "subject": ["", "", ""], "correct": [True, False, True]}).to_csv(
+        tmp_path / "baseline.csv", index=False
+    )
+    frame = pd.read_csv(tmp_path / "baseline.csv")
+    assert frame["subject"].isna().all() and frame["subject"].dtype == "float64"  # what the CSV gives back
+    scored = pd.DataFrame({"subject": ["a", "b"], "correct": [False, False], "pred": [3, 1]})
+    overwrite_rows(frame, np.array([True, False, True]), scored)
+    assert frame["subject"].tolist()[::2] == ["a", "b"] and pd.isna(frame["subject"][1])
+    assert frame["correct"].tolist() == [False, False, False]
+    assert frame["pred"].tolist()[::2] == [3, 1]

@@ -467,6 +467,13 @@ def test_intervene_command_with_the_real_evaluator(tiny_folder, tmp_path, monkey
     tasks = {s["task"] for s in point["metrics"]["scores"]}
     assert "offline:bio" in tasks and any(t.startswith("offline:retain") for t in tasks)
     assert "intervene sweep" in result.output and "clamp_n4_s-50" in result.output
+    # a resume reads the baseline back from questions/baseline.csv, whose `known` column is all NaN under
+    # --all-questions; the lost point comes back the same
+    lost = run_dir / "points" / "clamp_n4_s-50.json"
+    lost.unlink()
+    resumed = CliRunner().invoke(app, [*args, "--resume"])
+    assert resumed.exit_code == 0, (resumed.output, resumed.exception)
+    assert read_json(lost)["metrics"]["scores"] == point["metrics"]["scores"]
     bad = CliRunner().invoke(app, [*args[:-2], "--run-id", "x", "--scale", "a,b"])
     assert isinstance(bad.exception, UnlearnError)
 

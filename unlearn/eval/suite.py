@@ -312,8 +312,7 @@ class EvalSuite:
                 scored = score_questions(
                     model, self.tokenizer, picked, cfg, chat_template=chat, advance=advance
                 )
-            for col in scored.columns:
-                frame.loc[touched, col] = scored[col].to_numpy()
+            overwrite_rows(frame, touched, scored)
         advance(int((~touched).sum()) * self._per_question)
         return frame
 
@@ -327,6 +326,16 @@ class EvalSuite:
     @property
     def _subset(self) -> str:
         return "known" if self.cfg.known_only else "all"
+
+
+def overwrite_rows(frame: pd.DataFrame, rows: np.ndarray, scored: pd.DataFrame) -> None:
+    """`frame`'s `rows` (a bool mask) take `scored`'s values, column by column, in place. A column read back
+    from a CSV as all-NaN floats (an empty text column, e.g. a dataset without subjects) is widened to
+    object first: pandas refuses strings or bools in a float column."""
+    for col in scored.columns:
+        if col not in frame or frame[col].isna().all():
+            frame[col] = pd.Series(np.nan, index=frame.index, dtype=object)
+        frame.loc[rows, col] = scored[col].to_numpy()
 
 
 def score_questions(
