@@ -135,7 +135,7 @@ def test_intervene_point_target_rebuilds_the_points_own_hook(setup):
         x_ND = forward_to(lm.model, [HOOK], **enc)[HOOK][enc["attention_mask"].bool()]
         sae.threshold.copy_((x_ND @ sae.W_enc + sae.b_enc).quantile(0.8, dim=0))
     cfg = InterveneConfig(feature_ids=list(range(6)), n_features=[6], scales=[-5.0], gates=["none", "window"],
-                          controls=["random-direction"], clamp_unit="absolute", gate_fpr=0.6, run_id="iv")  # fmt: skip
+                          controls=["random-direction"], clamp_unit="absolute", gate_fpr=0.9, run_id="iv")  # fmt: skip
     run_dir = run_intervene(cfg, lm=lm, sae=sae, suite=suite)
     points = {p.stem: read_json(p) for p in (run_dir / "points").glob("*.json")}
     assert {"clamp_n6_s-5", "clamp_n6_s-5_gate-window"} <= set(points)

@@ -402,8 +402,9 @@ def test_forwarded_stats_equal_what_the_real_scorer_forwards(tiny, protocol, mut
     real = FiringLog()
     with torch.no_grad(), gated(lm.model, sae, gate, record=real, dry_run=True):
         score_questions(lm.model, lm.tokenizer, qs, cfg, chat_template=False)
-    assert sorted(fast) == pytest.approx(sorted(real.all_stats()), rel=1e-9, abs=1e-9)
-    assert len(fast) >= len(qs) * (2 if mutual_info else 1)  # a row per choice past the sliding window
+    # float32 rows batched with different neighbours (so different padding): equal to rounding
+    assert sorted(fast) == pytest.approx(sorted(real.all_stats()), rel=1e-6, abs=1e-9)
+    assert len(fast) == len(qs) * (2 if mutual_info else 1)  # one packed row per question (and prior)
 
 
 def _brute_cover(e, w, tau):

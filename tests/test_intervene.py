@@ -554,7 +554,9 @@ def test_gated_point_is_calibrated_on_retain_and_leaves_unfired_questions_bit_id
     run_dir = run_intervene(cfg, lm=lm, sae=sae)
     gated = read_json(run_dir / "points" / "clamp_n1_s-50_gate-window.json")
     assert gated["gate"]["kind"] == "window" and gated["gate"]["measured_fpr"]["retain_all"] == 0.0
-    assert gated["gate"]["measured_fpr"]["forget_all"] > 0.5  # most forget questions fire
+    # the rate counts every sequence forwarded: one packed row per question and one answer-prior row
+    # (no question, never fires) each, so > 0.25 means most of the question rows fire
+    assert gated["gate"]["measured_fpr"]["forget_all"] > 0.25
     ll = [f"ll_{k}" for k in range(4)]
     base = pd.read_csv(run_dir / "questions" / "baseline.csv")
     gate_q = pd.read_csv(run_dir / "questions" / "clamp_n1_s-50_gate-window.csv")

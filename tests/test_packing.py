@@ -108,15 +108,18 @@ def test_short_window_forwards_long_prompts_plain(tiny, family):
     torch.testing.assert_close(scorer.score_groups(grouped), alone, rtol=1e-5, atol=1e-5)
 
 
-def test_packing_a_prompt_longer_than_the_window_would_be_wrong(models, tokenizer):
-    """The window rule matters: a 4D mask carries no window, so packing prompts longer than Gemma 2's
-    sliding window changes their scores (the test above would catch a scorer that did)."""
+def test_packing_past_the_window_is_exact_only_with_a_sliding_mask(models, tokenizer):
+    """Packed rows longer than Gemma 2's sliding window keep their scores because `Head.inputs` gives the
+    sliding layers their own mask (per layer kind); one 4D mask for every layer (a decoder without
+    per-kind masks) lets them see past the window and changes the scores."""
     model = models("gemma2", 32)
     grouped = letter_prompts(QUESTIONS[:2], tokenizer, chat_template=False, orders=ALL_ORDERS)
     scorer = make_letter_scorer(model, tokenizer, batch_size=24)
     alone = make_letter_scorer(model, tokenizer, packed=False).score_groups(grouped)
-    scorer.window = float("inf")  # pretend there is no window
-    assert any(r[1] is not None for r in scorer.rows(grouped))
+    scorer.window = float("inf")  # pack past the window
+    assert any(r[1] is not None and len(r[0]) > 32 for r in scorer.rows(grouped))
+    torch.testing.assert_close(scorer.score_groups(grouped), alone, rtol=0, atol=1e-9)
+    scorer.head.layer_masks = ()  # one mask for all layers
     assert (scorer.score_groups(grouped) - alone).abs().max() > 1e-3
 
 

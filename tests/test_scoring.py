@@ -66,13 +66,17 @@ LONG = Q(
 
 @pytest.mark.parametrize("family", ["gemma", "gemma2", "gemma3"])
 def test_cloze_loglik_equals_float64_reference(tiny, family):
-    """Packed answers (and, past the tiny models' 32-token sliding window, one sequence per answer)
-    give each answer's log-likelihood under the whole model run on context + answer alone."""
+    """Packed answers (past the tiny models' 32-token sliding window, with a sliding mask of their own
+    for the sliding layers) give each answer's log-likelihood under the whole model run on context +
+    answer alone."""
+    from unlearn.eval.scoring import cloze_rows
+
     lm = tiny(family)
     questions = [*QUESTIONS, LONG]
     packed_len = [len(pack_choices(*_pairs(q, lm.tokenizer))[0]) for q in questions]
-    if family != "gemma":  # Gemma 1 has no sliding window: everything is packed
-        assert min(packed_len) <= 32 < max(packed_len)  # both paths run
+    if family != "gemma":  # Gemma 1 has no sliding window
+        assert min(packed_len) <= 32 < max(packed_len)  # rows within and past the window
+    assert all(seg is not None for _, seg, _ in cloze_rows(questions, lm.tokenizer, lm.model))
     out = score_cloze(questions, lm.model, lm.tokenizer, batch_size=3)
     for qi, q in enumerate(questions):
         for ci, choice in enumerate(q.choices):

@@ -192,8 +192,11 @@ def statistic(gate: Gate, e_T: np.ndarray) -> float:
 def real_tokens(mask, shape: torch.Size, device) -> Tensor:
     """(B, T) bool of real (non-padding) tokens of this forward's `T` positions, from a 2D 0/1 mask (the
     last T columns: with a cache it spans past tokens too), a 4D mask (a query is real when it may see
-    key 0, as every real query of a right-padded or packed sequence does) or no mask (all real)."""
+    key 0, as every real query of a right-padded or packed sequence does), a dict of 4D masks per layer
+    kind (the full-attention one: a sliding one hides key 0 from late queries) or no mask (all real)."""
     B, T = shape
+    if isinstance(mask, dict):  # one mask per layer kind (`scoring.layer_mask_types`): the full one
+        mask = mask.get("full_attention")
     if not torch.is_tensor(mask):
         return torch.ones(B, T, dtype=torch.bool, device=device)
     if mask.dim() == 2:

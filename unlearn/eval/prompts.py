@@ -27,6 +27,7 @@ mutual-information score, `log P(choice | question) - log P(choice | prior promp
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import NamedTuple, Protocol
 
@@ -133,12 +134,28 @@ def encode_prompt(text: str, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     return ids
 
 
+_PAIRS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Per tokenizer, the encoded pairs: a sweep scores the same questions at every point."""
+
+
 def encode_pair(
     context: str, continuation: str, tokenizer: PreTrainedTokenizerBase
 ) -> tuple[list[int], list[int]]:
     """Split tokens of `context + continuation` the way lm-eval does (`TemplateLM._encode_pair`):
     trailing spaces move to the continuation, the whole string is encoded once, and the continuation is
-    what follows the context's own encoding. Matching this makes our log-likelihoods equal lm-eval's."""
+    what follows the context's own encoding. Matching this makes our log-likelihoods equal lm-eval's.
+    Memoised per tokenizer (fresh lists each call)."""
+    try:
+        memo = _PAIRS.setdefault(tokenizer, {})
+    except TypeError:  # not weak-referenceable (a test double): no memo
+        return _encode_pair(context, continuation, tokenizer)
+    if (context, continuation) not in memo:
+        memo[context, continuation] = tuple(map(tuple, _encode_pair(context, continuation, tokenizer)))
+    ctx, cont = memo[context, continuation]
+    return list(ctx), list(cont)
+
+
+def _encode_pair(context: str, continuation: str, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         continuation = context[-n_spaces:] + continuation

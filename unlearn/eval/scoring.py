@@ -58,6 +58,8 @@ class Head:
         self.bias_V: Tensor | None = getattr(head, "bias", None)
         self.softcap: float | None = getattr(text_config(model), "final_logit_softcapping", None)
         self.pad_id = 0
+        self.layer_masks = layer_mask_types(model)
+        self.window = getattr(text_config(model), "sliding_window", None) or math.inf
 
     def logits(self, hidden_ND: Tensor, rows: Tensor | None = None) -> Tensor:
         """Float32 logits (float64 for a float64 model) of the hidden rows for all vocabulary rows, or only
@@ -83,10 +85,14 @@ class Head:
             for b, seg in enumerate(segments):
                 seg_BT[b, : len(seg)] = torch.tensor(seg)
             dtype = self.weight_VD.dtype
-            extra = {
-                "attention_mask": _segment_mask(seg_BT, dtype).to(device),
-                "position_ids": _segment_positions(seg_BT).to(device),
-            }
+            pos_BT = _segment_positions(seg_BT)
+            mask = _segment_mask(seg_BT, dtype).to(device)
+            if T > self.window and self.layer_masks:  # past the window: one mask per layer type (`layer_mask_types`)
+                sliding = _segment_mask(seg_BT, dtype, positions=pos_BT, window=self.window).to(device)
+                # every kind the layers name, and always the full mask, which tells real queries (`gates.real_tokens`)
+                kinds = dict.fromkeys([*self.layer_masks, "full_attention"])
+                mask = {kind: sliding if kind == "sliding_attention" else mask for kind in kinds}
+            extra = {"attention_mask": mask, "position_ids": pos_BT.to(device)}
         return {"input_ids": ids_BT.to(device), "attention_mask": mask_BT.to(device), **extra}
 
     @torch.no_grad()
@@ -107,14 +113,28 @@ class Head:
         return [hidden_BTD[b, list(pos)] for b, pos in enumerate(positions)]
 
 
-def _segment_mask(seg_BT: Tensor, dtype: torch.dtype) -> Tensor:
-    """Additive (B, 1, T, T) mask: query q sees key k <= q when k is context (segment 0) or in q's segment.
+def layer_mask_types(model: nn.Module) -> tuple[str, ...]:
+    """The attention kinds of a decoder that takes one mask per kind (transformers' `layer_types`: Gemma 2
+    and 3 alternate `sliding_attention` and `full_attention` layers and accept a dict of 4D masks keyed by
+    kind), or () for a model with one mask for every layer."""
+    kinds = getattr(text_config(model), "layer_types", None)
+    return tuple(dict.fromkeys(kinds)) if kinds and "sliding_attention" in kinds else ()
+
+
+def _segment_mask(
+    seg_BT: Tensor, dtype: torch.dtype, *, positions: Tensor | None = None, window: float = math.inf
+) -> Tensor:
+    """Additive (B, 1, T, T) mask: query q sees key k <= q when k is context (segment 0) or in q's segment,
+    and, with a sliding `window`, when their `positions` are less than `window` apart (transformers'
+    sliding rule, q − k < window, on the positions each token has in its own unpacked sequence).
 
     Padding queries see themselves, so no softmax row is empty (no NaN); nothing real sees padding."""
     T = seg_BT.shape[1]
     idx = torch.arange(T)
     key, query = seg_BT[:, None, :], seg_BT[:, :, None]
     allowed = (idx[None, :, None] >= idx[None, None, :]) & (query >= 0) & ((key == 0) | (key == query))
+    if positions is not None and window < math.inf:
+        allowed &= positions[:, :, None] - positions[:, None, :] < window
     allowed |= torch.eye(T, dtype=torch.bool)
     return torch.zeros(allowed.shape, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)[:, None]
 
@@ -306,8 +326,9 @@ ClozeRow = tuple[list[int], list[int] | None, list[tuple[int, int, list[int], li
 
 def cloze_rows(questions: Sequence[QuestionLike], tokenizer, model: nn.Module) -> list[ClozeRow]:
     """The sequences `score_cloze` forwards: one packed row per question (`pack_choices`), or one row per
-    choice where the packed row would be longer than the model's sliding attention window."""
-    window = getattr(text_config(model), "sliding_window", None) or math.inf
+    choice where the packed row would be longer than the model's sliding attention window and the model
+    takes one mask for all its layers (a decoder with per-kind masks gets a sliding one: `Head.inputs`)."""
+    window = math.inf if layer_mask_types(model) else getattr(text_config(model), "sliding_window", None) or math.inf
     rows: list[ClozeRow] = []
     for qi, q in enumerate(questions):
         pairs = [encode_pair(cloze_context(q.question), cloze_continuation(c), tokenizer) for c in q.choices]
@@ -337,9 +358,10 @@ def score_cloze(
     rule). `acc` takes the argmax of the summed log-probs, `acc_norm` of the sum divided by the choice's
     length in characters (lm-eval's `acc_norm`: `len(choice)`, without the delimiter).
 
-    A question's choices share one packed forward (`pack_choices`) unless the packed sequence is longer
-    than the model's sliding attention window, where one 4D mask cannot express both window sizes; those
-    questions get one sequence per choice, like lm-eval. `batch_size` counts sequences.
+    A question's choices share one packed forward (`pack_choices`); past the model's sliding attention
+    window its sliding layers get their own 4D mask (Gemma 2 / 3 take one per layer kind), and a model that
+    takes one mask for all layers gets one sequence per choice there, like lm-eval. `batch_size` counts
+    sequences.
 
     Returns `ll` (n, 4), `pred`, `pred_norm` (n,)."""
     head = Head(model)
