@@ -59,7 +59,9 @@ def main() -> None:
           f"{longer} packed rows longer than the window")  # fmt: skip
     print(f"same answers: {bool((plain['pred'] == packed['pred']).all())}; "
           f"max |Δ log-likelihood| {np.abs(plain['ll'] - packed['ll']).max():.2e} nats")  # fmt: skip
-    print(f"tokens forwarded: per choice {tok_plain}, packed {tok_packed} ({tok_plain / tok_packed:.2f}x fewer)")
+    print(
+        f"tokens forwarded: per choice {tok_plain}, packed {tok_packed} ({tok_plain / tok_packed:.2f}x fewer)"
+    )
     print(f"wall: per choice {t_plain:.1f} s, packed {t_packed:.1f} s -> {t_plain / t_packed:.2f}x faster")
 
 

@@ -4,8 +4,8 @@ Every point of an `intervene` sweep (static, gated, control and dilution points)
 `screen-features` forwards the same batches; the intervention acts at one hook point, so everything
 before it is the same clean computation each time. `hook_layer_cache(model, hook_name)` wraps any caller
 (the cloze and letter scorers, `forward_to`, lm-eval): inside it, the decoder body's forward keys each
-call by its inputs (token ids, 2D or packed 4D attention mask or one per layer kind, position ids, any other tensor, compared
-exactly with `torch.equal`), and
+call by its inputs (token ids, 2D or packed 4D attention mask or one per layer kind, position ids, any
+other tensor, compared exactly with `torch.equal`), and
 
 - on a *miss* runs normally while layer k's forward stores a clone of its own output, before any forward
   hook on that layer (an intervention at `blocks.k.hook_resid_post`) sees it; k is the hook's layer for
@@ -207,7 +207,7 @@ class HookLayerCache:
             if torch.is_tensor(value):
                 tensors[name] = value
             elif isinstance(value, dict) and value and all(torch.is_tensor(v) for v in value.values()):
-                tensors.update({f"{name}.{k}": v for k, v in sorted(value.items())})  # one mask per layer kind
+                tensors.update({f"{name}.{k}": v for k, v in sorted(value.items())})  # a mask per layer kind
             elif isinstance(value, (bool, int, float, str)):
                 scalars.append((name, value))
             else:

@@ -155,7 +155,9 @@ def encode_pair(
     return list(ctx), list(cont)
 
 
-def _encode_pair(context: str, continuation: str, tokenizer: PreTrainedTokenizerBase) -> tuple[list[int], list[int]]:
+def _encode_pair(
+    context: str, continuation: str, tokenizer: PreTrainedTokenizerBase
+) -> tuple[list[int], list[int]]:
     n_spaces = len(context) - len(context.rstrip())
     if n_spaces:
         continuation = context[-n_spaces:] + continuation

@@ -59,7 +59,7 @@ class Head:
         self.softcap: float | None = getattr(text_config(model), "final_logit_softcapping", None)
         self.pad_id = 0
         self.layer_masks = layer_mask_types(model)
-        self.window = getattr(text_config(model), "sliding_window", None) or math.inf
+        self.window = sliding_window(model)
 
     def logits(self, hidden_ND: Tensor, rows: Tensor | None = None) -> Tensor:
         """Float32 logits (float64 for a float64 model) of the hidden rows for all vocabulary rows, or only
@@ -87,9 +87,9 @@ class Head:
             dtype = self.weight_VD.dtype
             pos_BT = _segment_positions(seg_BT)
             mask = _segment_mask(seg_BT, dtype).to(device)
-            if T > self.window and self.layer_masks:  # past the window: one mask per layer type (`layer_mask_types`)
+            if T > self.window and self.layer_masks:  # past the window: one mask per layer kind
                 sliding = _segment_mask(seg_BT, dtype, positions=pos_BT, window=self.window).to(device)
-                # every kind the layers name, and always the full mask, which tells real queries (`gates.real_tokens`)
+                # every kind the layers name, and always the full mask (`gates.real_tokens` reads it)
                 kinds = dict.fromkeys([*self.layer_masks, "full_attention"])
                 mask = {kind: sliding if kind == "sliding_attention" else mask for kind in kinds}
             extra = {"attention_mask": mask, "position_ids": pos_BT.to(device)}
@@ -111,6 +111,11 @@ class Head:
         out = self.body(**inputs, use_cache=False)
         hidden_BTD = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
         return [hidden_BTD[b, list(pos)] for b, pos in enumerate(positions)]
+
+
+def sliding_window(model: nn.Module) -> float:
+    """The model's sliding attention window in tokens (inf without one)."""
+    return getattr(text_config(model), "sliding_window", None) or math.inf
 
 
 def layer_mask_types(model: nn.Module) -> tuple[str, ...]:
@@ -208,7 +213,7 @@ class ModelLetterScorer:
         self.rows_R = torch.tensor([i for g in groups for i in g], device=self.head.weight_VD.device)
         self.slots = [len(g) for g in groups]
         self.batch_size, self.advance, self.packed = batch_size, advance, packed
-        self.window = getattr(text_config(model), "sliding_window", None) or math.inf
+        self.window = sliding_window(model)
         self.max_row = max_row
 
     def __call__(self, prompts: list[list[int]]) -> Tensor:
@@ -328,7 +333,7 @@ def cloze_rows(questions: Sequence[QuestionLike], tokenizer, model: nn.Module) -
     """The sequences `score_cloze` forwards: one packed row per question (`pack_choices`), or one row per
     choice where the packed row would be longer than the model's sliding attention window and the model
     takes one mask for all its layers (a decoder with per-kind masks gets a sliding one: `Head.inputs`)."""
-    window = math.inf if layer_mask_types(model) else getattr(text_config(model), "sliding_window", None) or math.inf
+    window = math.inf if layer_mask_types(model) else sliding_window(model)
     rows: list[ClozeRow] = []
     for qi, q in enumerate(questions):
         pairs = [encode_pair(cloze_context(q.question), cloze_continuation(c), tokenizer) for c in q.choices]
