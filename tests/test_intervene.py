@@ -440,23 +440,35 @@ def test_sweep_reads_a_selection_and_its_sae(tiny, tmp_path, monkeypatch):
         )
 
 
-def test_intervene_command_with_the_real_evaluator(tiny_folder, tmp_path, monkeypatch):
+def intervene_cli(tiny_folder, tmp_path, *extra: str):
+    """The `intervene` command as a typer app, and the arguments of a cloze sweep over all offline
+    questions on the tiny Gemma 3 with a random SAE whose features fire everywhere (so a clamp certainly
+    acts), followed by `extra`."""
     import typer
-    from typer.testing import CliRunner
 
     from unlearn.clamp.intervene import intervene_command
+
+    sae = random_sae(64, 32, "standard", dtype=torch.float32)
+    sae.b_enc.fill_(0.5)
+    app = typer.Typer()
+    app.command()(intervene_command)
+    args = ["--model", str(tiny_folder("gemma3")), "--sae", str(sae.save(tmp_path / "sae")), "--hook", HOOK,
+            "--forget-tasks", "offline:bio", "--retain-tasks", "offline:retain", "--protocol", "cloze",
+            "--all-questions", *extra]  # fmt: skip
+    return app, args
+
+
+def test_intervene_command_with_the_real_evaluator(tiny_folder, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
     from unlearn.results import read_json
 
     monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path))
     monkeypatch.setenv("UNLEARN_CACHE", str(tmp_path / "cache"))
-    sae = random_sae(64, 32, "standard", dtype=torch.float32)
-    sae.b_enc.fill_(0.5)  # every feature fires everywhere, so the clamp certainly acts
-    app = typer.Typer()
-    app.command()(intervene_command)
-    args = ["--model", str(tiny_folder("gemma3")), "--sae", str(sae.save(tmp_path / "sae")), "--hook", HOOK,
-            "--feature-ids", "1,2,3,4", "--n-features", "2,4", "--mode", "clamp,zero", "--scale", "-50",
-            "--forget-tasks", "offline:bio", "--retain-tasks", "offline:retain", "--protocol", "cloze",
-            "--all-questions", "--limit", "4", "--controls", "random-direction", "--run-id", "cli"]  # fmt: skip
+    app, args = intervene_cli(
+        tiny_folder, tmp_path, "--feature-ids", "1,2,3,4", "--n-features", "2,4", "--mode", "clamp,zero",
+        "--scale", "-50", "--limit", "4", "--controls", "random-direction", "--run-id", "cli",
+    )  # fmt: skip
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     run_dir = tmp_path / "intervene" / "cli"

@@ -12,7 +12,7 @@ import os
 import pandas as pd
 import pytest
 import torch
-from test_intervene import HOOK, FakeSuite, _fires_on_token, random_sae, write_question_sets
+from test_intervene import HOOK, FakeSuite, _fires_on_token, intervene_cli, random_sae, write_question_sets
 
 from unlearn.clamp.intervene import InterveneConfig, grid, run_intervene, with_gates
 from unlearn.clamp.shard import Shard, parse_shard, shard_points, shard_state
@@ -218,21 +218,14 @@ def test_submitit_launcher_merges_shards_into_the_unsharded_run(tiny_folder, tmp
     """`--shards 2 --launcher submitit --submitit-cluster local` through the CLI: two local processes, one
     run folder whose points equal an unsharded run's, and the merged summary printed."""
     pytest.importorskip("submitit")
-    import typer
     from typer.testing import CliRunner
-
-    from unlearn.clamp.intervene import intervene_command
 
     monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path / "results"))
     monkeypatch.setenv("UNLEARN_CACHE", str(tmp_path / "cache"))
-    sae = random_sae(64, 32, "standard", dtype=torch.float32)
-    sae.b_enc.fill_(0.5)  # every feature fires everywhere, so the clamp certainly acts
-    app = typer.Typer()
-    app.command()(intervene_command)
-    args = ["--model", str(tiny_folder("gemma3")), "--sae", str(sae.save(tmp_path / "sae")), "--hook", HOOK,
-            "--feature-ids", "1,2,3", "--n-features", "1,3", "--mode", "clamp", "--scale", "-50",
-            "--forget-tasks", "offline:bio", "--retain-tasks", "offline:retain", "--protocol", "cloze",
-            "--all-questions", "--limit", "2", "--controls", "none"]  # fmt: skip
+    app, args = intervene_cli(
+        tiny_folder, tmp_path, "--feature-ids", "1,2,3", "--n-features", "1,3", "--mode", "clamp",
+        "--scale", "-50", "--limit", "2", "--controls", "none",
+    )  # fmt: skip
     whole = CliRunner().invoke(app, [*args, "--run-id", "whole"])
     assert whole.exit_code == 0, whole.output
     launched = CliRunner().invoke(app, [*args, "--run-id", "fan", "--shards", "2", "--launcher", "submitit",
