@@ -19,7 +19,7 @@ from unlearn.clamp.dilution import (
     prefixed_questions,
     summarise,
 )
-from unlearn.clamp.gates import Gate
+from unlearn.clamp.gates import FiringLog, Gate
 from unlearn.errors import UnlearnError
 from unlearn.eval.prompts import cloze_context
 from unlearn.sae.model import SAE
@@ -98,3 +98,59 @@ def test_firing_vs_prefix_counts_prefixed_gate_statistics(tiny):
 def test_summarise():
     got = summarise({"a": {0: 0.8, 100: 0.5, 400: 0.6}, "b": {0: 0.4, 100: 0.5}})
     assert got == {"a": {"base": 0.8, "max_drop": pytest.approx(0.3)}, "b": {"base": 0.4, "max_drop": 0.0}}
+
+
+def test_diluter_scores_only_touched_prefixed_questions_and_equals_scoring_all(tiny, tmp_path):
+    """A clamp point's dilution result with `reuse` (score the prefixed questions its hook touches, keep the
+    unhooked `correct` of the rest) equals scoring every prefixed question under the hook, firing rates
+    included, for a static clamp and for a gate that fires on some prefixed questions and not others."""
+    from test_intervene import _fires_on_token, write_question_sets
+
+    from unlearn.clamp.dilution import Diluter, accuracy_vs_prefix
+    from unlearn.clamp.gates import gated
+    from unlearn.clamp.intervene import EditStats, feature_edit
+    from unlearn.eval.suite import EvalConfig, prepare_eval, score_questions
+
+    lm = tiny("gemma3")
+    sae, _ = _fires_on_token(lm, HOOK, " heart")
+    with torch.no_grad():
+        sae.b_enc[5] *= 0.5  # fires wherever the residual leans towards " heart"
+    rows = [{"question": f"Which organ {i} beats{' heart' * (i % 3)}?", "choices": ["heart", "liver", "kidney", "lung"],
+             "answer": i % 4} for i in range(9)]  # fmt: skip
+    paths = write_question_sets(tmp_path, {"forget": rows})
+    cfg = EvalConfig(forget=[str(paths["forget"])], protocol="cloze", mutual_info=False, known_only=False)
+    suite = prepare_eval(lm, dataclasses.replace(cfg, batch_size=4))
+    dil = Diluter(tmp_path, lm, suite, [0, 12], 9, f"questions:{paths['forget']}", hook_name=HOOK)
+    gate = Gate("window", threshold=0.1, features=(5,), value=-2000.0, window=4)
+
+    def static(log):
+        return feature_edit(lm.model, sae, [5], "clamp", -2000.0, hook_name=HOOK, stats=EditStats())
+
+    def gate_on(log):
+        return gated(lm.model, sae, gate, hook_name=HOOK, record=log)
+
+    def ll(questions):
+        frame = score_questions(lm.model, lm.tokenizer, questions, dil._cfg, chat_template=False)
+        return frame[[f"ll_{k}" for k in range(4)]].to_numpy()
+
+    unhooked = {q.question: row for qs in dil.sets.values() for q, row in zip(qs, ll(qs), strict=True)}
+
+    def unchanged(questions):  # a "correct" that is False wherever a question's log-likelihoods moved
+        return np.array(
+            [
+                np.array_equal(row, unhooked[q.question])
+                for q, row in zip(questions, ll(questions), strict=True)
+            ]
+        )
+
+    same = accuracy_vs_prefix(dil.sets, unchanged)
+    assert all(all(c) for c in same["correct"])
+    for hook_for, tau in ((static, None), (gate_on, gate.threshold)):
+        full = accuracy_vs_prefix(dil.sets, dil._score, hook_for, tau)
+        assert accuracy_vs_prefix(dil.sets, dil._score, hook_for, tau, reuse=(dil.base, dil._touched)) == full
+        assert full["correct"] != dil.base["correct"], "the hook must change some answers for this to test"
+        moved = accuracy_vs_prefix(dil.sets, unchanged, hook_for, tau)
+        assert accuracy_vs_prefix(dil.sets, unchanged, hook_for, tau, reuse=(same, dil._touched)) == moved
+        assert any(not all(c) for c in moved["correct"])
+    touched = [dil._touched(qs, gate_on(FiringLog())) for qs in dil.sets.values()]
+    assert any(t.any() and not t.all() for t in touched), "the gate must leave some questions alone"

@@ -24,7 +24,8 @@ from torch import nn
 from unlearn.clamp.feature_checks import iter_sources
 from unlearn.clamp.gates import FiringLog, Gate, firing_rate, gate_scores
 from unlearn.errors import UnlearnError
-from unlearn.eval.suite import score_questions
+from unlearn.eval.hook_cache import score_all_instead
+from unlearn.eval.suite import Reuse, score_questions, touched_questions
 from unlearn.hooks import text_config
 from unlearn.results import read_json, write_json
 from unlearn.stats import bootstrap_ci
@@ -136,34 +137,69 @@ def accuracy_vs_prefix(
     score: Callable[[list], np.ndarray],
     hook: HookFactory | None = None,
     threshold: float | None = None,
+    *,
+    reuse: tuple[dict, Callable[[list, AbstractContextManager], np.ndarray | None]] | None = None,
 ) -> dict:
     """Accuracy (with a 95% bootstrap interval) per prefix length N of `score(questions) -> correct (n,)`
-    run under `hook` (None: unhooked), and, for a gate of this `threshold`, its firing rate on the
-    sequences forwarded."""
-    out: dict = {"prefix_tokens": [], "acc": [], "ci": [], "fired": []}
-    for n, qs in sets.items():
+    run under `hook` (None: unhooked), each question's `correct`, and, for a gate of this `threshold`, its
+    firing rate on the sequences forwarded.
+
+    `reuse = (unhooked, touched)`: the unhooked model's result on the same sets and
+    `touched(questions, hook) -> bool (n,)` (None where it cannot tell), so only the
+    questions the hook changes are scored and the rest keep their unhooked `correct` (exact, as
+    `eval.suite.Reuse`; the gate's firing log is that of the touched pass, which sees every sequence)."""
+    out: dict = {"prefix_tokens": [], "acc": [], "ci": [], "fired": [], "correct": []}
+    for i, (n, qs) in enumerate(sets.items()):
         record = FiringLog()
         with torch.inference_mode():
             if hook is None:
                 correct = score(qs)
-            else:
+            elif reuse is None:
                 with hook(record):
                     correct = score(qs)
+            else:
+                correct = _reused(qs, score, hook, record, np.asarray(reuse[0]["correct"][i], bool), reuse[1])
         ci = bootstrap_ci(correct.astype(float))
         stats = record.all_stats()
         out["prefix_tokens"].append(n)
         out["acc"].append(float(correct.mean()))
         out["ci"].append([ci.low, ci.high])
         out["fired"].append(None if threshold is None or not stats else firing_rate(stats, threshold))
+        out["correct"].append(correct.astype(bool).tolist())
     return out
+
+
+def _reused(
+    qs: list, score, hook: HookFactory, record: FiringLog, unhooked: np.ndarray, touched
+) -> np.ndarray:
+    mask = touched(qs, hook(record))
+    if mask is None:  # lm-eval builds its own requests: score them all
+        with hook(record):
+            return score(qs)
+    correct = unhooked.copy()
+    if mask.any():
+        with hook(FiringLog()):
+            correct[mask] = score([q for q, m in zip(qs, mask, strict=True) if m])
+    return correct
 
 
 class Diluter:
     """The dilution check of a sweep (`unlearn.clamp.dilution`): the prefixed question sets and the unhooked
-    model's accuracy on them are made once; each clamp point adds `dilution/<point>.json`."""
+    model's accuracy on them are made once; each clamp point adds `dilution/<point>.json`, scoring only the
+    prefixed questions its hook touches (`accuracy_vs_prefix`'s `reuse`)."""
 
-    def __init__(self, run_dir: Path, lm, suite, ns: list[int], n_questions: int, filler) -> None:
-        self.run_dir, self.lm, self.suite = run_dir, lm, suite
+    def __init__(
+        self,
+        run_dir: Path,
+        lm,
+        suite,
+        ns: list[int],
+        n_questions: int,
+        filler,
+        *,
+        hook_name: str | None = None,
+    ) -> None:
+        self.run_dir, self.lm, self.suite, self.hook_name = run_dir, lm, suite, hook_name
         forget = [q for t in suite.tasks if t.role == "forget" for q in t.scored][:n_questions]
         if not forget:
             raise UnlearnError("The dilution check needs known forget questions; none are known.")
@@ -175,20 +211,35 @@ class Diluter:
         self.sets = prefixed_sets(lm, forget, iter_sources(source), ns)
         self.filler = source
         path = run_dir / "dilution" / "baseline.json"
-        self.base = read_json(path) if path.exists() else accuracy_vs_prefix(self.sets, self._score)
+        self.base = read_json(path) if path.exists() else None
+        if self.base is None or "correct" not in self.base:  # (older runs kept no per-question result)
+            self.base = accuracy_vs_prefix(self.sets, self._score)
         write_json(path, self.base | {"filler": self.filler})
 
+    @property
+    def _cfg(self):
+        return dataclasses.replace(self.suite.cfg, mutual_info=False)
+
     def _score(self, questions: list):
-        cfg = dataclasses.replace(self.suite.cfg, mutual_info=False)
-        frame = score_questions(self.lm.model, self.lm.tokenizer, questions, cfg,
+        frame = score_questions(self.lm.model, self.lm.tokenizer, questions, self._cfg,
                                 chat_template=self.suite.chat_template)  # fmt: skip
         return frame["correct"].to_numpy(dtype=bool)
+
+    def _touched(self, questions: list, hook: AbstractContextManager) -> np.ndarray | None:
+        """Which questions `hook` changes (`eval.suite.touched_questions`, which installs it)."""
+        lm, cfg = self.lm, self._cfg
+        found = touched_questions(lm.model, lm.tokenizer, questions, cfg, chat_template=self.suite.chat_template,
+                                  reuse=Reuse(None, lambda _on: hook, self.hook_name))  # fmt: skip
+        if found is not None and found.any() and score_all_instead(lm.model, float(found.mean())):
+            return np.ones_like(found)  # cached prefix: scoring all is cheaper (and still exact)
+        return found
 
     def point(self, pid: str, hook_for, threshold: float | None) -> None:
         path = self.run_dir / "dilution" / f"{pid}.json"
         if path.exists():
             return
-        result = accuracy_vs_prefix(self.sets, self._score, hook_for, threshold)
+        reuse = (self.base, self._touched) if self.hook_name else None
+        result = accuracy_vs_prefix(self.sets, self._score, hook_for, threshold, reuse=reuse)
         write_json(path, {"point": pid, **result, "base": self.base, "filler": self.filler})
         log.info(
             "dilution %s: acc %s, fired %s at N = %s",

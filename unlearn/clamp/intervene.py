@@ -525,7 +525,7 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan:
     `own_baseline` (a shard): score the baseline here even when the folder has one, as the unsharded run
     does (its frame, not a CSV read back, feeds `Reuse`), and write it only where it is missing."""
     unit, typical, control_ids, control_typical, rotation_DD, seed, gate_fpr, dilution, window_span = plan
-    dilute = Diluter(run_dir, lm, suite, *dilution) if dilution[0] else None
+    dilute = Diluter(run_dir, lm, suite, *dilution, hook_name=hook) if dilution[0] else None
     calibrated_gates: dict[tuple, Gate] = {}  # a real point and its direction control share one gate
     base_frame = None  # per-question baseline: paired deltas, and the scores of questions a hook leaves alone
     if (run_dir / "baseline.json").exists() and not own_baseline:
