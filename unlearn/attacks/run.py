@@ -35,8 +35,10 @@ from unlearn.stats import bootstrap_ci
 log = logging.getLogger(__name__)
 
 ATTACKS = ("hook-removal", "relearn", "few-shot", "padding", "direction", "probe")
-DEMO_ATTACKS = ("hook-removal", "few-shot", "padding", "direction", "relearn")
-"""The demo's reduced attack set (no probes; one relearning size, few steps: `demo_config`)."""
+DEMO_ATTACKS = ("hook-removal", "few-shot", "direction", "relearn")
+"""The demo's reduced attack set (no probes; one relearning size, few steps: `demo_config`). No padding:
+the demo's dilution check already scores both hook targets behind 100 tokens of retain text (its N = 100,
+on more questions), and `unlearn attack` runs it on any target."""
 
 
 @dataclass
@@ -256,7 +258,7 @@ def run_attack(
 
 
 def demo_config(**overrides) -> AttackConfig:
-    """The demo's reduced attack set: hook removal, 5-shot, 100-token padding, the direction from 256
+    """The demo's reduced attack set (`DEMO_ATTACKS`): hook removal, 5-shot, the direction from 256
     edited tokens (no base control, no decoder span) and relearning on k = 10 forget-topic texts for 5
     steps (the full set: `unlearn attack`). Measured on Gemma 3 270M, 2 shared CPU cores, `limit` 20,
     one static clamp target, before these cuts (512 direction tokens, both relearning corpora): 253 s
