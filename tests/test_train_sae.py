@@ -218,6 +218,27 @@ def test_collected_activations_equal_hidden_states_without_bos_and_padding(tiny,
     torch.testing.assert_close(full.float(), acts.float())
 
 
+def test_collected_activations_leave_out_sink_tokens_by_the_window_median(tiny):
+    """With `sink_ratio`, a token whose residual norm is above ratio x its window's median (BOS left out of
+    both) is not collected: checked window by window against numpy on the model's own hidden states. A
+    ratio of 1.0 drops about half of each window, so the test sees both kinds of token."""
+    lm = tiny("gemma3")
+    texts = corpus(6)
+    acts = collect_activations(lm.model, lm.tokenizer, HOOK, texts, n_tokens=10_000, max_length=32,
+                               batch_size=4, sink_ratio=1.0, progress=False)  # fmt: skip
+    expected = []
+    for window in token_windows(lm.tokenizer, texts, 32):
+        with torch.no_grad():
+            x = lm.model(torch.tensor([window]), output_hidden_states=True).hidden_states[3][0, 1:]
+        norm = np.linalg.norm(x.double().numpy(), axis=-1)
+        expected.append(x[torch.from_numpy(norm <= 1.0 * np.median(norm))])
+    expected = torch.cat(expected)
+    n_all = sum(len(w) - 1 for w in token_windows(lm.tokenizer, texts, 32))
+    assert 0.3 * n_all < len(expected) < 0.7 * n_all
+    assert acts.shape == expected.shape
+    torch.testing.assert_close(acts.float(), expected, rtol=2e-3, atol=2e-3)
+
+
 def identity_sae(d: int) -> SAE:
     """relu(x) − relu(−x) = x: a 'standard' SAE that reconstructs exactly, with L0 = #non-zero coordinates."""
     sae = SAE(d, 2 * d, "standard")

@@ -77,6 +77,16 @@ def batch_windows(
             batch = []
 
 
+def kept(acts_BTD: Tensor, keep_BT: Tensor, sink_ratio: float | None) -> Tensor:
+    """`keep_BT` less the massive-activation tokens (`gates.sink_tokens`: residual norm above `sink_ratio` x
+    the window's median kept norm), which an SAE, like a gate, then treats as it treats BOS; None keeps all."""
+    if sink_ratio is None:
+        return keep_BT
+    from unlearn.clamp.gates import sink_tokens
+
+    return keep_BT & ~sink_tokens(acts_BTD.detach().double().norm(dim=-1), keep_BT, sink_ratio)
+
+
 def collect_activations(
     model: nn.Module,
     tokenizer,
@@ -88,6 +98,7 @@ def collect_activations(
     batch_size: int = 16,
     cache: Path | None = None,
     cache_key: dict | None = None,
+    sink_ratio: float | None = None,
     progress: bool = True,
 ) -> Tensor:
     """Activations (N ≤ n_tokens, d) at `hook` in float16, from forwards that stop at the hook's layer.
@@ -123,7 +134,7 @@ def collect_activations(
             acts_BTD = forward_to(
                 model, [hook], input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]
             )[hook]
-            rows_ND = acts_BTD[batch["keep"]].float()[: n_tokens - filled]
+            rows_ND = acts_BTD[kept(acts_BTD, batch["keep"], sink_ratio)].float()[: n_tokens - filled]
             buf[filled : filled + len(rows_ND)] = rows_ND.clamp(-65504, 65504).half()
             filled += len(rows_ND)
             done += batch["n_windows"]

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from unlearn.errors import UnlearnError
 from unlearn.hooks import edit, forward_to
 from unlearn.progress import progress_bar
-from unlearn.sae.activations import batch_windows, token_windows
+from unlearn.sae.activations import batch_windows, kept, token_windows
 from unlearn.sae.model import SAE
 
 # --- evaluation on held-out text ---------------------------------------------------------------------------
@@ -37,28 +37,33 @@ def _next_token_ce(logits_BTV: Tensor, ids_BT: Tensor, sel_BT: Tensor, mask_BT: 
     return torch.nn.functional.cross_entropy(logits_NV, targets_N, reduction="sum").item(), len(targets_N)
 
 
-def _ce_three_ways(model, sae: SAE, hook: str, inputs: dict, keep_BT: Tensor) -> tuple[Tensor, dict, int]:
+def _ce_three_ways(
+    model, sae: SAE, hook: str, inputs: dict, keep_BT: Tensor, sink_ratio: float | None = None
+) -> tuple[Tensor, Tensor, dict, int]:
     """One batch through the model clean, with the SAE reconstruction spliced in at the kept positions,
-    and with zeros there; returns the clean activations, the summed CEs and the token count."""
+    and with zeros there; returns the clean activations, the kept positions (`keep_BT` less the sink
+    tokens, `kept`), the summed CEs and the token count."""
     store: dict[str, Tensor] = {}
 
     def record(act: Tensor) -> Tensor:
-        store["x"] = act
+        store["x"], store["keep"] = act, kept(act, keep_BT, sink_ratio)
         return act
 
     def splice(act: Tensor) -> Tensor:
-        return torch.where(keep_BT[..., None], sae(act).to(act.dtype), act)
+        return torch.where(store["keep"][..., None], sae(act).to(act.dtype), act)
 
     def zero(act: Tensor) -> Tensor:
-        return act.masked_fill(keep_BT[..., None], 0.0)
+        return act.masked_fill(store["keep"][..., None], 0.0)
 
     sums, count = {}, 0
     for name, fn in (("clean", record), ("sae", splice), ("zero", zero)):
         with edit(model, hook, fn):
             logits_BTV = model(**inputs, use_cache=False).logits
-        sums[name], count = _next_token_ce(logits_BTV, inputs["input_ids"], keep_BT, inputs["attention_mask"])
+        sums[name], count = _next_token_ce(
+            logits_BTV, inputs["input_ids"], store["keep"], inputs["attention_mask"]
+        )
         del logits_BTV
-    return store["x"], sums, count
+    return store["x"], store["keep"], sums, count
 
 
 @torch.inference_mode()
@@ -73,6 +78,7 @@ def evaluate_sae(
     batch_size: int = 8,
     ce_tokens: int = 8192,
     max_tokens: int | None = None,
+    sink_ratio: float | None = None,
     progress: bool = True,
 ) -> dict[str, float]:
     """Quality of `sae` at `hook` on held-out text, the usual SAE metrics (SAEBench "core"):
@@ -81,7 +87,8 @@ def evaluate_sae(
     - next-token CE of the model clean, with x̂ spliced in at the hook, and with zeros spliced in, on the
       first `ce_tokens` predicted tokens: `delta_ce = ce_sae − ce_clean`, `ce_loss_recovered =
       (ce_zero − ce_sae) / (ce_zero − ce_clean)`.
-    BOS and padding are left out everywhere (and left untouched by the splice): the SAE never saw BOS.
+    BOS and padding are left out everywhere (and left untouched by the splice): the SAE never saw BOS;
+    with `sink_ratio`, so are massive-activation tokens (`kept`), as when the SAE was trained that way.
     """
     n_prefix = int(tokenizer.bos_token_id is not None)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -96,11 +103,12 @@ def evaluate_sae(
             ids_BT, mask_BT, keep_BT = batch["input_ids"], batch["attention_mask"], batch["keep"]
             inputs = {"input_ids": ids_BT, "attention_mask": mask_BT}
             if ce_n < ce_tokens:
-                acts_BTD, sums, count = _ce_three_ways(model, sae, hook, inputs, keep_BT)
+                acts_BTD, keep_BT, sums, count = _ce_three_ways(model, sae, hook, inputs, keep_BT, sink_ratio)
                 ce = {k: ce[k] + sums[k] for k in ce}
                 ce_n += count
             else:
                 acts_BTD = forward_to(model, [hook], **inputs)[hook]
+                keep_BT = kept(acts_BTD, keep_BT, sink_ratio)
             x_ND = acts_BTD[keep_BT].to(sae.dtype)
             f_NF = sae.encode(x_ND)
             x_hat_ND = sae.decode(f_NF)

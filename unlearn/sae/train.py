@@ -51,6 +51,10 @@ class TrainSAEConfig(RunFlags):
     """Tokens per window (documents are joined, then cut into windows that each start with BOS)."""
     forward_batch: int = 16
     """Windows per model forward."""
+    sink_ratio: float | None = None
+    """Leave out massive-activation tokens (residual norm above this x the window's median; the gates'
+    `SINK_RATIO` is 4) from training and evaluation, as BOS is: long windows hold a few, ~10x a text
+    token's norm (Sun et al., arXiv 2402.17762), which would dominate the MSE. None keeps every token."""
     eval_tokens: int | None = 100_000
     """At most this many held-out tokens for variance explained, L0 and dead latents (None: all)."""
     ce_tokens: int = 8192
@@ -125,6 +129,7 @@ def run_train_sae(cfg: TrainSAEConfig, *, progress: bool = True) -> Path:
             "max_length": cfg.max_length,
             "dtype": model_dtype,
             "windows": "joined",  # token_windows' layout; older caches cut documents one by one
+            **({"sink_ratio": cfg.sink_ratio} if cfg.sink_ratio is not None else {}),
         }
         acts_ND = collect_activations(
             lm.model,
@@ -136,6 +141,7 @@ def run_train_sae(cfg: TrainSAEConfig, *, progress: bool = True) -> Path:
             batch_size=cfg.forward_batch,
             cache=cfg.activations,
             cache_key=key,
+            sink_ratio=cfg.sink_ratio,
             progress=progress,
         )
         t1 = time.perf_counter()
@@ -156,6 +162,7 @@ def run_train_sae(cfg: TrainSAEConfig, *, progress: bool = True) -> Path:
             max_length=cfg.max_length,
             ce_tokens=cfg.ce_tokens,
             max_tokens=cfg.eval_tokens,
+            sink_ratio=cfg.sink_ratio,
             progress=progress,
         )
         metrics = {
