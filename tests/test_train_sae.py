@@ -249,6 +249,27 @@ def identity_sae(d: int) -> SAE:
     return sae
 
 
+def test_evaluate_sae_splits_the_ce_forward_by_rows_under_a_logits_budget(tiny, monkeypatch):
+    """With room for one row's logits only, the CE forwards go row by row, with the same metrics."""
+    import unlearn.sae.quality as quality
+
+    lm = tiny("gemma3")
+    sae = SAE(64, 96, "jumprelu")
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.randn(64, 96, generator=torch.Generator().manual_seed(0)) * 0.2)
+        sae.threshold.fill_(0.3)
+    args = dict(max_length=32, batch_size=4, ce_tokens=10_000, progress=False)
+    whole = evaluate_sae(lm.model, lm.tokenizer, sae, HOOK, corpus(8, seed=1), **args)
+    calls, ce = [], quality._ce_three_ways
+    monkeypatch.setattr(quality, "LOGITS_BUDGET", 1)
+    monkeypatch.setattr(quality, "_ce_three_ways", lambda *a: calls.append(len(a[3]["input_ids"])) or ce(*a))
+    split = evaluate_sae(lm.model, lm.tokenizer, sae, HOOK, corpus(8, seed=1), **args)
+    assert calls and set(calls) == {1}
+    assert split["ce_tokens"] == whole["ce_tokens"] > 0
+    for key in ("ce_clean", "ce_sae", "ce_zero", "variance_explained", "l0"):
+        assert split[key] == pytest.approx(whole[key], rel=1e-5), key
+
+
 def test_evaluate_sae_against_independent_computations(tiny):
     lm = tiny("gemma3")
     texts = corpus(8, seed=1)

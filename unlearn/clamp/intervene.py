@@ -592,7 +592,7 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan:
             return gated(lm.model, sae, gate, hook_name=hook, directions_KD=dirs, record=log)
 
         label = lambda t, log=record: log.start(t.role)  # noqa: E731
-        if reusable:  # score only the questions the hook touches (exact; `evaluate.Reuse`)
+        if reusable:  # score only the questions the hook touches (exact; `eval.suite.Reuse`)
             live = lambda on, log=record, st=edit_stats, mk=hook_for: mk(log, st) if on else mk(FiringLog())  # noqa: E731
             with torch.inference_mode():
                 outcome = suite.run(lm.model, desc=pid, on_task=label, reuse=Reuse(base_frame, live, hook))

@@ -9,12 +9,17 @@ import torch
 from torch import Tensor, nn
 
 from unlearn.errors import UnlearnError
-from unlearn.hooks import edit, forward_to
+from unlearn.hooks import edit, forward_to, text_config
 from unlearn.progress import progress_bar
 from unlearn.sae.activations import batch_windows, kept, token_windows
 from unlearn.sae.model import SAE
 
 # --- evaluation on held-out text ---------------------------------------------------------------------------
+
+
+LOGITS_BUDGET = 2**28
+"""Logit entries (float32: 1 GiB) one CE forward may hold: Gemma 3's 262k vocabulary over a 2048-token window
+is 2.1 GiB per row, and a batch of 8 such rows (17 GiB) exhausted 24 GiB."""
 
 
 def variance_explained(x_ND, x_hat_ND) -> float:
@@ -102,10 +107,18 @@ def evaluate_sae(
         for batch in batch_windows(token_windows(tokenizer, texts, max_length), batch_size, pad, n_prefix):
             ids_BT, mask_BT, keep_BT = batch["input_ids"], batch["attention_mask"], batch["keep"]
             inputs = {"input_ids": ids_BT, "attention_mask": mask_BT}
-            if ce_n < ce_tokens:
-                acts_BTD, keep_BT, sums, count = _ce_three_ways(model, sae, hook, inputs, keep_BT, sink_ratio)
-                ce = {k: ce[k] + sums[k] for k in ce}
-                ce_n += count
+            if ce_n < ce_tokens:  # a few rows per forward: (rows, T, vocab) logits fit in LOGITS_BUDGET
+                per = max(1, LOGITS_BUDGET // (ids_BT.shape[1] * text_config(model).vocab_size))
+                parts = []
+                for r in range(0, len(ids_BT), per):
+                    rows = {k: v[r : r + per] for k, v in inputs.items()}
+                    acts, keep, sums, count = _ce_three_ways(
+                        model, sae, hook, rows, keep_BT[r : r + per], sink_ratio
+                    )
+                    ce = {k: ce[k] + sums[k] for k in ce}
+                    ce_n += count
+                    parts.append((acts, keep))
+                acts_BTD, keep_BT = (torch.cat(t) for t in zip(*parts, strict=True))
             else:
                 acts_BTD = forward_to(model, [hook], **inputs)[hook]
                 keep_BT = kept(acts_BTD, keep_BT, sink_ratio)
