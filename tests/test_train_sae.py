@@ -366,6 +366,8 @@ def test_run_train_sae_user_errors(tiny_folder, tmp_path, monkeypatch):
         run_train_sae(TrainSAEConfig(model=folder, hook=HOOK, sources=[]), progress=False)
     with pytest.raises(UnlearnError, match="--tokens"):
         run_train_sae(TrainSAEConfig(model=folder, hook=HOOK, tokens=10), progress=False)
+    with pytest.raises(UnlearnError, match="--sink-ratio must be > 1"):
+        run_train_sae(TrainSAEConfig(model=folder, hook=HOOK, sink_ratio=0.5), progress=False)
 
 
 def test_train_sae_command_runs_through_typer(tiny_folder, tmp_path, monkeypatch):

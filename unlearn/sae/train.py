@@ -73,8 +73,8 @@ SAVE_DTYPES = ("float16", "float32", "bfloat16")
 
 
 def check_train_sae_flags(cfg: TrainSAEConfig) -> None:
-    """Counts ≥ 1, a finite positive learning rate, a plain new run id, a writable --out: before the
-    model loads (a huge --lr still diverges; the SAE's weights are checked before it is saved)."""
+    """Counts ≥ 1, a finite positive learning rate, a sink ratio > 1, a plain new run id, a writable --out:
+    before the model loads (a huge --lr still diverges; the SAE's weights are checked before it is saved)."""
     for name in ("tokens", "max_length", "forward_batch", "eval_tokens", "ce_tokens"):
         positive_int(getattr(cfg, name), f"--{name.replace('_', '-')}")
     for name in ("width", "batch_size", "k"):
@@ -85,6 +85,10 @@ def check_train_sae_flags(cfg: TrainSAEConfig) -> None:
     for name in ("lr", "epochs"):
         if finite_float(getattr(cfg.train, name), f"--{name}") <= 0:
             raise UnlearnError(f"--{name} must be > 0, got {getattr(cfg.train, name)}")
+    if cfg.sink_ratio is not None and finite_float(cfg.sink_ratio, "--sink-ratio") <= 1:
+        raise UnlearnError(
+            f"--sink-ratio must be > 1 (a multiple of the window's median token norm), got {cfg.sink_ratio}"
+        )
     check_new_run("train-sae", cfg.run_id, overwrite=cfg.overwrite)
     if cfg.out is not None:
         writable_dir(cfg.out, "--out")
