@@ -642,7 +642,8 @@ def test_reuse_scores_only_touched_questions_and_equals_a_full_evaluation(tiny, 
         if name == "gated":
             assert sorted(reuse_log.all_stats()) == pytest.approx(sorted(full_log.all_stats()))
         touched = touched_questions(lm.model, lm.tokenizer, suite.tasks[0].questions, suite.cfg,
-                                    chat_template=suite.chat_template, reuse=reuse)  # fmt: skip
+                                    chat_template=suite.chat_template, hook=reuse.hook(True),
+                                    hook_name=reuse.hook_name)  # fmt: skip
         assert touched.any() and not touched.all(), (name, touched, "the hook must touch some questions only")
         if protocol == "cloze":  # the full path leaves exactly the untouched questions bit-identical
             ll = [f"ll_{k}" for k in range(4)]

@@ -25,7 +25,7 @@ from unlearn.clamp.feature_checks import iter_sources
 from unlearn.clamp.gates import FiringLog, Gate, firing_rate, gate_scores
 from unlearn.errors import UnlearnError
 from unlearn.eval.hook_cache import score_all_instead
-from unlearn.eval.suite import Reuse, score_questions, touched_questions
+from unlearn.eval.suite import score_questions, touched_questions
 from unlearn.hooks import text_config
 from unlearn.results import read_json, write_json
 from unlearn.stats import bootstrap_ci
@@ -229,7 +229,7 @@ class Diluter:
         """Which questions `hook` changes (`eval.suite.touched_questions`, which installs it)."""
         lm, cfg = self.lm, self._cfg
         found = touched_questions(lm.model, lm.tokenizer, questions, cfg, chat_template=self.suite.chat_template,
-                                  reuse=Reuse(None, lambda _on: hook, self.hook_name))  # fmt: skip
+                                  hook=hook, hook_name=self.hook_name)  # fmt: skip
         if found is not None and found.any() and score_all_instead(lm.model, float(found.mean())):
             return np.ones_like(found)  # cached prefix: scoring all is cheaper (and still exact)
         return found

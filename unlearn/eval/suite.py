@@ -289,7 +289,8 @@ class EvalSuite:
         """`task`'s frame under the hook: its touched questions scored, the rest the unhooked model's."""
         cfg, chat = self.cfg, self.chat_template
         touched = from_rank_zero(touched_questions(
-            model, self.tokenizer, task.questions, cfg, chat_template=chat, reuse=reuse
+            model, self.tokenizer, task.questions, cfg, chat_template=chat, hook=reuse.hook(True),
+            hook_name=reuse.hook_name,
         ))  # fmt: skip
         if touched is None:  # lm-eval: score everything under the live hook
             with reuse.hook(True):
@@ -459,17 +460,27 @@ class Reuse:
     hook_name: str
 
 
-def touched_questions(model, tokenizer, questions, cfg: EvalConfig, *, chat_template: bool, reuse: Reuse):
-    """Bool per question: does the hook change any real token of any sequence it forwards? None when the
-    sequences are not known ahead (lm-eval)."""
+def touched_questions(
+    model,
+    tokenizer,
+    questions,
+    cfg: EvalConfig,
+    *,
+    chat_template: bool,
+    hook: AbstractContextManager,
+    hook_name: str,
+):
+    """Bool per question: does `hook` (entered here, after the clean activations are captured) change any
+    real token at `hook_name` of any sequence the scorer forwards? None when the sequences are not known
+    ahead (lm-eval)."""
     seqs = forwarded_sequences(model, tokenizer, questions, cfg, chat_template=chat_template)
     if seqs is None:
         return None
     touched = np.zeros(len(questions), dtype=bool)
-    with torch.inference_mode(), capture(model, [reuse.hook_name]) as before, reuse.hook(True):
+    with torch.inference_mode(), capture(model, [hook_name]) as before, hook:
         for inputs, real_BT, qidx in forward_batches(model, tokenizer, seqs, cfg.batch_size):
-            after = forward_to(model, [reuse.hook_name], **inputs)[reuse.hook_name]
-            x = before[reuse.hook_name]
+            after = forward_to(model, [hook_name], **inputs)[hook_name]
+            x = before[hook_name]
             changed_B = ((after != x).any(-1) & real_BT.to(after.device)).any(-1).cpu().numpy()
             for qi, c in zip(qidx, changed_B, strict=True):
                 touched[qi] |= bool(c)
