@@ -5,6 +5,7 @@ questions' gate statistics, checked against the paper's ρ computed by hand on t
 from __future__ import annotations
 
 import dataclasses
+import json
 
 import numpy as np
 import pytest
@@ -154,3 +155,47 @@ def test_diluter_scores_only_touched_prefixed_questions_and_equals_scoring_all(t
         assert any(not all(c) for c in moved["correct"])
     touched = [dil._touched(qs, gate_on(FiringLog())) for qs in dil.sets.values()]
     assert any(t.any() and not t.all() for t in touched), "the gate must leave some questions alone"
+
+
+def test_diluter_control_rates_on_retain_questions_equal_full_scoring(tiny, tmp_path):
+    """The dilution check's control (`benign`): per N, the share of prefixed retain questions the gate fires
+    on equals the rate recorded while scoring them in full under the gate, and the share the hook changes
+    equals the share whose log-likelihoods move (a second code path: scoring, not truncated forwards)."""
+    from test_intervene import _fires_on_token, write_question_sets
+
+    from unlearn.clamp.dilution import Diluter
+    from unlearn.clamp.gates import firing_rate, gated
+    from unlearn.eval.suite import EvalConfig, prepare_eval, score_questions
+
+    lm = tiny("gemma3")
+    sae, _ = _fires_on_token(lm, HOOK, " heart")
+    with torch.no_grad():
+        sae.b_enc[5] *= 0.5
+    rows = lambda word: [{"question": f"Which {word} {i}{' heart' * (i % 3)}?",  # noqa: E731
+                          "choices": ["heart", "liver", "kidney", "lung"], "answer": i % 4} for i in range(9)]  # fmt: skip
+    paths = write_question_sets(tmp_path, {"forget": rows("organ"), "retain": rows("city")})
+    cfg = EvalConfig(forget=[str(paths["forget"])], retain=[str(paths["retain"])], protocol="cloze",
+                     mutual_info=False, known_only=False, batch_size=4)  # fmt: skip
+    suite = prepare_eval(lm, cfg)
+    dil = Diluter(tmp_path, lm, suite, [0, 12], 9, f"questions:{paths['forget']}", hook_name=HOOK)
+    assert sorted(dil.benign) == [0, 12] and all(len(qs) == 9 for qs in dil.benign.values())
+    gate = Gate("window", threshold=0.1, features=(5,), value=-2000.0, window=4)
+    hook_for = lambda log: gated(lm.model, sae, gate, hook_name=HOOK, record=log)  # noqa: E731
+
+    def ll(questions, hook=None):
+        record = FiringLog()
+        with torch.inference_mode(), hook(record) if hook else torch.no_grad():
+            frame = score_questions(lm.model, lm.tokenizer, questions, dil._cfg, chat_template=False)
+        return frame[[f"ll_{k}" for k in range(4)]].to_numpy(), record
+
+    got = dil._benign(hook_for, gate.threshold)
+    assert got["prefix_tokens"] == [0, 12]
+    for i, qs in enumerate(dil.benign.values()):
+        clean, _ = ll(qs)
+        hooked, record = ll(qs, hook_for)
+        assert got["fired"][i] == firing_rate(record.all_stats(), gate.threshold)
+        assert got["touched"][i] == float((np.abs(hooked - clean) > 0).any(1).mean())
+    assert 0 < min(got["touched"]) and max(got["fired"]) < 1, "the gate must fire on some, not all"
+    dil.point("p", hook_for, gate.threshold)
+    saved = json.loads((tmp_path / "dilution" / "p.json").read_text())
+    assert saved["benign"] == got

@@ -476,7 +476,8 @@ def test_gate_and_dilution_tables_read_completed_runs_only(tmp_path: Path):
         write_json(run / "dilution" / "baseline.json", base)
         write_json(run / "dilution" / "clamp_n2_s-5_gate-window.json",
                    {"point": "clamp_n2_s-5_gate-window", "prefix_tokens": [0, 100], "acc": [0.5, 0.75],
-                    "ci": [[0.4, 0.6], [0.6, 0.9]], "fired": [0.5, 0.25]})  # fmt: skip
+                    "ci": [[0.4, 0.6], [0.6, 0.9]], "fired": [0.5, 0.25],
+                    "benign": {"prefix_tokens": [0, 100], "fired": [0.05, 0.875], "touched": [0.0, 0.5]}})  # fmt: skip
         if done:
             mark_complete(run)
     gates = gate_table(tmp_path)
@@ -488,6 +489,7 @@ def test_gate_and_dilution_tables_read_completed_runs_only(tmp_path: Path):
     gated = dil.iloc[1]
     assert gated["forget @N=100"] == "0.750 [0.600, 0.900]" and gated["fires @N=0"] == "50.0%"
     assert gated["max rise vs N=0"] == "+0.250"
+    assert gated["retain: fires @N=100"] == "87.5%" and gated["retain: changed @N=0"] == "0.0%"
     assert [t for t, _, _ in extra_tables(tmp_path)] == [
         "Gates: thresholds and firing rates",
         "Dilution check",

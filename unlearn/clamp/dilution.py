@@ -186,7 +186,12 @@ def _reused(
 class Diluter:
     """The dilution check of a sweep (`unlearn.clamp.dilution`): the prefixed question sets and the unhooked
     model's accuracy on them are made once; each clamp point adds `dilution/<point>.json`, scoring only the
-    prefixed questions its hook touches (`accuracy_vs_prefix`'s `reuse`)."""
+    prefixed questions its hook touches (`accuracy_vs_prefix`'s `reuse`).
+
+    Its control: the same number of known *retain* questions behind the same filler, on which each point
+    records how often its gate fires and how many its hook changes (`benign`). A gate that keeps forget
+    accuracy down at large N only because it fires on every long prompt, benign ones included, is not
+    resisting dilution; this is what tells the two apart (forwards stop at the hook layer, no scoring)."""
 
     def __init__(
         self,
@@ -209,6 +214,8 @@ class Diluter:
                 "The dilution check needs filler text: pass --dilution-text (e.g. offline:retain)."
             )
         self.sets = prefixed_sets(lm, forget, iter_sources(source), ns)
+        retain = [q for t in suite.tasks if t.role == "retain" for q in t.scored][:n_questions]
+        self.benign = prefixed_sets(lm, retain, iter_sources(source), ns) if retain and hook_name else {}
         self.filler = source
         path = run_dir / "dilution" / "baseline.json"
         self.base = read_json(path) if path.exists() else None
@@ -234,12 +241,29 @@ class Diluter:
             return np.ones_like(found)  # cached prefix: scoring all is cheaper (and still exact)
         return found
 
+    def _benign(self, hook_for: HookFactory, threshold: float | None) -> dict:
+        """Per N, the fraction of the prefixed retain questions the point's gate fires on (None for a
+        static clamp) and the fraction its hook changes (None where the sequences are not known ahead)."""
+        lm = self.lm
+        out: dict = {"prefix_tokens": [], "fired": [], "touched": []}
+        for n, qs in self.benign.items():
+            record = FiringLog()
+            found = touched_questions(lm.model, lm.tokenizer, qs, self._cfg, chat_template=self.suite.chat_template,
+                                      hook=hook_for(record), hook_name=self.hook_name)  # fmt: skip
+            stats = record.all_stats()
+            out["prefix_tokens"].append(n)
+            out["fired"].append(None if threshold is None or not stats else firing_rate(stats, threshold))
+            out["touched"].append(None if found is None else float(found.mean()))
+        return out
+
     def point(self, pid: str, hook_for, threshold: float | None) -> None:
         path = self.run_dir / "dilution" / f"{pid}.json"
         if path.exists():
             return
         reuse = (self.base, self._touched) if self.hook_name else None
         result = accuracy_vs_prefix(self.sets, self._score, hook_for, threshold, reuse=reuse)
+        if self.benign:
+            result["benign"] = self._benign(hook_for, threshold)
         write_json(path, {"point": pid, **result, "base": self.base, "filler": self.filler})
         log.info(
             "dilution %s: acc %s, fired %s at N = %s",

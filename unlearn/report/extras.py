@@ -48,8 +48,9 @@ def _cell(acc: float, ci) -> str:
 
 
 def dilution_table(results_dir: Path) -> pd.DataFrame:
-    """Forget accuracy (known questions, 95% interval) per prefix length, the unhooked model first, and the
-    gate's firing rate; the largest drop of a point's forget-accuracy *increase* is what dilution costs."""
+    """Forget accuracy (known questions, 95% interval) per prefix length, the unhooked model first, the
+    gate's firing rate, and the control: its firing rate and the hook's reach on known retain questions
+    behind the same text; the largest drop of a point's forget-accuracy *increase* is what dilution costs."""
     rows = []
     for run in _runs(results_dir, "intervene"):
         folder = run / "dilution"
@@ -63,6 +64,13 @@ def dilution_table(results_dir: Path) -> pd.DataFrame:
                 row[f"forget @N={n}"] = _cell(acc, ci)
                 if fired is not None:
                     row[f"fires @N={n}"] = _pct(fired)
+            benign = d.get("benign") or {}
+            for n, fired, touched in zip(benign.get("prefix_tokens", []), benign.get("fired", []),
+                                         benign.get("touched", []), strict=True):  # fmt: skip
+                if fired is not None:
+                    row[f"retain: fires @N={n}"] = _pct(fired)
+                if touched is not None:
+                    row[f"retain: changed @N={n}"] = _pct(touched)
             if f.stem != "baseline":
                 first = d["acc"][0]
                 row["max rise vs N=0"] = f"{max(a - first for a in d['acc']):+.3f}"
@@ -81,7 +89,10 @@ DILUTION_INTRO = (
     "Known forget questions with N tokens of retain text put before them. A gate whose statistic a prefix "
     "can dilute lets forget accuracy climb back as N grows; an edit that also lands in the prefix (the "
     "static clamp, a gate with span `sequence`) pushes it down instead. A dilution-resistant gate keeps it "
-    "near its N = 0 value (`max |change|`). The unhooked row shows what the prefix alone does."
+    "near its N = 0 value (`max |change|`). The unhooked row shows what the prefix alone does. The control "
+    "`retain:` columns: known retain questions behind the same text, the share the gate fires on and the "
+    "share the hook changes; a gate that fires on most of them at some N is blocking long prompts, not "
+    "resisting dilution."
 )
 
 
