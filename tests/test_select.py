@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from unlearn.clamp.feature_stats import FeatureStats, accumulate, token_chunks
+from unlearn.clamp.feature_stats import FeatureStats, accumulate, load_counters, save_counters, token_chunks
 from unlearn.clamp.select import (
     SelectConfig,
     _parse_sources,
@@ -423,3 +423,24 @@ def test_measure_features_for_explicit_ids_agrees_with_a_selection_run(tiny, tmp
     assert info["controls"] == topic["controls"]["controls"]
     with pytest.raises(UnlearnError, match="no selection text for topic 'law'"):
         measure_features(lm, sae, hook, preset, "law", [1])
+
+
+def test_saved_counters_are_byte_identical_whatever_the_order_and_load_back(tmp_path):
+    """Counters saved in any name order give the same bytes (the distributed run compares files byte for
+    byte; safetensors writes a metadata map in hash order), and load back exactly, token counts included."""
+    gen = torch.Generator().manual_seed(0)
+    stats = {name: FeatureStats(n, torch.rand(5, generator=gen, dtype=torch.float64),
+                                torch.rand(5, generator=gen, dtype=torch.float64))
+             for name, n in (("bio", 308), ("retain", 321), ("cyber", 17))}  # fmt: skip
+    files = []
+    for k in range(8):
+        names = sorted(stats, reverse=bool(k % 2))
+        save_counters(tmp_path / f"{k}.safetensors", {name: stats[name] for name in names})
+        files.append((tmp_path / f"{k}.safetensors").read_bytes())
+    assert len(set(files)) == 1
+    back = load_counters(tmp_path / "0.safetensors")
+    assert sorted(back) == sorted(stats)
+    for name, s in stats.items():
+        assert back[name].n_tokens == s.n_tokens
+        assert torch.equal(back[name].fire_count_F, s.fire_count_F)
+        assert torch.equal(back[name].act_sum_F, s.act_sum_F)

@@ -10,6 +10,7 @@ selected feature's top-activating text windows.
 from __future__ import annotations
 
 import heapq
+import json
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -59,25 +60,35 @@ class FeatureStats:
         return self.act_sum_F / self.fire_count_F.clamp(min=1)
 
 
+TOKEN_COUNTS_KEY = "n_tokens"
+"""One metadata key holding every counter's token count as sorted JSON: safetensors 0.8 writes metadata
+from a hash map, in an order that changes from process to process, so one key per name made the file's
+bytes differ between identical runs."""
+
+
 def save_counters(path: Path, counters: dict[str, FeatureStats]) -> None:
     """Counters by name (retain, or a topic) as safetensors: float64 tensors, token counts in the metadata."""
     tensors = {}
     for name, s in counters.items():
         tensors[f"{name}/fire_count"] = s.fire_count_F.detach().cpu().contiguous()
         tensors[f"{name}/act_sum"] = s.act_sum_F.detach().cpu().contiguous()
-    write_bytes(path, save(tensors, metadata={name: str(s.n_tokens) for name, s in counters.items()}))
+    counts = json.dumps({name: s.n_tokens for name, s in counters.items()}, sort_keys=True)
+    write_bytes(path, save(tensors, metadata={TOKEN_COUNTS_KEY: counts}))
 
 
 def load_counters(path: Path, device: torch.device | str | None = None) -> dict[str, FeatureStats]:
     with safe_open(str(path), "pt", device="cpu") as f:
         meta = f.metadata() or {}
+        counts = (
+            json.loads(meta[TOKEN_COUNTS_KEY]) if TOKEN_COUNTS_KEY in meta else meta
+        )  # (older: a key each)
         return {
             name: FeatureStats(
                 int(n),
                 f.get_tensor(f"{name}/fire_count").to(device),
                 f.get_tensor(f"{name}/act_sum").to(device),
             )
-            for name, n in meta.items()
+            for name, n in sorted(counts.items())
         }
 
 
