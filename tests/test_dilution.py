@@ -159,11 +159,12 @@ def test_diluter_scores_only_touched_prefixed_questions_and_equals_scoring_all(t
 
 def test_diluter_control_rates_on_retain_questions_equal_full_scoring(tiny, tmp_path):
     """The dilution check's control (`benign`): per N, the share of prefixed retain questions the gate fires
-    on equals the rate recorded while scoring them in full under the gate, and the share the hook changes
-    equals the share whose log-likelihoods move (a second code path: scoring, not truncated forwards)."""
+    on equals the rate recorded while scoring them in full under the gate, the share the hook changes
+    equals the share whose log-likelihoods move (a second code path: scoring, not truncated forwards), and
+    the accuracy (scoring only what the hook changes) equals scoring every question, hooked and unhooked."""
     from test_intervene import _fires_on_token, write_question_sets
 
-    from unlearn.clamp.dilution import Diluter
+    from unlearn.clamp.dilution import Diluter, accuracy_vs_prefix
     from unlearn.clamp.gates import firing_rate, gated
     from unlearn.eval.suite import EvalConfig, prepare_eval, score_questions
 
@@ -186,16 +187,27 @@ def test_diluter_control_rates_on_retain_questions_equal_full_scoring(tiny, tmp_
         record = FiringLog()
         with torch.inference_mode(), hook(record) if hook else torch.no_grad():
             frame = score_questions(lm.model, lm.tokenizer, questions, dil._cfg, chat_template=False)
-        return frame[[f"ll_{k}" for k in range(4)]].to_numpy(), record
+        return frame[[f"ll_{k}" for k in range(4)]].to_numpy(), frame["correct"].to_numpy(bool), record
 
     got = dil._benign(hook_for, gate.threshold)
     assert got["prefix_tokens"] == [0, 12]
     for i, qs in enumerate(dil.benign.values()):
-        clean, _ = ll(qs)
-        hooked, record = ll(qs, hook_for)
+        clean, clean_correct, _ = ll(qs)
+        hooked, hooked_correct, record = ll(qs, hook_for)
         assert got["fired"][i] == firing_rate(record.all_stats(), gate.threshold)
         assert got["touched"][i] == float((np.abs(hooked - clean) > 0).any(1).mean())
+        assert dil.base["benign"]["correct"][i] == clean_correct.tolist()
+        assert got["correct"][i] == hooked_correct.tolist() and got["acc"][i] == hooked_correct.mean()
     assert 0 < min(got["touched"]) and max(got["fired"]) < 1, "the gate must fire on some, not all"
     dil.point("p", hook_for, gate.threshold)
     saved = json.loads((tmp_path / "dilution" / "p.json").read_text())
     assert saved["benign"] == got
+    unhooked = {q.question: row for qs in dil.benign.values() for q, row in zip(qs, ll(qs)[0], strict=True)}
+    dil._score = lambda qs: np.array(
+        [np.array_equal(row, unhooked[q.question]) for q, row in zip(qs, ll(qs)[0], strict=True)]
+    )
+    dil.base["benign"] = accuracy_vs_prefix(dil.benign, dil._score)  # "correct" = log-likelihoods unmoved
+    assert all(all(c) for c in dil.base["benign"]["correct"])
+    moved = dil._benign(hook_for, gate.threshold)
+    assert moved["correct"] == accuracy_vs_prefix(dil.benign, dil._score, hook_for, gate.threshold)["correct"]
+    assert [1 - a for a in moved["acc"]] == pytest.approx(got["touched"]) and any(moved["touched"])

@@ -477,7 +477,8 @@ def test_gate_and_dilution_tables_read_completed_runs_only(tmp_path: Path):
         write_json(run / "dilution" / "clamp_n2_s-5_gate-window.json",
                    {"point": "clamp_n2_s-5_gate-window", "prefix_tokens": [0, 100], "acc": [0.5, 0.75],
                     "ci": [[0.4, 0.6], [0.6, 0.9]], "fired": [0.5, 0.25],
-                    "benign": {"prefix_tokens": [0, 100], "fired": [0.05, 0.875], "touched": [0.0, 0.5]}})  # fmt: skip
+                    "benign": {"prefix_tokens": [0, 100], "acc": [1.0, 0.5], "ci": [[1.0, 1.0], [0.25, 0.75]],
+                               "fired": [0.05, 0.875], "touched": [0.0, 0.5]}})  # fmt: skip
         if done:
             mark_complete(run)
     gates = gate_table(tmp_path)
@@ -490,6 +491,7 @@ def test_gate_and_dilution_tables_read_completed_runs_only(tmp_path: Path):
     assert gated["forget @N=100"] == "0.750 [0.600, 0.900]" and gated["fires @N=0"] == "50.0%"
     assert gated["max rise vs N=0"] == "+0.250"
     assert gated["retain: fires @N=100"] == "87.5%" and gated["retain: changed @N=0"] == "0.0%"
+    assert gated["retain @N=100"] == "0.500 [0.250, 0.750]"
     assert [t for t, _, _ in extra_tables(tmp_path)] == [
         "Gates: thresholds and firing rates",
         "Dilution check",

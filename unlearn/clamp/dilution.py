@@ -188,10 +188,11 @@ class Diluter:
     model's accuracy on them are made once; each clamp point adds `dilution/<point>.json`, scoring only the
     prefixed questions its hook touches (`accuracy_vs_prefix`'s `reuse`).
 
-    Its control: the same number of known *retain* questions behind the same filler, on which each point
-    records how often its gate fires and how many its hook changes (`benign`). A gate that keeps forget
-    accuracy down at large N only because it fires on every long prompt, benign ones included, is not
-    resisting dilution; this is what tells the two apart (forwards stop at the hook layer, no scoring)."""
+    Its control: the same number of known *retain* questions behind the same filler (`benign`), scored
+    unhooked once and under each point like the forget sets, with how often its gate fires and how many
+    its hook changes. A gate that keeps forget accuracy down at large N only because it fires on every
+    long prompt, benign ones included, is not resisting dilution; this is what tells the two apart, and
+    the retain accuracy says what such a gate costs a long benign prompt."""
 
     def __init__(
         self,
@@ -221,6 +222,8 @@ class Diluter:
         self.base = read_json(path) if path.exists() else None
         if self.base is None or "correct" not in self.base:  # (older runs kept no per-question result)
             self.base = accuracy_vs_prefix(self.sets, self._score)
+        if self.benign and "benign" not in self.base:
+            self.base["benign"] = accuracy_vs_prefix(self.benign, self._score)
         write_json(path, self.base | {"filler": self.filler})
 
     @property
@@ -232,29 +235,37 @@ class Diluter:
                                 chat_template=self.suite.chat_template)  # fmt: skip
         return frame["correct"].to_numpy(dtype=bool)
 
-    def _touched(self, questions: list, hook: AbstractContextManager) -> np.ndarray | None:
+    def _reach(self, questions: list, hook: AbstractContextManager) -> np.ndarray | None:
         """Which questions `hook` changes (`eval.suite.touched_questions`, which installs it)."""
-        lm, cfg = self.lm, self._cfg
-        found = touched_questions(lm.model, lm.tokenizer, questions, cfg, chat_template=self.suite.chat_template,
-                                  hook=hook, hook_name=self.hook_name)  # fmt: skip
-        if found is not None and found.any() and score_all_instead(lm.model, float(found.mean())):
-            return np.ones_like(found)  # cached prefix: scoring all is cheaper (and still exact)
+        lm = self.lm
+        return touched_questions(lm.model, lm.tokenizer, questions, self._cfg, chat_template=self.suite.chat_template,
+                                 hook=hook, hook_name=self.hook_name)  # fmt: skip
+
+    def _to_score(self, found: np.ndarray | None) -> np.ndarray | None:
+        """The questions to score given those a hook changes: all of them when a cached prefix makes that
+        cheaper (and still exact)."""
+        if found is not None and found.any() and score_all_instead(self.lm.model, float(found.mean())):
+            return np.ones_like(found)
         return found
 
+    def _touched(self, questions: list, hook: AbstractContextManager) -> np.ndarray | None:
+        return self._to_score(self._reach(questions, hook))
+
     def _benign(self, hook_for: HookFactory, threshold: float | None) -> dict:
-        """Per N, the fraction of the prefixed retain questions the point's gate fires on (None for a
-        static clamp) and the fraction its hook changes (None where the sequences are not known ahead)."""
-        lm = self.lm
-        out: dict = {"prefix_tokens": [], "fired": [], "touched": []}
-        for n, qs in self.benign.items():
-            record = FiringLog()
-            found = touched_questions(lm.model, lm.tokenizer, qs, self._cfg, chat_template=self.suite.chat_template,
-                                      hook=hook_for(record), hook_name=self.hook_name)  # fmt: skip
-            stats = record.all_stats()
-            out["prefix_tokens"].append(n)
-            out["fired"].append(None if threshold is None or not stats else firing_rate(stats, threshold))
-            out["touched"].append(None if found is None else float(found.mean()))
-        return out
+        """On the prefixed retain questions, per N: accuracy under the point's hook (scoring only those it
+        changes, as for the forget sets), the fraction its gate fires on (None for a static clamp) and the
+        fraction its hook changes (None where the sequences are not known ahead)."""
+        reach: list[float | None] = []
+
+        def touched(qs: list, hook: AbstractContextManager) -> np.ndarray | None:
+            found = self._reach(qs, hook)
+            reach.append(None if found is None else float(found.mean()))
+            return self._to_score(found)
+
+        out = accuracy_vs_prefix(
+            self.benign, self._score, hook_for, threshold, reuse=(self.base["benign"], touched)
+        )
+        return out | {"touched": reach}
 
     def point(self, pid: str, hook_for, threshold: float | None) -> None:
         path = self.run_dir / "dilution" / f"{pid}.json"

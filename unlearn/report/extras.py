@@ -49,8 +49,8 @@ def _cell(acc: float, ci) -> str:
 
 def dilution_table(results_dir: Path) -> pd.DataFrame:
     """Forget accuracy (known questions, 95% interval) per prefix length, the unhooked model first, the
-    gate's firing rate, and the control: its firing rate and the hook's reach on known retain questions
-    behind the same text; the largest drop of a point's forget-accuracy *increase* is what dilution costs."""
+    gate's firing rate, and the control: known retain questions behind the same text (accuracy, the gate's
+    firing rate, the hook's reach); the largest drop of a point's forget-accuracy *increase* is what dilution costs."""
     rows = []
     for run in _runs(results_dir, "intervene"):
         folder = run / "dilution"
@@ -65,12 +65,12 @@ def dilution_table(results_dir: Path) -> pd.DataFrame:
                 if fired is not None:
                     row[f"fires @N={n}"] = _pct(fired)
             benign = d.get("benign") or {}
-            for n, fired, touched in zip(benign.get("prefix_tokens", []), benign.get("fired", []),
-                                         benign.get("touched", []), strict=True):  # fmt: skip
-                if fired is not None:
-                    row[f"retain: fires @N={n}"] = _pct(fired)
-                if touched is not None:
-                    row[f"retain: changed @N={n}"] = _pct(touched)
+            for k, n in enumerate(benign.get("prefix_tokens", [])):
+                if "acc" in benign:  # (runs of stop 9 kept only the rates)
+                    row[f"retain @N={n}"] = _cell(benign["acc"][k], benign["ci"][k])
+                for key, name in (("fired", "fires"), ("touched", "changed")):
+                    if benign.get(key) and benign[key][k] is not None:
+                        row[f"retain: {name} @N={n}"] = _pct(benign[key][k])
             if f.stem != "baseline":
                 first = d["acc"][0]
                 row["max rise vs N=0"] = f"{max(a - first for a in d['acc']):+.3f}"
@@ -90,9 +90,9 @@ DILUTION_INTRO = (
     "can dilute lets forget accuracy climb back as N grows; an edit that also lands in the prefix (the "
     "static clamp, a gate with span `sequence`) pushes it down instead. A dilution-resistant gate keeps it "
     "near its N = 0 value (`max |change|`). The unhooked row shows what the prefix alone does. The control "
-    "`retain:` columns: known retain questions behind the same text, the share the gate fires on and the "
-    "share the hook changes; a gate that fires on most of them at some N is blocking long prompts, not "
-    "resisting dilution."
+    "`retain` columns: known retain questions behind the same text, their accuracy, the share the gate "
+    "fires on and the share the hook changes; a gate that fires on most of them at some N is blocking long "
+    "prompts, not resisting dilution, and their accuracy is what that costs."
 )
 
 
