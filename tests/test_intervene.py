@@ -590,6 +590,54 @@ def test_gated_point_is_calibrated_on_retain_and_leaves_unfired_questions_bit_id
     assert gated_dil["acc"][0] == pytest.approx(gate_q[forget].head(4).correct.mean())
 
 
+def test_gate_calibrated_behind_filler_keeps_its_rate_on_prompts_that_long(tiny, tmp_path, monkeypatch):
+    """`--gate-prefix N`: τ is set on the dev retain questions behind N filler tokens (here text full of
+    the feature's token), so at FPR 0 the dilution check's benign control (retain questions behind that
+    filler) never fires, where the gate calibrated on the bare questions fires on it."""
+    from unlearn.clamp.dilution import prefixed_sets
+    from unlearn.clamp.feature_checks import iter_sources
+    from unlearn.clamp.gate_points import forwarded_stats
+    from unlearn.clamp.gates import Gate
+    from unlearn.clamp.intervene import InterveneConfig, run_intervene
+    from unlearn.data import load_questions
+    from unlearn.eval.suite import EvalConfig, prepare_eval
+    from unlearn.results import read_json
+
+    monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path / "results"))
+    lm = tiny("gemma3")
+    sae, _ = _fires_on_token(lm, HOOK, " heart")
+    with torch.no_grad():
+        sae.b_enc[5] *= 0.5
+    rows = {
+        "forget": [{"question": f"Which organ {i} beats{' heart' * 6}?", "choices": ["heart", "lung", "eye", "ear"],
+                    "answer": i % 4} for i in range(6)],
+        "retain": [{"question": f"Which city {i} is a capital?", "choices": ["Paris", "Lyon", "Nice", "Metz"],
+                    "answer": i % 4} for i in range(6)],
+    }  # fmt: skip
+    paths = write_question_sets(tmp_path, rows)
+    filler = f"questions:{paths['forget']}"
+    suite = prepare_eval(lm, EvalConfig(forget=[str(paths["forget"])], retain=[str(paths["retain"])],
+                                        protocol="cloze", known_only=False, split="all"))  # fmt: skip
+    gates = {}
+    for prefix in (0, 8):
+        cfg = InterveneConfig(
+            feature_ids=[5], scales=[-50.0], clamp_unit="absolute", controls=[], gates=["window"],
+            gate_fpr=0.0, gate_prefix=prefix, dilution=[0, 8], dilution_questions=4, dilution_text=filler,
+            run_id=f"prefix{prefix}",
+        )  # fmt: skip
+        run_dir = run_intervene(cfg, lm=lm, sae=sae, suite=suite)
+        gates[prefix] = Gate.from_json(
+            read_json(run_dir / "points" / "clamp_n1_s-50_gate-window.json")["gate"]
+        )
+        gates[prefix, "benign"] = read_json(run_dir / "dilution" / "clamp_n1_s-50_gate-window.json")["benign"]
+    assert gates[0].calibration_prefix == 0 and gates[8].calibration_prefix == 8
+    dev = load_questions(str(paths["retain"]))
+    ((_, behind),) = prefixed_sets(lm, dev, iter_sources(filler), [8]).items()
+    stats = forwarded_stats(lm, sae, gates[8], suite, behind, hook_name=HOOK)
+    assert gates[8].threshold == max(stats) > gates[0].threshold  # FPR 0: the largest, above the bare τ
+    assert gates[0, "benign"]["fired"][1] > 0 and gates[8, "benign"]["fired"] == [0.0, 0.0]
+
+
 @pytest.mark.parametrize("protocol", ["cloze", "letter"])
 def test_reuse_scores_only_touched_questions_and_equals_a_full_evaluation(tiny, tmp_path, protocol):
     """`Reuse` (score the questions a hook touches, copy the rest from the unhooked frame) against the

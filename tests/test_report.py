@@ -484,7 +484,12 @@ def test_gate_and_dilution_tables_read_completed_runs_only(tmp_path: Path):
     gates = gate_table(tmp_path)
     assert list(gates["point"]) == ["clamp_n2_s-5_gate-window"] and list(gates["run"]) == ["done"]
     row = gates.iloc[0]
-    assert row["τ"] == "0.3125" and row["target FPR"] == "5.0%" and row["fires: retain_test"] == "4.0%"
+    assert (
+        row["τ"] == "0.3125"
+        and row["target FPR"] == "5.0%"
+        and row["calibrated behind"] == "0 tokens"
+        and row["fires: retain_test"] == "4.0%"
+    )
     dil = dilution_table(tmp_path)
     assert list(dil["point"]) == ["unhooked", "clamp_n2_s-5_gate-window"]
     gated = dil.iloc[1]

@@ -125,6 +125,14 @@ def capped_prefixes(model: nn.Module, questions: Sequence, tokenizer, ns: Sequen
     return sorted({min(int(n), cap) for n in ns})
 
 
+def filler_source(lm, given: str | list[str] | None) -> str | list[str]:
+    """The filler text source: `--dilution-text`, else the preset's `select.retain_text`."""
+    source = given or (lm.preset.select.get("retain_text") if lm.preset else None)
+    if not source:
+        raise UnlearnError("Filler text is needed: pass --dilution-text (e.g. offline:retain).")
+    return source
+
+
 def prefixed_sets(lm, questions: Sequence, filler_texts: Iterable[str], ns: Sequence[int]) -> dict[int, list]:
     """Per (capped) N, the questions with N filler tokens before them; shared by every state scored."""
     used = capped_prefixes(lm.model, questions, lm.tokenizer, ns)
@@ -209,11 +217,7 @@ class Diluter:
         forget = [q for t in suite.tasks if t.role == "forget" for q in t.scored][:n_questions]
         if not forget:
             raise UnlearnError("The dilution check needs known forget questions; none are known.")
-        source = filler or (lm.preset.select.get("retain_text") if lm.preset else None)
-        if not source:
-            raise UnlearnError(
-                "The dilution check needs filler text: pass --dilution-text (e.g. offline:retain)."
-            )
+        source = filler_source(lm, filler)
         self.sets = prefixed_sets(lm, forget, iter_sources(source), ns)
         retain = [q for t in suite.tasks if t.role == "retain" for q in t.scored][:n_questions]
         self.benign = prefixed_sets(lm, retain, iter_sources(source), ns) if retain and hook_name else {}

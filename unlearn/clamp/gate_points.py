@@ -19,6 +19,8 @@ from collections.abc import Sequence
 
 import torch
 
+from unlearn.clamp.dilution import filler_source, prefixed_sets
+from unlearn.clamp.feature_checks import iter_sources
 from unlearn.clamp.gates import GATE_KINDS, FiringLog, Gate, calibrated, firing_rate, gated
 from unlearn.data import load_questions
 from unlearn.errors import UnlearnError
@@ -62,24 +64,43 @@ def forwarded_stats(lm, sae, gate: Gate, suite, questions: Sequence, *, hook_nam
 
 
 def calibrate_gate(
-    lm, sae, gate: Gate, suite, *, fpr: float, hook_name: str, benign: Sequence[str] = ()
+    lm,
+    sae,
+    gate: Gate,
+    suite,
+    *,
+    fpr: float,
+    hook_name: str,
+    benign: Sequence[str] = (),
+    prefix_tokens: int = 0,
+    filler: str | list[str] | None = None,
 ) -> Gate:
     """`gate` with τ set on the dev retain questions and its firing rate on `benign` question sources
-    (benign biology that should not be blocked; only the gate is run)."""
+    (benign biology that should not be blocked; only the gate is run).
+
+    `prefix_tokens` > 0 calibrates on those questions behind that many tokens of `filler` (the dilution
+    check's construction, `dilution.prefixed_sets`): a max over windows is a max over more chances the
+    longer the prompt, so a τ set on bare questions fires on most long benign prompts; set this way the
+    target rate holds for prompts that long (and τ is higher)."""
     split = getattr(suite.cfg, "split", "all")
     dev = _questions(suite, "retain", "dev" if split != "all" else "all")
     if split == "all":
         log.warning("no dev/test split: the gate is calibrated on the questions it is scored on")
     if not dev:
         raise UnlearnError("Calibrating a gate needs retain questions; pass --retain-tasks or a preset.")
+    if prefix_tokens:
+        ((prefix_tokens, dev),) = prefixed_sets(lm, dev, iter_sources(filler_source(lm, filler)),
+                                                [prefix_tokens]).items()  # fmt: skip
     gate = calibrated(gate, forwarded_stats(lm, sae, gate, suite, dev, hook_name=hook_name), fpr)
+    gate = gate.replace(calibration_prefix=prefix_tokens)
     rates = dict(gate.measured_fpr or {})
     for source in benign:
         qs = load_questions(with_split(source, split), limit=suite.cfg.limit)
         rates[f"benign:{source}"] = firing_rate(
             forwarded_stats(lm, sae, gate, suite, qs, hook_name=hook_name), gate.threshold
         )
-    log.info("gate %s: τ=%.4g, firing rates %s", gate.kind, gate.threshold, rates)
+    log.info("gate %s: τ=%.4g (dev questions behind %d filler tokens), firing rates %s",
+             gate.kind, gate.threshold, prefix_tokens, rates)  # fmt: skip
     return gate.replace(measured_fpr=rates)
 
 

@@ -91,6 +91,8 @@ class Gate:
     """The false-positive rate `threshold` was calibrated for (recorded, not used)."""
     measured_fpr: dict[str, float] | None = None
     """Measured firing rates on named benign sets (recorded, not used)."""
+    calibration_prefix: int = 0
+    """Tokens of benign filler before each dev retain question `threshold` was calibrated on (recorded)."""
 
     def __post_init__(self):
         if self.kind not in GATE_KINDS:

@@ -233,6 +233,9 @@ class InterveneConfig(FanoutFlags, EvalFlags, RunFlags):
     (max over 16-token windows; a prefix cannot dilute it), cusum (Page's CUSUM of the evidence)."""
     gate_fpr: float = DEFAULT_FPR
     """Target false-positive rate of each gate on the dev retain questions (sets its threshold)."""
+    gate_prefix: int = 0
+    """Calibrate each gate's τ on the dev retain questions behind this many tokens of the dilution filler
+    (`--dilution-text`), so `--gate-fpr` holds for prompts that long; 0: the bare questions."""
     window_span: str = "windows"
     """Where a firing window gate edits: `windows` (only active tokens inside a passing window: text around
     the question is not edited) or `sequence` (every active token, the dsg rule)."""
@@ -297,6 +300,7 @@ def check_intervene_flags(cfg: InterveneConfig) -> None:
     if cfg.window_span not in ("windows", "sequence"):
         raise UnlearnError(f"--window-span must be windows or sequence, got {cfg.window_span!r}.")
     positive_ints(cfg.dilution, "--dilution", minimum=0)
+    positive_int(cfg.gate_prefix, "--gate-prefix", minimum=0)
     positive_int(cfg.dilution_questions, "--dilution-questions")
     finite_floats(cfg.scales, "--scale")
     if not cfg.scales:
@@ -338,7 +342,7 @@ def sweep_settings(cfg: InterveneConfig) -> dict:
     sizes = cfg.n_features or ([len(cfg.feature_ids)] if cfg.feature_ids else [20])
     return {"grid": {"modes": cfg.modes, "n_features": sizes, "scales": cfg.scales},
             "controls": cfg.controls, "seed": cfg.seed, "gates": cfg.gates, "gate_fpr": cfg.gate_fpr,
-            "window_span": cfg.window_span,
+            "window_span": cfg.window_span, **({"gate_prefix": cfg.gate_prefix} if cfg.gate_prefix else {}),
             "dilution": {"prefix_tokens": cfg.dilution, "questions": cfg.dilution_questions,
                          "text": cfg.dilution_text}}  # fmt: skip
 
@@ -488,7 +492,8 @@ def run_intervene(
     if "random-direction" in cfg.controls:
         rotation_DD = random_rotation(sae.d_in, cfg.seed, dtype=sae.W_dec.dtype, device=sae.W_dec.device)
     plan = ClampPlan(unit, typical, control_ids, control_typical, rotation_DD, cfg.seed, cfg.gate_fpr,
-                     (cfg.dilution, cfg.dilution_questions, cfg.dilution_text), cfg.window_span)  # fmt: skip
+                     (cfg.dilution, cfg.dilution_questions, cfg.dilution_text), cfg.window_span,
+                     cfg.gate_prefix)  # fmt: skip
     layer = parse_hook_name(hook).layer
     config = {"layer": layer, **sweep_settings(cfg)}
     if shard is not None:  # join the folder every shard shares; this shard's status in shards/
@@ -516,6 +521,7 @@ class ClampPlan(NamedTuple):
     gate_fpr: float  # target false-positive rate of gated points
     dilution: tuple[list[int], int, str | list[str] | None] = ([], 40, None)  # prefix N, questions, filler
     window_span: str = "windows"
+    gate_prefix: int = 0  # filler tokens before each dev retain question a gate is calibrated on
 
 
 def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan: ClampPlan, console,
@@ -524,7 +530,7 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan:
 
     `own_baseline` (a shard): score the baseline here even when the folder has one, as the unsharded run
     does (its frame, not a CSV read back, feeds `Reuse`), and write it only where it is missing."""
-    unit, typical, control_ids, control_typical, rotation_DD, seed, gate_fpr, dilution, window_span = plan
+    unit, typical, control_ids, control_typical, rotation_DD, seed, gate_fpr, dilution, window_span, _ = plan
     dilute = Diluter(run_dir, lm, suite, *dilution, hook_name=hook) if dilution[0] else None
     calibrated_gates: dict[tuple, Gate] = {}  # a real point and its direction control share one gate
     base_frame = None  # per-question baseline: paired deltas, and the scores of questions a hook leaves alone
@@ -573,8 +579,9 @@ def _sweep(run_dir: Path, lm, sae, suite, points, ranked, hook, selection, plan:
                 )
                 benign = lm.preset.eval.get("benign", []) if lm.preset else []
                 calibrated_gates[key] = calibrate_gate(
-                    lm, sae, raw, suite, fpr=gate_fpr, hook_name=hook, benign=benign
-                )
+                    lm, sae, raw, suite, fpr=gate_fpr, hook_name=hook, benign=benign,
+                    prefix_tokens=plan.gate_prefix, filler=dilution[2],
+                )  # fmt: skip
             gate = calibrated_gates[key]
 
         def hook_for(

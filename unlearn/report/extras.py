@@ -28,7 +28,8 @@ def _pct(x) -> str:
 
 
 def gate_table(results_dir: Path) -> pd.DataFrame:
-    """One row per gated point: its rule, τ, the target rate and every measured firing rate."""
+    """One row per gated point: its rule, τ, the target rate (and the filler length of the dev questions
+    it was set on, `--gate-prefix`) and every measured firing rate."""
     rows = []
     for run in _runs(results_dir, "intervene"):
         for f in sorted((run / "points").glob("*.json")):
@@ -37,7 +38,8 @@ def gate_table(results_dir: Path) -> pd.DataFrame:
                 continue
             rates = gate.get("measured_fpr") or {}
             row = {"run": run.name, "point": f.stem, "gate": gate["kind"], "evidence": gate.get("evidence"),
-                   "τ": f"{gate['threshold']:.4g}", "target FPR": _pct(gate.get("target_fpr"))}  # fmt: skip
+                   "τ": f"{gate['threshold']:.4g}", "target FPR": _pct(gate.get("target_fpr")),
+                   "calibrated behind": f"{gate.get('calibration_prefix', 0)} tokens"}  # fmt: skip
             row |= {f"fires: {k}": _pct(v) for k, v in sorted(rates.items())}
             rows.append(row)
     return pd.DataFrame(rows)
