@@ -638,6 +638,27 @@ def test_gate_calibrated_behind_filler_keeps_its_rate_on_prompts_that_long(tiny,
     assert gates[0, "benign"]["fired"][1] > 0 and gates[8, "benign"]["fired"] == [0.0, 0.0]
 
 
+@pytest.mark.parametrize("flags", [{"gate_prefix": 8, "gates": ["window"]}, {"dilution": [0, 8]}])
+def test_missing_filler_text_is_an_error_before_the_known_subset_pass(tiny, tmp_path, monkeypatch, flags):
+    """`--gate-prefix` or `--dilution` with no `--dilution-text` and no preset to take it from stops with
+    the flag to pass, before any question is scored."""
+    import unlearn.eval.suite
+    from unlearn.clamp.intervene import InterveneConfig, run_intervene
+
+    monkeypatch.setenv("UNLEARN_RESULTS", str(tmp_path / "results"))
+    monkeypatch.setattr(unlearn.eval.suite, "prepare_eval", lambda *a, **k: pytest.fail("scored questions"))
+    lm = tiny("gemma3")
+    sae, _ = _fires_on_token(lm, HOOK, " heart")
+    paths = write_question_sets(
+        tmp_path, {"forget": [{"question": "Q?", "choices": ["a", "b"], "answer": 0}]}
+    )
+    cfg = InterveneConfig(feature_ids=[5], scales=[-50.0], clamp_unit="absolute", controls=[],
+                          forget_tasks=[str(paths["forget"])], **flags)  # fmt: skip
+    assert lm.preset is None
+    with pytest.raises(UnlearnError, match="Filler text is needed: pass --dilution-text"):
+        run_intervene(cfg, lm=lm, sae=sae)
+
+
 @pytest.mark.parametrize("protocol", ["cloze", "letter"])
 def test_reuse_scores_only_touched_questions_and_equals_a_full_evaluation(tiny, tmp_path, protocol):
     """`Reuse` (score the questions a hook touches, copy the rest from the unhooked frame) against the

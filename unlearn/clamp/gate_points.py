@@ -92,7 +92,6 @@ def calibrate_gate(
         ((prefix_tokens, dev),) = prefixed_sets(lm, dev, iter_sources(filler_source(lm, filler)),
                                                 [prefix_tokens]).items()  # fmt: skip
     gate = calibrated(gate, forwarded_stats(lm, sae, gate, suite, dev, hook_name=hook_name), fpr)
-    gate = gate.replace(calibration_prefix=prefix_tokens)
     rates = dict(gate.measured_fpr or {})
     for source in benign:
         qs = load_questions(with_split(source, split), limit=suite.cfg.limit)
@@ -101,7 +100,7 @@ def calibrate_gate(
         )
     log.info("gate %s: τ=%.4g (dev questions behind %d filler tokens), firing rates %s",
              gate.kind, gate.threshold, prefix_tokens, rates)  # fmt: skip
-    return gate.replace(measured_fpr=rates)
+    return gate.replace(measured_fpr=rates, calibration_prefix=prefix_tokens)
 
 
 def with_scored_rates(gate: Gate, record: FiringLog, split: str) -> Gate:

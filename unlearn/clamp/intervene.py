@@ -45,7 +45,7 @@ from torch import Tensor, nn
 from unlearn import checks
 from unlearn.checks import check_model_path, finite_float, finite_floats, positive_int, positive_ints
 from unlearn.clamp.controls import CONTROLS, EditStats, feature_info, random_rotation, with_controls
-from unlearn.clamp.dilution import Diluter
+from unlearn.clamp.dilution import Diluter, filler_source
 from unlearn.clamp.gate_points import (
     DEFAULT_FPR,
     calibrate_gate,
@@ -463,6 +463,8 @@ def run_intervene(
     unit = cfg.clamp_unit or setup.clamp_unit
     if unit not in CLAMP_UNITS:
         raise UnlearnError(f"--clamp-unit must be one of {', '.join(CLAMP_UNITS)}, got {unit!r}.")
+    if cfg.dilution or (cfg.gate_prefix and set(cfg.gates) - {"none"}):
+        filler_source(lm, cfg.dilution_text)  # no filler: say so before the known-subset pass
     if suite is None:
         from unlearn.eval.suite import eval_config_from_preset, prepare_eval
 
