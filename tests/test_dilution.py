@@ -211,3 +211,52 @@ def test_diluter_control_rates_on_retain_questions_equal_full_scoring(tiny, tmp_
     moved = dil._benign(hook_for, gate.threshold)
     assert moved["correct"] == accuracy_vs_prefix(dil.benign, dil._score, hook_for, gate.threshold)["correct"]
     assert [1 - a for a in moved["acc"]] == pytest.approx(got["touched"]) and any(moved["touched"])
+
+
+def test_diluter_unhooked_baseline_is_cached_per_model_state(tiny, tmp_path, monkeypatch):
+    """A second sweep of the same model on the same prefixed questions reads the unhooked dilution result
+    from the cache (no question scored) and gets the very result the first computed; a changed weight or
+    another filler recomputes it, and a cache entry whose stored key differs is never read."""
+    from test_intervene import write_question_sets
+
+    from unlearn.clamp.dilution import Diluter
+    from unlearn.eval.suite import EvalConfig, prepare_eval
+
+    monkeypatch.setenv("UNLEARN_CACHE", str(tmp_path / "cache"))
+    lm = tiny("gemma3")
+    rows = lambda word: [{"question": f"Which {word} {i} beats?", "choices": ["heart", "liver", "kidney", "lung"],  # noqa: E731
+                          "answer": i % 4} for i in range(6)]  # fmt: skip
+    paths = write_question_sets(tmp_path, {"forget": rows("organ"), "retain": rows("city")})
+    cfg = EvalConfig(forget=[str(paths["forget"])], retain=[str(paths["retain"])], protocol="cloze",
+                     mutual_info=False, known_only=False, batch_size=4)  # fmt: skip
+    suite = prepare_eval(lm, cfg)
+    scored = []
+    real = Diluter._score
+    monkeypatch.setattr(Diluter, "_score", lambda self, qs: scored.append(len(qs)) or real(self, qs))
+    make = lambda run, text: Diluter(tmp_path / run, lm, suite, [0, 12], 6, text, hook_name=HOOK)  # noqa: E731
+    first = make("a", f"questions:{paths['forget']}").base
+    assert sum(scored) == 2 * 2 * 6  # forget and control sets, N = 0 and 12
+    scored.clear()
+    second = make("b", f"questions:{paths['forget']}").base
+    assert scored == [] and second == first
+    saved_base = json.loads((tmp_path / "b" / "dilution" / "baseline.json").read_text())
+    assert saved_base["correct"] == first["correct"]
+    (entry,) = (tmp_path / "cache" / "dilution").glob("*.json")
+    stored = json.loads(entry.read_text())
+    entry.write_text(json.dumps({**stored, "key": {**stored["key"], "model": "elsewhere"}}))
+    make("c", f"questions:{paths['forget']}")  # same path, but the stored key differs: recomputed
+    assert sum(scored) == 2 * 2 * 6
+    scored.clear()
+    make("d", f"questions:{paths['retain']}")  # another filler: other prefixed questions, another entry
+    assert sum(scored) == 2 * 2 * 6
+    scored.clear()
+    weight = lm.model.get_decoder().layers[0].mlp.down_proj.weight
+    saved = weight.detach().clone()
+    with torch.no_grad():
+        weight.mul_(1.5)
+    try:
+        make("e", f"questions:{paths['forget']}")
+        assert sum(scored) == 2 * 2 * 6
+    finally:
+        with torch.no_grad():
+            weight.copy_(saved)

@@ -8,6 +8,8 @@ pointed elsewhere by an environment variable (tests, CI, notebooks).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -48,11 +50,18 @@ def results_at(path: str | Path | None) -> Iterator[None]:
 
 
 def cache_dir() -> Path:
-    """User cache (converted embedded model, known-subset caches): `$UNLEARN_CACHE` or `~/.cache/unlearn`."""
+    """User cache (converted embedded model, known subsets, dilution baselines): `$UNLEARN_CACHE` or `~/.cache/unlearn`."""
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "unlearn"
     path = Path(os.environ.get("UNLEARN_CACHE", default))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def keyed_cache_path(kind: str, key: dict) -> Path:
+    """The cache file of `kind` for `key` (a JSON-able dict naming everything the entry depends on): the
+    entry keeps `key` and a reader checks it, so a hash collision is never read as a hit."""
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:24]
+    return cache_dir() / kind / f"{digest}.json"
 
 
 def resolve_path(path: str | Path) -> Path:

@@ -12,6 +12,8 @@ also moves the model), recording how often the gate fired; `firing_vs_prefix` is
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractContextManager
@@ -25,8 +27,10 @@ from unlearn.clamp.feature_checks import iter_sources
 from unlearn.clamp.gates import FiringLog, Gate, firing_rate, gate_scores
 from unlearn.errors import UnlearnError
 from unlearn.eval.hook_cache import score_all_instead
+from unlearn.eval.known import PROMPT_VERSION, weight_fingerprint
 from unlearn.eval.suite import score_questions, touched_questions
 from unlearn.hooks import text_config
+from unlearn.paths import keyed_cache_path
 from unlearn.results import read_json, write_json
 from unlearn.stats import bootstrap_ci
 
@@ -191,10 +195,17 @@ def _reused(
     return correct
 
 
+def _digest(sets: dict[int, list]) -> str:
+    """Hash of prefixed question sets: each N with its questions' text, choices and answers."""
+    text = json.dumps([[n, [[q.question, list(q.choices), q.answer] for q in qs]] for n, qs in sets.items()])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 class Diluter:
     """The dilution check of a sweep (`unlearn.clamp.dilution`): the prefixed question sets and the unhooked
-    model's accuracy on them are made once; each clamp point adds `dilution/<point>.json`, scoring only the
-    prefixed questions its hook touches (`accuracy_vs_prefix`'s `reuse`).
+    model's accuracy on them are made once (and kept across sweeps, `_unhooked`); each clamp point adds
+    `dilution/<point>.json`, scoring only the prefixed questions its hook touches (`accuracy_vs_prefix`'s
+    `reuse`).
 
     Its control: the same number of known *retain* questions behind the same filler (`benign`), scored
     unhooked once and under each point like the forget sets, with how often its gate fires and how many
@@ -224,11 +235,31 @@ class Diluter:
         self.filler = source
         path = run_dir / "dilution" / "baseline.json"
         self.base = read_json(path) if path.exists() else None
-        if self.base is None or "correct" not in self.base:  # (older runs kept no per-question result)
-            self.base = accuracy_vs_prefix(self.sets, self._score)
-        if self.benign and "benign" not in self.base:
-            self.base["benign"] = accuracy_vs_prefix(self.benign, self._score)
+        if self.base is None or "correct" not in self.base or (self.benign and "benign" not in self.base):
+            self.base = self._unhooked()  # (older runs kept no per-question result or control)
         write_json(path, self.base | {"filler": self.filler})
+
+    def _unhooked(self) -> dict:
+        """The unhooked model's result on the prefixed sets, from `cache_dir()/dilution` when this model
+        (source and weight fingerprint) scored these very questions under this configuration before: it is
+        the most expensive pass of the check (every question, no hook to limit it to those touched), and
+        the same in every sweep of a model, as the known subsets are."""
+        lm = self.lm
+        sets = {"forget": self.sets, "benign": self.benign}
+        key = json.loads(json.dumps({
+            "model": lm.source, "weights": weight_fingerprint(lm.model), "eval": dataclasses.asdict(self._cfg),
+            "chat_template": self.suite.chat_template, "prompt_version": PROMPT_VERSION,
+            "sets": {name: _digest(by_n) for name, by_n in sets.items()},
+        }, default=str))  # fmt: skip
+        path = keyed_cache_path("dilution", key)
+        if path.exists() and (cached := read_json(path)).get("key") == key:
+            log.info("dilution check: the unhooked model's scores from %s", path)
+            return cached["base"]
+        base = accuracy_vs_prefix(self.sets, self._score)
+        if self.benign:
+            base["benign"] = accuracy_vs_prefix(self.benign, self._score)
+        write_json(path, {"key": key, "base": base})
+        return base
 
     @property
     def _cfg(self):

@@ -21,7 +21,7 @@ from torch import nn
 
 from unlearn.eval.scoring import ALL_ORDERS, make_letter_scorer, score_letter
 from unlearn.models import LoadedModel
-from unlearn.paths import cache_dir
+from unlearn.paths import keyed_cache_path
 from unlearn.results import read_json, write_json
 
 if TYPE_CHECKING:
@@ -91,11 +91,7 @@ def unhooked_scores(
     same `score_questions` call on the same questions and batches — so a baseline needs no second pass
     (`EvalSuite.run`). Letter known subsets score 24 orders in one batch, so they keep no frame."""
     key = _known_key(lm, task, cfg, chat_template)
-    path = (
-        cache_dir()
-        / "known"
-        / (hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24] + ".json")
-    )
+    path = keyed_cache_path("known", key)
     if path.exists():
         cached = read_json(path)
         if cached.get("key") == key and ("frame" in cached or cfg.protocol != "cloze"):
