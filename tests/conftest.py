@@ -111,6 +111,26 @@ def build_model(family: str, vocab_size: int, sliding_window: int = 32) -> torch
     return model.eval()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def fresh_keyed_caches(tmp_path_factory):
+    """Keyed caches (known subsets, dilution baselines, feature counters) start empty in every session, so
+    no test passes on an entry that older code wrote; converted models (slow to build, keyed by their
+    source file) stay shared with the user's cache."""
+    from unlearn.paths import cache_dir
+
+    models = cache_dir() / "models"
+    models.mkdir(parents=True, exist_ok=True)
+    fresh = tmp_path_factory.mktemp("unlearn-cache")
+    (fresh / "models").symlink_to(models, target_is_directory=True)
+    before = os.environ.get("UNLEARN_CACHE")
+    os.environ["UNLEARN_CACHE"] = str(fresh)
+    yield fresh
+    if before is None:
+        os.environ.pop("UNLEARN_CACHE", None)
+    else:
+        os.environ["UNLEARN_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def tokenizer() -> PreTrainedTokenizerFast:
     return build_tokenizer()

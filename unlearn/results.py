@@ -26,7 +26,7 @@ import re
 import secrets
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
@@ -35,7 +35,7 @@ from typing import Any
 import pandas as pd
 
 from unlearn.errors import UnlearnError
-from unlearn.paths import results_dir
+from unlearn.paths import keyed_cache_path, results_dir
 
 
 @dataclasses.dataclass
@@ -155,6 +155,27 @@ def write_json(path: Path, obj: Any) -> None:
 
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
+
+
+def cached_json(kind: str, key: dict, compute: Callable[[], Any]) -> Any:
+    """`compute()`'s JSON value, read from `cache_dir()/kind` when an entry of this very `key` is there,
+    else computed and stored. For what every run of one model repeats on the same inputs and is the same
+    each time (feature counters of a text, the unhooked model's scores): the key must name everything the
+    value depends on. It is stored and compared as JSON reads it back, so a hash collision or an older
+    entry is recomputed, never read as a hit; JSON floats round-trip exactly, so a hit equals a fresh
+    computation bit for bit."""
+    path = keyed_cache_path(kind, key)
+    key = json.loads(json.dumps(key, default=_jsonable))
+    if path.exists():
+        try:
+            entry = read_json(path)
+        except (OSError, ValueError):  # unreadable: recompute and overwrite
+            entry = None
+        if isinstance(entry, dict) and entry.get("key") == key and "value" in entry:
+            return entry["value"]
+    value = compute()
+    write_json(path, {"key": key, "value": value})
+    return value
 
 
 def write_table(path: Path, df: pd.DataFrame) -> None:

@@ -30,8 +30,7 @@ from unlearn.eval.hook_cache import score_all_instead
 from unlearn.eval.known import PROMPT_VERSION, weight_fingerprint
 from unlearn.eval.suite import score_questions, touched_questions
 from unlearn.hooks import text_config
-from unlearn.paths import keyed_cache_path
-from unlearn.results import read_json, write_json
+from unlearn.results import cached_json, read_json, write_json
 from unlearn.stats import bootstrap_ci
 
 log = logging.getLogger(__name__)
@@ -251,14 +250,12 @@ class Diluter:
             "chat_template": self.suite.chat_template, "prompt_version": PROMPT_VERSION,
             "sets": {name: _digest(by_n) for name, by_n in sets.items()},
         }, default=str))  # fmt: skip
-        path = keyed_cache_path("dilution", key)
-        if path.exists() and (cached := read_json(path)).get("key") == key:
-            log.info("dilution check: the unhooked model's scores from %s", path)
-            return cached["base"]
+        return cached_json("dilution", key, self._score_unhooked)
+
+    def _score_unhooked(self) -> dict:
         base = accuracy_vs_prefix(self.sets, self._score)
         if self.benign:
             base["benign"] = accuracy_vs_prefix(self.benign, self._score)
-        write_json(path, {"key": key, "base": base})
         return base
 
     @property

@@ -5,17 +5,25 @@ Text is cut into BOS-led token chunks, run through the model only up to the SAE'
 no activation is stored. BOS and padding positions are excluded: BOS residuals are outliers that many
 features fire on, and padding is not text. `top_contexts` is the second, cheap pass that records each
 selected feature's top-activating text windows.
+
+Each pass (`accumulate`, `top_contexts`, `summed_acts`) is cached under `cache_dir()/feature-stats`, keyed
+by everything it depends on (`pass_key`: weights, SAE, hook, the exact token ids and batching), as the
+known subsets are: every selection on one model repeats these passes on the same text, and a hit returns
+the stored result, equal bit for bit to recomputing it (float64 and exact JSON round trips).
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
+import logging
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from rich.progress import Progress
 from safetensors import safe_open
@@ -25,7 +33,9 @@ from torch import Tensor, nn
 from unlearn.batches import bos_prefix, right_padded
 from unlearn.distributed import Shard
 from unlearn.hooks import forward_to
-from unlearn.results import write_bytes
+from unlearn.results import cached_json, write_bytes
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -155,6 +165,30 @@ def _counted_acts(
     return x_BTD[keep_BT], keep_BT
 
 
+STATS_VERSION = 1
+"""Bump when what a pass computes changes (the counted-token rule, the context window text), so cached
+entries are recomputed."""
+
+
+def pass_key(
+    name: str, model: nn.Module, sae: nn.Module, hook: str, chunks: list[list[int]], **settings
+) -> dict:
+    """What the pass `name` over `chunks` depends on: model and SAE weights (fingerprints, classes, the
+    SAE's config), dtype and device (they set the rounding), the hook, the exact token ids and the pass's
+    settings (batching sets the padding, which also sets the rounding)."""
+    from unlearn.eval.known import weight_fingerprint
+
+    param = next(model.parameters())
+    digest = hashlib.sha256(np.asarray([len(c) for c in chunks], dtype=np.int64).tobytes())
+    digest.update(np.fromiter((t for c in chunks for t in c), dtype=np.int64).tobytes())
+    return {
+        "pass": name, "version": STATS_VERSION, "model": weight_fingerprint(model),
+        "model_class": type(model).__name__, "dtype": str(param.dtype), "device": param.device.type,
+        "sae": weight_fingerprint(sae), "sae_cfg": sae.cfg_dict() if hasattr(sae, "cfg_dict") else type(sae).__name__,
+        "hook": hook, "chunks": digest.hexdigest()[:24], **settings,
+    }  # fmt: skip
+
+
 @torch.inference_mode()
 def accumulate(
     model: nn.Module,
@@ -168,7 +202,36 @@ def accumulate(
     bar: Progress | None = None,
     desc: str = "stats",
 ) -> FeatureStats:
-    """FeatureStats of `chunks` at `hook`: forward to the hook only, encode, reduce; nothing stored."""
+    """FeatureStats of `chunks` at `hook`: forward to the hook only, encode, reduce; no activation stored
+    (the counters are, keyed by `pass_key`)."""
+    key = pass_key(
+        "counters", model, sae, hook, chunks, pad_id=pad_id, bos_id=bos_id, batch_tokens=batch_tokens
+    )
+    computed = []
+
+    def compute() -> dict:
+        computed.append(True)
+        return _counters_json(_accumulate(model, sae, hook, chunks, pad_id=pad_id, bos_id=bos_id,
+                                          batch_tokens=batch_tokens, bar=bar, desc=desc))  # fmt: skip
+
+    got = cached_json("feature-stats", key, compute)
+    if not computed:
+        log.info(
+            "%s: counters of %d tokens from the cache (same weights, SAE and token ids)",
+            desc,
+            got["n_tokens"],
+        )
+    device = sae.W_enc.device
+    return FeatureStats(int(got["n_tokens"]), *(torch.tensor(got[k], dtype=torch.float64, device=device)
+                                                for k in ("fire_count", "act_sum")))  # fmt: skip
+
+
+def _counters_json(stats: FeatureStats) -> dict:
+    return {"n_tokens": int(stats.n_tokens), "fire_count": stats.fire_count_F.cpu().tolist(),
+            "act_sum": stats.act_sum_F.cpu().tolist()}  # fmt: skip
+
+
+def _accumulate(model, sae, hook, chunks, *, pad_id, bos_id, batch_tokens, bar, desc) -> FeatureStats:
     stats = FeatureStats.empty(sae.d_sae, sae.W_enc.device)
     task = bar.add_task(desc, total=sum(len(c) for c in chunks)) if bar else None
     shard = Shard(force=True)  # under `accelerate launch`: this rank's batches, counters summed over ranks
@@ -197,7 +260,18 @@ def top_contexts(
     bar: Progress | None = None,
 ) -> dict[int, dict[str, list]]:
     """For each feature: `contexts` (its k highest activations as text windows with the token marked
-    «like this», with activation and chunk/position) and `top_tokens` (the tokens it fires on most)."""
+    «like this», with activation and chunk/position) and `top_tokens` (the tokens it fires on most).
+    Cached by `pass_key` (with the tokenizer, which writes the text)."""
+    settings = dict(k=k, window=window, batch_tokens=batch_tokens)
+    key = pass_key("contexts", model, sae, hook, chunks, features=[int(i) for i in feature_ids], **settings,
+                   tokenizer=[type(tokenizer).__name__, tokenizer.name_or_path, len(tokenizer)])  # fmt: skip
+    got = cached_json("feature-stats", key, lambda: {
+        str(f): v for f, v in _top_contexts(model, sae, hook, chunks, feature_ids, tokenizer, bar=bar, **settings).items()
+    })  # fmt: skip
+    return {int(f): v for f, v in got.items()}
+
+
+def _top_contexts(model, sae, hook, chunks, feature_ids, tokenizer, *, k, window, batch_tokens, bar) -> dict:
     bos, pad = tokenizer.bos_token_id, tokenizer.pad_token_id
     heaps: list[list[tuple[float, int, int]]] = [[] for _ in feature_ids]  # min-heaps of (act, chunk, pos)
     counts: list[Counter] = [Counter() for _ in feature_ids]
@@ -254,7 +328,16 @@ def summed_acts(
     batch_tokens: int = 2048,
 ) -> Tensor:
     """Per chunk, each feature's activation summed over its counted tokens (BOS and padding excluded):
-    float64, shape (len(chunks), len(feature_ids)), rows in the order of `chunks`."""
+    float64, shape (len(chunks), len(feature_ids)), rows in the order of `chunks`. Cached by `pass_key`."""
+    ids = [int(i) for i in feature_ids]
+    key = pass_key("summed", model, sae, hook, chunks, features=ids, pad_id=pad_id, bos_id=bos_id,
+                   batch_tokens=batch_tokens)  # fmt: skip
+    got = cached_json("feature-stats", key, lambda: _summed_acts(model, sae, hook, chunks, ids, pad_id=pad_id,
+                                                                  bos_id=bos_id, batch_tokens=batch_tokens).tolist())  # fmt: skip
+    return torch.tensor(got, dtype=torch.float64).reshape(len(chunks), len(ids))
+
+
+def _summed_acts(model, sae, hook, chunks, feature_ids, *, pad_id, bos_id, batch_tokens) -> Tensor:
     out_CK = torch.zeros(len(chunks), len(feature_ids), dtype=torch.float64)
     filled_CK = torch.zeros(out_CK.shape, dtype=torch.bool)
     shard = Shard(force=True)  # under `accelerate launch`: this rank's batches, rows gathered below
