@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -219,3 +220,41 @@ def test_bad_direction_ablation_is_a_clear_error_before_any_work():
 
     with pytest.raises(UnlearnError, match="--direction-ablation must be mean or zero"):
         check_attacks(AttackConfig(direction_ablation="half"))
+
+
+def test_run_attacks_hook_layer_cache_gives_the_same_rows(setup, monkeypatch):
+    """Hook targets share one hook-layer cache across `run_attacks` (a weights target between them runs
+    outside it): every row equals the uncached run's, costs aside, and later passes hit the cache."""
+    from unlearn.attacks import run as run_mod
+
+    lm, suite, cfg = setup
+    made = []
+
+    class Spy(run_mod.HookLayerCache):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            made.append(self)
+
+    monkeypatch.setattr(run_mod, "HookLayerCache", Spy)
+    sae = tiny_sae(64)
+    name = "model.layers.1.mlp.down_proj.weight"
+    before = snapshot(lm.model)
+    g = torch.Generator().manual_seed(1)
+    targets = [clamp_target(sae, list(range(8)), "clamp", -50.0, hook=HOOK, name="a"),
+               weights_target({name: before[name] + torch.randn(before[name].shape, generator=g)}, HOOK),
+               clamp_target(sae, list(range(4)), "clamp", -50.0, hook=HOOK, name="b")]  # fmt: skip
+    cfg.attacks, cfg.direction_control, cfg.relearn_corpora = (
+        ["few-shot", "direction", "relearn"],
+        False,
+        ["retain"],
+    )
+    rows = {}
+    for cached in (False, True):
+        one = dataclasses.replace(cfg, hook_cache=cached, run_id=f"c{int(cached)}")
+        paths = run_mod.run_attacks(one, targets, lm=lm, suite=suite)
+        rows[cached] = [[{k: v for k, v in r.items() if k != "cost"} for r in read_json(p / "metrics.json")["rows"]]
+                        for p in paths]  # fmt: skip
+        assert_identical(lm.model, before)
+    assert len(made) == 1 and made[0].stats.hits > 0 and made[0].stats.misses > 0
+    assert rows[True] == rows[False]
+    assert {r["attack"] for r in rows[True][0]} == {"base", "unlearned", "few-shot", "direction", "relearn"}

@@ -11,9 +11,11 @@ and one base evaluation (what `unlearn demo` calls, with `demo_config()` / `DEMO
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from rich.table import Table
 from unlearn.attacks.recovery import recovered_fraction
 from unlearn.attacks.state import Target
 from unlearn.errors import UnlearnError
+from unlearn.eval.hook_cache import HookLayerCache
 from unlearn.eval.suite import EvalOutcome, EvalSuite
 from unlearn.models import LoadedModel
 from unlearn.options import Flag, RunFlags, command
@@ -68,6 +71,9 @@ class AttackConfig(RunFlags):
     """At most this many questions per source (a quick run)."""
     batch_size: int | None = None
     """Sequences per forward pass (default: the preset's `eval.batch_size`, else 16)."""
+    hook_cache: bool = True
+    """`run_attacks`: the hook targets at one hook point share the computation up to its layer (exact:
+    the same logits bit for bit; `unlearn.eval.hook_cache`); --no-hook-cache runs every pass in full."""
     relearn_k: list[int] = field(default_factory=lambda: [10, 100])
     """Numbers of relearning texts (each run twice: forget-topic texts and unrelated retain texts)."""
     relearn_steps: list[int] = field(default_factory=lambda: [10])
@@ -278,6 +284,7 @@ def run_attacks(
 ) -> list[Path]:
     """`run_attack` for each target (`--target` strings or Targets) on one loaded model: the suite is
     prepared and the base model evaluated once. One run folder per target (`<run_id>-<i>` when named)."""
+    from unlearn.attacks import steps
     from unlearn.models import load_model
 
     setup = setup_of(cfg)
@@ -286,15 +293,27 @@ def run_attacks(
     suite = suite or prepare_suite(cfg, lm)
     with torch.inference_mode():
         base = suite.run(lm.model, desc="base")
+    # every spec is resolved before any attack runs: a bad one fails before the work
+    built = [
+        t if isinstance(t, Target) else steps.build_target(dataclasses.replace(cfg, target=t), lm, None)
+        for t in targets
+    ]
+    hooks = Counter(t.hook for t in built if t.kind == "hook")
+    shared = HookLayerCache(lm.model, hooks.most_common(1)[0][0]) if hooks and cfg.hook_cache else None
     paths = []
-    for i, t in enumerate(targets):
+    for i, (t, target) in enumerate(zip(targets, built, strict=True)):
         one = dataclasses.replace(
             cfg, run_id=f"{cfg.run_id}-{i}" if cfg.run_id and len(targets) > 1 else cfg.run_id
         )
         if isinstance(t, str):
             one.target = t
-        paths.append(run_attack(one, lm=lm, suite=suite, unlearned=t if isinstance(t, Target) else None,
-                                base=base, console=console))  # fmt: skip
+        # a weights target runs outside the cache (its weights are not the ones the entries were made with)
+        use = shared is not None and target.kind == "hook" and target.hook == shared.hook_name
+        with shared.installed() if use else contextlib.nullcontext():
+            paths.append(run_attack(one, lm=lm, suite=suite, unlearned=target, base=base, console=console))
+    if shared is not None:
+        shared.clear()
+        log.info("hook-layer cache at %s across targets: %s", shared.hook_name, shared.stats.as_dict())
     return paths
 
 

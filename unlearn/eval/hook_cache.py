@@ -140,6 +140,16 @@ class HookLayerCache:
                 module.forward = had
         self._frames.clear()
 
+    @contextmanager
+    def installed(self) -> Iterator[HookLayerCache]:
+        """Installed inside the block, entries kept after it: blocks that run on the same model share them
+        (the weights check still drops them when a prefix weight has changed in between)."""
+        self.install()
+        try:
+            yield self
+        finally:
+            self.restore()
+
     def clear(self) -> None:
         """Drop every entry (the counters of what was done stay)."""
         self._entries.clear()
