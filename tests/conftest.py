@@ -113,9 +113,9 @@ def build_model(family: str, vocab_size: int, sliding_window: int = 32) -> torch
 
 @pytest.fixture(scope="session", autouse=True)
 def fresh_keyed_caches(tmp_path_factory):
-    """Keyed caches (known subsets, dilution baselines, feature counters) start empty in every session, so
-    no test passes on an entry that older code wrote; converted models (slow to build, keyed by their
-    source file) stay shared with the user's cache."""
+    """Keyed caches (known subsets, dilution baselines, feature counters, hook-layer outputs) start empty in
+    every session, so no test passes on an entry that older code wrote; converted models (slow to build,
+    keyed by their source file) stay shared with the user's cache."""
     from unlearn.paths import cache_dir
 
     models = cache_dir() / "models"

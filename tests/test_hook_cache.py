@@ -15,7 +15,7 @@ from test_intervene import HOOK, _fires_on_token, _inputs, random_sae, write_que
 
 from unlearn.clamp.gates import FiringLog, Gate, gated
 from unlearn.clamp.intervene import feature_edit
-from unlearn.eval.hook_cache import active_cache, cached_layer, hook_layer_cache
+from unlearn.eval.hook_cache import LayerStore, active_cache, cached_layer, hook_layer_cache
 from unlearn.eval.scoring import cloze_rows, make_letter_scorer, score_cloze, score_letter
 from unlearn.hooks import decoder_layers, edit, forward_to, live_hooks
 from unlearn.results import read_json
@@ -215,6 +215,77 @@ def test_a_cache_inside_another_stays_idle_and_exact(tiny):
     assert inner.stats.hits == inner.stats.misses == 0 and (outer.stats.hits, outer.stats.misses) == (3, 1)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_later_run_reads_the_stored_prefix_and_gets_the_full_forwards_logits(tiny, family, tmp_path):
+    """A second cache (a new run: nothing in memory) on the same store hits every batch from disk: plain
+    and packed cloze batches under a clamp give the uncached logits bit for bit, nothing recomputed."""
+    lm = tiny(family)
+    model, tok = lm.model, lm.tokenizer
+    sae, _ = _fires_on_token(lm, HOOK, " heart")
+    inputs, qs = _inputs(lm), _questions()
+    store = LayerStore(tmp_path / "store")
+    with torch.inference_mode(), feature_edit(model, sae, [5], "clamp", -40.0, hook_name=HOOK):
+        ref_logits = model(**inputs, use_cache=False).logits
+        ref_ll = score_cloze(qs, model, tok, batch_size=3)["ll"]
+        runs = []
+        for _ in range(2):
+            with hook_layer_cache(model, HOOK, store=store) as cache:
+                assert torch.equal(model(**inputs, use_cache=False).logits, ref_logits)
+                np.testing.assert_array_equal(score_cloze(qs, model, tok, batch_size=3)["ll"], ref_ll)
+            runs.append(cache.stats)
+    first, second = runs
+    assert first.misses == first.disk_writes > 1 and first.disk_hits == 0
+    assert second.misses == 0 and second.disk_writes == 0 and second.hits == second.disk_hits == first.misses
+    assert len(list((tmp_path / "store").rglob("*.pt"))) == first.misses and _installed(model) == []
+
+
+def test_the_store_misses_on_changed_weights_inputs_or_a_broken_file_and_keeps_to_its_cap(tiny, tmp_path):
+    """A prefix weight changed since the entry was written names another entry (a miss, the changed
+    model's own logits); other token ids miss; an unreadable file is recomputed and rewritten; past
+    `max_bytes` the least recently used files go first."""
+    lm = tiny("gemma2")
+    model, inputs = lm.model, _inputs(lm)
+    other = _inputs(lm, ("A cell divides by mitosis.", "Enzymes speed up reactions."))
+    store = LayerStore(tmp_path / "store")
+
+    def run(batch, store=store):
+        with torch.inference_mode(), hook_layer_cache(model, HOOK, store=store) as cache:
+            logits = model(**batch, use_cache=False).logits
+        return logits, cache.stats
+
+    ref, stats = run(inputs)
+    assert (stats.misses, stats.disk_writes) == (1, 1)
+    _, stats = run(other)
+    assert (stats.misses, stats.disk_hits) == (1, 0)
+    w = decoder_layers(model)[0].mlp.down_proj.weight
+    saved = w.detach().clone()
+    try:
+        with torch.no_grad():
+            w[0, 0] += 1e-3  # one value of one prefix weight
+        changed, stats = run(inputs)
+        with torch.inference_mode():
+            fresh = model(**inputs, use_cache=False).logits
+        assert torch.equal(changed, fresh) and not torch.equal(changed, ref)
+        assert (stats.misses, stats.disk_hits) == (1, 0)
+    finally:
+        with torch.no_grad():
+            w.copy_(saved)
+    got, stats = run(inputs)
+    assert torch.equal(got, ref) and stats.disk_hits == 1  # the original weights' entry is still there
+    files = sorted((tmp_path / "store").rglob("*.pt"), key=lambda f: f.stat().st_mtime)
+    files[-1].write_bytes(b"not a tensor")  # the entry just read
+    got, stats = run(inputs)
+    assert torch.equal(got, ref) and (stats.disk_hits, stats.misses, stats.disk_writes) == (0, 1, 1)
+    assert run(inputs)[1].disk_hits == 1
+    one = max(f.stat().st_size for f in files)
+    small = LayerStore(tmp_path / "small", max_bytes=int(one * 1.5))
+    run(inputs, small)
+    oldest = next((tmp_path / "small").rglob("*.pt"))
+    run(other, small)  # no room for two: the older file goes
+    left = list((tmp_path / "small").rglob("*.pt"))
+    assert len(left) == 1 and left[0] != oldest
+
+
 def _question_files(tmp_path):
     heart = " heart" * 6
     rows = {
@@ -267,7 +338,8 @@ def test_a_sweep_gives_the_same_points_with_and_without_the_cache(tiny, tmp_path
     for name in ("baseline.json", "clamp_n1_s-50.json", "clamp_n1_s-50_gate-window.json"):
         assert read_json(runs[True] / "dilution" / name) == read_json(runs[False] / "dilution" / name)
     stats = read_json(runs[True] / "hook_cache.json")
-    assert stats["hits"] > stats["misses"] > 0 and stats["bypasses"] == {}
+    # computed here or read from an earlier test's store (`LayerStore`): either way, hits past them
+    assert stats["hits"] > stats["misses"] + stats["disk_hits"] > 0 and stats["bypasses"] == {}
     off_stats = read_json(runs[False] / "hook_cache.json")
     assert off_stats["hits"] == off_stats["misses"] == 0
     # the static point touches most forget questions: scored whole, it is the full evaluation, bit for bit

@@ -50,8 +50,8 @@ def results_at(path: str | Path | None) -> Iterator[None]:
 
 
 def cache_dir() -> Path:
-    """User cache (converted embedded model, known subsets, dilution baselines, feature-stats passes):
-    `$UNLEARN_CACHE` or `~/.cache/unlearn`."""
+    """User cache (converted embedded model, known subsets, dilution baselines, feature-stats passes,
+    hook-layer outputs): `$UNLEARN_CACHE` or `~/.cache/unlearn`."""
     default = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "unlearn"
     path = Path(os.environ.get("UNLEARN_CACHE", default))
     path.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from rich.table import Table
 from unlearn.attacks.recovery import recovered_fraction
 from unlearn.attacks.state import Target
 from unlearn.errors import UnlearnError
-from unlearn.eval.hook_cache import HookLayerCache
+from unlearn.eval.hook_cache import HookLayerCache, layer_store
 from unlearn.eval.suite import EvalOutcome, EvalSuite
 from unlearn.models import LoadedModel
 from unlearn.options import Flag, RunFlags, command
@@ -299,7 +299,11 @@ def run_attacks(
         for t in targets
     ]
     hooks = Counter(t.hook for t in built if t.kind == "hook")
-    shared = HookLayerCache(lm.model, hooks.most_common(1)[0][0]) if hooks and cfg.hook_cache else None
+    shared = (
+        HookLayerCache(lm.model, hooks.most_common(1)[0][0], store=layer_store())
+        if hooks and cfg.hook_cache
+        else None
+    )
     paths = []
     for i, (t, target) in enumerate(zip(targets, built, strict=True)):
         one = dataclasses.replace(

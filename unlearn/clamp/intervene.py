@@ -63,7 +63,7 @@ from unlearn.clamp.shard import (
     shard_state,
 )
 from unlearn.errors import UnlearnError
-from unlearn.eval.hook_cache import hook_layer_cache
+from unlearn.eval.hook_cache import hook_layer_cache, layer_store
 from unlearn.eval.suite import EvalSuite, Reuse
 from unlearn.hooks import edit_with_inputs, parse_hook_name, sae_site, text_config
 from unlearn.models import LoadedModel, load_model
@@ -503,7 +503,7 @@ def run_intervene(
         opened = open_shard("intervene", identity, config, cfg.run_id, shard, own, on_complete=write_summary)
     else:
         opened = _open_run(cfg, identity, config)
-    with opened as run, hook_layer_cache(lm.model, hook, enabled=cfg.hook_cache) as hc:
+    with opened as run, hook_layer_cache(lm.model, hook, enabled=cfg.hook_cache, store=layer_store()) as hc:
         _sweep(run.path, lm, sae, suite, points, ranked, hook, selection, plan, console,
                own_baseline=shard is not None)  # fmt: skip
         stats_file = "hook_cache.json" if shard is None else shard.file.replace(".json", ".hook_cache.json")

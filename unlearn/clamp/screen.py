@@ -45,7 +45,7 @@ from unlearn.checks import check_model_path, finite_float, positive_int
 from unlearn.clamp.controls import EditStats, feature_info
 from unlearn.clamp.intervene import CLAMP_UNITS, check_mode, feature_edit, resolve_targets
 from unlearn.errors import UnlearnError
-from unlearn.eval.hook_cache import hook_layer_cache
+from unlearn.eval.hook_cache import hook_layer_cache, layer_store
 from unlearn.eval.suite import EvalSuite, Reuse
 from unlearn.options import EVAL_FLAGS, EvalFlags, Flag, RunFlags, command
 from unlearn.results import EvalBlock, check_new_run, open_run, read_json, write_json, write_table
@@ -351,7 +351,8 @@ def run_screen(cfg: ScreenConfig, *, lm=None, sae=None, suite=None, test_suite=N
               "max_features": cfg.max_features or top_k, "test_split": cfg.test_split}  # fmt: skip
     with (
         open_run(COMMAND, identity, config=config, run_id=cfg.run_id, overwrite=cfg.overwrite) as run,
-        hook_layer_cache(lm.model, hook, enabled=cfg.hook_cache) as hc,  # trials share the prefix
+        # trials share the prefix, and with every earlier run on this model
+        hook_layer_cache(lm.model, hook, enabled=cfg.hook_cache, store=layer_store()) as hc,
     ):
         base = clamper.run_base()
         write_table(run.path / "questions" / "unhooked.csv", base.questions)

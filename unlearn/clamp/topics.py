@@ -28,7 +28,7 @@ from rich.table import Table
 
 from unlearn.clamp.select import Selection, read_selection
 from unlearn.errors import UnlearnError
-from unlearn.eval.hook_cache import hook_layer_cache
+from unlearn.eval.hook_cache import hook_layer_cache, layer_store
 from unlearn.options import EVAL_FLAGS, EvalFlags, Flag, RunFlags, command, parse_list
 
 log = logging.getLogger(__name__)
@@ -309,7 +309,8 @@ def run_cross_topic(cfg: CrossTopicConfig, *, lm=None, sae=None, suite=None, con
                 "eval": eval_cfg}  # fmt: skip
     with (
         open_run("cross-topic", identity, run_id=cfg.run_id, overwrite=cfg.overwrite) as run,
-        hook_layer_cache(lm.model, hook, enabled=cfg.hook_cache),  # every state shares the prefix
+        # every state shares the prefix, and with every earlier run on this model
+        hook_layer_cache(lm.model, hook, enabled=cfg.hook_cache, store=layer_store()),
     ):
         with torch.inference_mode():
             base = suite.run(lm.model, desc="unhooked")

@@ -21,6 +21,13 @@ other tensor, compared exactly with `torch.equal`), and
   storage or version counter: an optimizer step, `load_state_dict`, `copy_` under `no_grad`; not a write
   through `.data`, which no version counter sees) drops every entry first.
 
+With a `LayerStore` (`store=`; the commands pass `layer_store()` whenever the cache is on), what a miss
+computes is also written to `cache_dir()/hook-layer`, and a later run (another sweep, a screening, an
+attack on the same model) reads it instead of recomputing: the same tensor, so the same bit-identical
+logits. A stored output is named by a hash of everything it depends on: the bytes of every weight and
+buffer of the skipped part, the model's configuration and attention implementation, the torch and
+transformers versions, the thread count and device, layer k, and the bytes of every input tensor.
+
 The pre-hook that `hooks.edit_with_inputs` puts on the body still runs (the body's forward is still
 called), so gates and BOS protection see the token ids. Nothing here is a hook: the cache swaps the
 `forward` of the body and of layers 0..k and restores them on exit (exceptions included), so
@@ -29,14 +36,19 @@ called), so gates and BOS protection see the token ids. Nothing here is a hook: 
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import logging
+import os
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
+import transformers
 from torch import Tensor, nn
 
 from unlearn.hooks import decoder_layers, parse_hook_name, text_config
@@ -45,6 +57,9 @@ log = logging.getLogger(__name__)
 
 DEFAULT_MAX_BYTES = 2 * 2**30
 """Cap on stored activations and keys (2 GiB); batches past it are recomputed (counted in `over_cap`)."""
+
+DEFAULT_DISK_BYTES = 4 * 2**30
+"""Cap on `cache_dir()/hook-layer` (4 GiB): past it the least recently used outputs are deleted."""
 
 _IGNORED = {"return_dict"}
 """Body arguments that change the output's form, not its values."""
@@ -64,11 +79,83 @@ class CacheStats:
     """Times every entry was dropped because a prefix weight changed."""
     entries: int = 0
     bytes: int = 0
+    disk_hits: int = 0
+    """Misses in memory answered by the `LayerStore` (counted in `hits` too: nothing was recomputed)."""
+    disk_writes: int = 0
 
     def as_dict(self) -> dict:
         return {"hits": self.hits, "misses": self.misses, "bypasses": dict(self.bypasses),
                 "over_cap": self.over_cap, "invalidations": self.invalidations, "entries": self.entries,
-                "bytes": self.bytes}  # fmt: skip
+                "bytes": self.bytes, "disk_hits": self.disk_hits, "disk_writes": self.disk_writes}  # fmt: skip
+
+
+def _tensor_bytes(t: Tensor) -> memoryview:
+    """The raw bytes of a tensor (any dtype, bfloat16 included; copied to the CPU if needed)."""
+    flat = t.detach().contiguous().reshape(-1).view(torch.uint8)
+    return memoryview(flat.cpu().numpy())
+
+
+class LayerStore:
+    """Layer-k outputs on disk, shared by every run on this machine (see the module docstring).
+
+    One file per stored batch, `<root>/<prefix identity>/<key digest>.pt`, written atomically; reading one
+    refreshes its time, and writing past `max_bytes` deletes the least recently used files first. An
+    unreadable file is a miss (and is rewritten)."""
+
+    def __init__(self, root: Path, *, max_bytes: int = DEFAULT_DISK_BYTES):
+        self.root, self.max_bytes = Path(root), int(max_bytes)
+        self._used: int | None = None
+
+    def get(self, identity: str, digest: str, device: torch.device) -> Tensor | None:
+        path = self.root / identity / f"{digest}.pt"
+        try:
+            out = torch.load(path, map_location=device, weights_only=True)
+            os.utime(path)
+        except Exception as e:  # missing, or anything a broken file raises (pickle, zip, EOF): recompute
+            if path.exists():
+                log.warning("unreadable hook-layer cache file %s (%s): recomputing", path, e)
+            return None
+        return out if torch.is_tensor(out) else None
+
+    def put(self, identity: str, digest: str, out: Tensor) -> bool:
+        size = out.numel() * out.element_size()
+        if size > self.max_bytes:
+            return False
+        self._make_room(size)
+        path = self.root / identity / f"{digest}.pt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save(out.detach().cpu().clone(), tmp)
+        os.replace(tmp, path)
+        self._used = (self._used or 0) + path.stat().st_size
+        return True
+
+    def _files(self) -> list[os.DirEntry]:
+        if not self.root.exists():
+            return []
+        return [f for d in os.scandir(self.root) if d.is_dir() for f in os.scandir(d.path)
+                if f.name.endswith(".pt")]  # fmt: skip
+
+    def _make_room(self, size: int) -> None:
+        if self._used is None:
+            self._used = sum(f.stat().st_size for f in self._files())
+        if self._used + size <= self.max_bytes:
+            return
+        for f in sorted(self._files(), key=lambda f: f.stat().st_mtime):  # least recently used first
+            if self._used + size <= self.max_bytes:
+                break
+            try:
+                self._used -= f.stat().st_size
+                os.remove(f.path)
+            except OSError:  # another process removed it first
+                pass
+
+
+def layer_store() -> LayerStore:
+    """The store under the user cache (`paths.cache_dir`)."""
+    from unlearn.paths import cache_dir
+
+    return LayerStore(cache_dir() / "hook-layer")
 
 
 def cached_layer(hook_name: str) -> int:
@@ -92,8 +179,16 @@ def _hooked(module: nn.Module, *, forward: bool = True) -> bool:
 class HookLayerCache:
     """The cache of one model at one hook point; use it through `hook_layer_cache`."""
 
-    def __init__(self, model: nn.Module, hook_name: str, *, max_bytes: int = DEFAULT_MAX_BYTES):
-        self.model, self.hook_name, self.max_bytes = model, hook_name, int(max_bytes)
+    def __init__(
+        self,
+        model: nn.Module,
+        hook_name: str,
+        *,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        store: LayerStore | None = None,
+    ):
+        self.model, self.hook_name, self.max_bytes, self.store = model, hook_name, int(max_bytes), store
+        self._identity: str | None = None  # of the prefix's weights, for `store`; None: not yet computed
         self.stats = CacheStats()
         self.k = cached_layer(hook_name)
         self.body = model.get_decoder() if hasattr(model, "get_decoder") else model
@@ -231,8 +326,46 @@ class HookLayerCache:
             if all(torch.equal(stored[n], t) for n, t in tensors.items()):
                 self.stats.hits += 1
                 return {"hit": out}
+        digest = self._digest(bucket, tensors) if self.store is not None else None
+        if digest is not None:
+            device = next(self.layers[self.k].parameters(), tensors[next(iter(tensors))]).device
+            out = self.store.get(self.identity(), digest, device)
+            if out is not None:
+                self.stats.hits += 1
+                self.stats.disk_hits += 1
+                self._store((bucket, tensors, None), out)  # later hits come from memory
+                return {"hit": out}
         self.stats.misses += 1
-        return {"store": (bucket, tensors)}
+        return {"store": (bucket, tensors, digest)}
+
+    def identity(self) -> str:
+        """Hash of everything besides the inputs that layer k's output depends on: the bytes of every
+        parameter and buffer of the skipped part, the model's class and configuration, and the versions,
+        threads and device the computation ran with (any of them can change the last bits)."""
+        if self._identity is None:
+            digest = hashlib.sha1()
+            config = text_config(self.model)
+            about = {"class": type(self.model).__name__, "k": self.k, "torch": torch.__version__,
+                     "transformers": transformers.__version__, "threads": torch.get_num_threads(),
+                     "attn": getattr(config, "_attn_implementation", None),
+                     "config": {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
+                     if hasattr(config, "to_dict") else None}  # fmt: skip
+            digest.update(json.dumps(about, sort_keys=True, default=str).encode())
+            for m in self.prefix:
+                for name, t in (*m._parameters.items(), *m._buffers.items()):
+                    if t is not None:
+                        digest.update(f"{name}{tuple(t.shape)}{t.dtype}{t.device.type}".encode())
+                        digest.update(_tensor_bytes(t))
+            self._identity = digest.hexdigest()[:20]
+        return self._identity
+
+    @staticmethod
+    def _digest(bucket: tuple, tensors: dict[str, Tensor]) -> str:
+        digest = hashlib.sha1(repr(bucket).encode())
+        for name, t in tensors.items():
+            digest.update(name.encode())
+            digest.update(_tensor_bytes(t))
+        return digest.hexdigest()
 
     def _prefix_hooked(self) -> str | None:
         from torch.nn.modules import module as torch_module
@@ -262,16 +395,20 @@ class HookLayerCache:
             t for m in self.prefix for t in (*m._parameters.values(), *m._buffers.values()) if t is not None
         ]
         signature = tuple((id(t), t.data_ptr(), version(t)) for t in tensors)
-        if self._signature is not None and signature != self._signature and self._entries:
-            self.stats.invalidations += 1
-            self.clear()
+        if self._signature is not None and signature != self._signature:
+            self._identity = None  # the store's name for these weights is recomputed when next needed
+            if self._entries:
+                self.stats.invalidations += 1
+                self.clear()
         self._signature = signature
 
     def _store(self, key: tuple, out) -> None:
-        bucket, tensors = key
+        bucket, tensors, digest = key
         if not torch.is_tensor(out):
             self.stats.bypasses["layer output is not a tensor"] += 1
             return
+        if digest is not None and self.store.put(self.identity(), digest, out):
+            self.stats.disk_writes += 1
         size = out.numel() * out.element_size() + sum(t.numel() * t.element_size() for t in tensors.values())
         if self.stats.bytes + size > self.max_bytes:
             self.stats.over_cap += 1
@@ -306,12 +443,17 @@ def score_all_instead(model: nn.Module, touched_frac: float) -> bool:
 
 @contextmanager
 def hook_layer_cache(
-    model: nn.Module, hook_name: str, *, max_bytes: int = DEFAULT_MAX_BYTES, enabled: bool = True
+    model: nn.Module,
+    hook_name: str,
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    enabled: bool = True,
+    store: LayerStore | None = None,
 ) -> Iterator[HookLayerCache]:
     """Share the computation up to `hook_name`'s layer between forwards of the same inputs inside the block
-    (see the module docstring). `enabled=False` yields an idle cache (all counters 0): one call site for
-    `--hook-cache/--no-hook-cache`."""
-    cache = HookLayerCache(model, hook_name, max_bytes=max_bytes)
+    (see the module docstring), and with `store` across runs. `enabled=False` yields an idle cache (all
+    counters 0): one call site for `--hook-cache/--no-hook-cache`."""
+    cache = HookLayerCache(model, hook_name, max_bytes=max_bytes, store=store if enabled else None)
     if enabled:
         cache.install()
     try:
