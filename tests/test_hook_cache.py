@@ -286,6 +286,26 @@ def test_the_store_misses_on_changed_weights_inputs_or_a_broken_file_and_keeps_t
     assert len(left) == 1 and left[0] != oldest
 
 
+def test_offloaded_prefix_weights_keep_the_store_out_and_the_cache_exact(tiny, tmp_path):
+    """A `meta` tensor in the skipped part (accelerate's offload keeps its bytes elsewhere): nothing to
+    name the entry by, so nothing is written or read; the in-memory cache still hits, exactly."""
+    lm = tiny("gemma3")
+    model, inputs = lm.model, _inputs(lm)
+    layer = decoder_layers(model)[0]
+    with torch.inference_mode():
+        ref = model(**inputs, use_cache=False).logits
+    layer.register_buffer("offloaded", torch.empty(2, device="meta"))
+    try:
+        with torch.inference_mode(), hook_layer_cache(model, HOOK, store=LayerStore(tmp_path)) as cache:
+            assert cache.identity() is None
+            for _ in range(2):
+                assert torch.equal(model(**inputs, use_cache=False).logits, ref)
+    finally:
+        del layer._buffers["offloaded"]
+    assert (cache.stats.misses, cache.stats.hits, cache.stats.disk_writes) == (1, 1, 0)
+    assert not list(tmp_path.rglob("*.pt")) and cache.identity() is not None
+
+
 def _question_files(tmp_path):
     heart = " heart" * 6
     rows = {

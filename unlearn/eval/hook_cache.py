@@ -326,10 +326,11 @@ class HookLayerCache:
             if all(torch.equal(stored[n], t) for n, t in tensors.items()):
                 self.stats.hits += 1
                 return {"hit": out}
-        digest = self._digest(bucket, tensors) if self.store is not None else None
+        identity = self.identity() if self.store is not None else None
+        digest = self._digest(bucket, tensors) if identity is not None else None
         if digest is not None:
             device = next(self.layers[self.k].parameters(), tensors[next(iter(tensors))]).device
-            out = self.store.get(self.identity(), digest, device)
+            out = self.store.get(identity, digest, device)
             if out is not None:
                 self.stats.hits += 1
                 self.stats.disk_hits += 1
@@ -338,10 +339,14 @@ class HookLayerCache:
         self.stats.misses += 1
         return {"store": (bucket, tensors, digest)}
 
-    def identity(self) -> str:
+    def identity(self) -> str | None:
         """Hash of everything besides the inputs that layer k's output depends on: the bytes of every
         parameter and buffer of the skipped part, the model's class and configuration, and the versions,
-        threads and device the computation ran with (any of them can change the last bits)."""
+        threads and device the computation ran with (any of them can change the last bits). None (no
+        store) when a weight is offloaded (`meta`: accelerate's device map keeps its bytes elsewhere)."""
+        tensors = [t for m in self.prefix for t in (*m._parameters.values(), *m._buffers.values())]
+        if any(t is not None and t.is_meta for t in tensors):
+            return None
         if self._identity is None:
             digest = hashlib.sha1()
             config = text_config(self.model)
