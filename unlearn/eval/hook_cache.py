@@ -127,7 +127,7 @@ class LayerStore:
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         torch.save(out.detach().cpu().clone(), tmp)
         os.replace(tmp, path)
-        self._used = (self._used or 0) + path.stat().st_size
+        self._used += path.stat().st_size  # `_make_room` counted what was there
         return True
 
     def _files(self) -> list[os.DirEntry]:
@@ -344,8 +344,8 @@ class HookLayerCache:
         parameter and buffer of the skipped part, the model's class and configuration, and the versions,
         threads and device the computation ran with (any of them can change the last bits). None (no
         store) when a weight is offloaded (`meta`: accelerate's device map keeps its bytes elsewhere)."""
-        tensors = [t for m in self.prefix for t in (*m._parameters.values(), *m._buffers.values())]
-        if any(t is not None and t.is_meta for t in tensors):
+        named = self._prefix_tensors()
+        if any(t.is_meta for _, t in named):
             return None
         if self._identity is None:
             digest = hashlib.sha1()
@@ -356,11 +356,9 @@ class HookLayerCache:
                      "config": {k: v for k, v in config.to_dict().items() if k != "_name_or_path"}
                      if hasattr(config, "to_dict") else None}  # fmt: skip
             digest.update(json.dumps(about, sort_keys=True, default=str).encode())
-            for m in self.prefix:
-                for name, t in (*m._parameters.items(), *m._buffers.items()):
-                    if t is not None:
-                        digest.update(f"{name}{tuple(t.shape)}{t.dtype}{t.device.type}".encode())
-                        digest.update(_tensor_bytes(t))
+            for name, t in named:
+                digest.update(f"{name}{tuple(t.shape)}{t.dtype}{t.device.type}".encode())
+                digest.update(_tensor_bytes(t))
             self._identity = digest.hexdigest()[:20]
         return self._identity
 
@@ -389,6 +387,11 @@ class HookLayerCache:
                 return "hook before the hook layer"
         return None
 
+    def _prefix_tensors(self) -> list[tuple[str, Tensor]]:
+        """(name, tensor) of every parameter and buffer of the skipped part, in module order."""
+        return [(name, t) for m in self.prefix for name, t in (*m._parameters.items(), *m._buffers.items())
+                if t is not None]  # fmt: skip
+
     def _check_weights(self) -> None:
         def version(t: Tensor) -> int:
             try:
@@ -396,10 +399,7 @@ class HookLayerCache:
             except RuntimeError:  # inference tensors keep no version counter
                 return -1
 
-        tensors = [
-            t for m in self.prefix for t in (*m._parameters.values(), *m._buffers.values()) if t is not None
-        ]
-        signature = tuple((id(t), t.data_ptr(), version(t)) for t in tensors)
+        signature = tuple((id(t), t.data_ptr(), version(t)) for _, t in self._prefix_tensors())
         if self._signature is not None and signature != self._signature:
             self._identity = None  # the store's name for these weights is recomputed when next needed
             if self._entries:
