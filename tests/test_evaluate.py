@@ -101,6 +101,19 @@ def test_known_subset_is_cached_and_keyed_by_weights(tiny, qfiles):
             finally:
                 weight.sub_(1.0)
         assert len(calls) > n_first
+        from unlearn.eval.known import _known_key
+        from unlearn.paths import keyed_cache_path
+
+        config = lm.model.config
+        attn, key = config._attn_implementation, _known_key(lm, task, cfg, True)
+        config._attn_implementation = "sdpa" if attn != "sdpa" else "eager"
+        try:  # another attention implementation rounds differently: another cache entry
+            other = _known_key(lm, task, cfg, True)
+        finally:
+            config._attn_implementation = attn
+        assert other["numerics"]["attn"] != key["numerics"]["attn"]
+        assert keyed_cache_path("known", other) != keyed_cache_path("known", key)
+        assert not keyed_cache_path("known", other).exists()
     finally:
         handle.remove()
     suite = prepare_eval(lm, cfg)

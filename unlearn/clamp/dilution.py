@@ -27,7 +27,7 @@ from unlearn.clamp.feature_checks import iter_sources
 from unlearn.clamp.gates import FiringLog, Gate, firing_rate, gate_scores
 from unlearn.errors import UnlearnError
 from unlearn.eval.hook_cache import score_all_instead
-from unlearn.eval.known import PROMPT_VERSION, weight_fingerprint
+from unlearn.eval.known import PROMPT_VERSION, numerics, weight_fingerprint
 from unlearn.eval.suite import score_questions, touched_questions
 from unlearn.hooks import text_config
 from unlearn.results import cached_json, read_json, write_json
@@ -246,7 +246,8 @@ class Diluter:
         lm = self.lm
         sets = {"forget": self.sets, "benign": self.benign}
         key = json.loads(json.dumps({
-            "model": lm.source, "weights": weight_fingerprint(lm.model), "eval": dataclasses.asdict(self._cfg),
+            "model": lm.source, "weights": weight_fingerprint(lm.model), "numerics": numerics(lm.model),
+            "eval": dataclasses.asdict(self._cfg),
             "chat_template": self.suite.chat_template, "prompt_version": PROMPT_VERSION,
             "sets": {name: _digest(by_n) for name, by_n in sets.items()},
         }, default=str))  # fmt: skip

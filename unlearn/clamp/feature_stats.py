@@ -174,16 +174,15 @@ def pass_key(
     name: str, model: nn.Module, sae: nn.Module, hook: str, chunks: list[list[int]], **settings
 ) -> dict:
     """What the pass `name` over `chunks` depends on: model and SAE weights (fingerprints, classes, the
-    SAE's config), dtype and device (they set the rounding), the hook, the exact token ids and the pass's
+    SAE's config), dtype, device and attention implementation (they set the rounding), the hook, the exact token ids and the pass's
     settings (batching sets the padding, which also sets the rounding)."""
-    from unlearn.eval.known import weight_fingerprint
+    from unlearn.eval.known import numerics, weight_fingerprint
 
-    param = next(model.parameters())
     digest = hashlib.sha256(np.asarray([len(c) for c in chunks], dtype=np.int64).tobytes())
     digest.update(np.fromiter((t for c in chunks for t in c), dtype=np.int64).tobytes())
     return {
         "pass": name, "version": STATS_VERSION, "model": weight_fingerprint(model),
-        "model_class": type(model).__name__, "dtype": str(param.dtype), "device": param.device.type,
+        "model_class": type(model).__name__, **numerics(model),
         "sae": weight_fingerprint(sae), "sae_cfg": sae.cfg_dict() if hasattr(sae, "cfg_dict") else type(sae).__name__,
         "hook": hook, "chunks": digest.hexdigest()[:24], **settings,
     }  # fmt: skip

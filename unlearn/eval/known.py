@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from unlearn.eval.scoring import ALL_ORDERS, make_letter_scorer, score_letter
+from unlearn.hooks import text_config
 from unlearn.models import LoadedModel
 from unlearn.paths import keyed_cache_path
 from unlearn.results import read_json, write_json
@@ -63,11 +64,20 @@ def weight_fingerprint(model: nn.Module, n_values: int = 8) -> str:
     return digest.hexdigest()[:16]
 
 
+def numerics(model: nn.Module) -> dict:
+    """What sets a forward's rounding besides the weights: dtype, device kind and attention implementation
+    (a cached result computed under other ones may differ in its last bits, and so on a near tie)."""
+    param = next(model.parameters())
+    attn = getattr(text_config(model), "_attn_implementation", None)
+    return {"dtype": str(param.dtype), "device": param.device.type, "attn": attn}
+
+
 def _known_key(lm: LoadedModel, task: EvalTask, cfg: EvalConfig, chat_template: bool) -> dict:
     qtext = json.dumps([[q.question, list(q.choices), q.answer] for q in task.questions])
     return {
         "model": lm.source,
         "weights": weight_fingerprint(lm.model),
+        "numerics": numerics(lm.model),
         "task": task.name,
         "protocol": cfg.protocol,
         "chat_template": chat_template if cfg.protocol != "cloze" else None,
