@@ -258,3 +258,40 @@ def test_run_attacks_hook_layer_cache_gives_the_same_rows(setup, monkeypatch):
     assert len(made) == 1 and made[0].stats.hits > 0 and made[0].stats.misses + made[0].stats.disk_hits > 0
     assert rows[True] == rows[False]
     assert {r["attack"] for r in rows[True][0]} == {"base", "unlearned", "few-shot", "direction", "relearn"}
+
+
+def test_unlearned_row_scores_only_touched_questions_and_equals_the_full_evaluation(setup, monkeypatch):
+    """An SAE target's own evaluation reuses the base's scores where its hook changes nothing: the
+    per-question frame equals scoring every question under the target, for a static and a gated clamp."""
+    import pandas as pd
+
+    from unlearn.attacks.run import _Runner
+    from unlearn.clamp.gates import Gate, gated
+    from unlearn.eval import suite as suite_mod
+
+    lm, suite, cfg = setup
+    sae = tiny_sae(64)
+    with torch.no_grad():  # high thresholds: the features fire on some questions only
+        sae.threshold.fill_(5.0)
+    with torch.inference_mode():
+        base = suite.run(lm.model, desc="base")
+    scored = []
+    real = suite_mod.score_questions
+    monkeypatch.setattr(suite_mod, "score_questions",
+                        lambda m, t, qs, *a, **kw: scored.append(len(qs)) or real(m, t, qs, *a, **kw))  # fmt: skip
+    gate = Gate("window", 0.05, features=tuple(range(8)), value=-50.0, window=4)
+    targets = [clamp_target(sae, list(range(8)), "clamp", -50.0, hook=HOOK, name="static"),
+               clamp_target(sae, list(range(8)), "clamp", -50.0, hook=HOOK, name="window",
+                            gate=lambda m: gated(m, sae, gate, hook_name=HOOK))]  # fmt: skip
+    n_all = len(BIO) + len(RETAIN)
+    for target in targets:
+        scored.clear()
+        runner = _Runner(lm, suite, target, cfg, console=None, base=base)
+        n_scored = sum(scored)
+        with torch.inference_mode(), target(lm.model):
+            full = suite.run(lm.model, desc="full")
+        assert 0 < n_scored < n_all, target.name  # some questions touched, not all
+        cols = [c for c in full.questions.columns if c != "index"]
+        got = runner.unlearned.questions[cols].reset_index(drop=True)
+        pd.testing.assert_frame_equal(got, full.questions[cols].reset_index(drop=True), check_dtype=False)
+        assert not got["ll_0"].equals(base.questions["ll_0"]), target.name  # the hook does change scores

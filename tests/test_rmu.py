@@ -287,6 +287,38 @@ def tiny_cfg(tiny_folder, corpora, **kw):
     return RMUConfig(**{**base, **kw})
 
 
+def test_a_borrowed_model_gives_the_same_run_and_gets_its_weights_back(tiny_folder, corpora, monkeypatch):
+    """The demo lends its loaded model: the run equals one on a freshly loaded model, and the model is
+    bit-identical afterwards, also when training fails."""
+    from unlearn.setup import setup_of
+
+    fresh = run_rmu(tiny_cfg(tiny_folder, corpora, lr=1e-3), progress=False)
+    cfg = tiny_cfg(tiny_folder, corpora, lr=1e-3, run_id="lent")
+    lm = load_model(setup_of(cfg))
+    original = {n: p.clone() for n, p in lm.model.named_parameters()}
+    lent = run_rmu(cfg, lm=lm, progress=False)
+    for n, p in lm.model.named_parameters():
+        assert torch.equal(p, original[n]) and not p.requires_grad, n
+    a, b = load_file(str(fresh / "weights.safetensors")), load_file(str(lent / "weights.safetensors"))
+    assert sorted(a) == sorted(b) and all(torch.equal(a[n], b[n]) for n in a)
+    assert read_json(fresh / "metrics.json") == read_json(lent / "metrics.json")
+    pd.testing.assert_frame_equal(pd.read_csv(fresh / "losses.csv"), pd.read_csv(lent / "losses.csv"))
+    real_step, calls = RMUTrainer.step, []
+
+    def failing_step(self, *args, **kwargs):  # fails after two real updates
+        calls.append(real_step(self, *args, **kwargs))
+        if len(calls) == 2:
+            raise UnlearnError("boom")
+        return calls[-1]
+
+    monkeypatch.setattr(RMUTrainer, "step", failing_step)
+    with pytest.raises(UnlearnError, match="boom"):
+        run_rmu(tiny_cfg(tiny_folder, corpora, lr=1e-3, run_id="boom"), lm=lm, progress=False)
+    assert len(calls) == 2
+    for n, p in lm.model.named_parameters():
+        assert torch.equal(p, original[n]), n
+
+
 def test_resolve_config_from_preset_and_overrides():
     cfg = resolve_config(RMUConfig(preset="gemma-2-2b-it"))
     assert (cfg.layer, cfg.update_layers, cfg.steering_coeff, cfg.alpha) == (3, [1, 2, 3], 400.0, 100.0)

@@ -76,12 +76,11 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
                             dilution=[0, 20] if cfg.quick else dilution,
                             dilution_questions=8 if cfg.quick else int(demo.get("dilution_questions", 40)))  # fmt: skip
     run_intervene(sweep, lm=lm, console=console)
-    del lm  # RMU loads its own copy and changes its weights
-    console.print(Rule("3/4  unlearn rmu-baseline"))
-    run_rmu(RMUConfig(**same, eval_limit=limit, **({"n_batches": 10} if cfg.quick else {})))
+    console.print(Rule("3/4  unlearn rmu-baseline"))  # trains the loaded model, then puts its weights back
+    run_rmu(RMUConfig(**same, eval_limit=limit, **({"n_batches": 10} if cfg.quick else {})), lm=lm)
     if cfg.attacks:
         console.print(Rule("unlearn attack (reduced set)"))
-        _attack(cfg, scales, n_features, console)
+        _attack(cfg, scales, n_features, lm, console)
     console.print(Rule("4/4  unlearn report"))
     report_dir = run_report(ReportConfig(preset=setup.name), console=console)
     console.print(
@@ -90,7 +89,7 @@ def run_demo(cfg: DemoConfig, console: Console | None = None) -> Path:
     return report_dir
 
 
-def _attack(cfg: DemoConfig, scales: list[float], n_features: list[int], console: Console) -> None:
+def _attack(cfg: DemoConfig, scales: list[float], n_features: list[int], lm, console: Console) -> None:
     """The reduced attack set on the demo's static and window-gated points and its RMU run."""
     from unlearn.attacks.run import demo_config, run_attacks
     from unlearn.results import latest_run_dir
@@ -101,6 +100,7 @@ def _attack(cfg: DemoConfig, scales: list[float], n_features: list[int], console
     run_attacks(
         demo_config(preset=cfg.preset, model=cfg.model, **({"limit": 10} if cfg.quick else {})),
         targets,
+        lm=lm,
         console=console,
     )
 

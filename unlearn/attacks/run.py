@@ -29,7 +29,7 @@ from unlearn.attacks.recovery import recovered_fraction
 from unlearn.attacks.state import Target
 from unlearn.errors import UnlearnError
 from unlearn.eval.hook_cache import HookLayerCache, layer_store
-from unlearn.eval.suite import EvalOutcome, EvalSuite
+from unlearn.eval.suite import EvalOutcome, EvalSuite, Reuse
 from unlearn.models import LoadedModel
 from unlearn.options import Flag, RunFlags, command
 from unlearn.setup import setup_of
@@ -166,8 +166,14 @@ class _Runner:
         self.base = base
         base_s = time.perf_counter() - start
         start = time.perf_counter()
-        with torch.inference_mode(), target(lm.model):
-            self.unlearned = suite.run(lm.model, desc=target.name)
+        with torch.inference_mode():
+            if target.kind == "hook" and target.decoder_basis_DK is not None:  # an SAE edit at target.hook
+                # only the questions it touches are scored, the rest are the base's (exact: `Reuse`)
+                reuse = Reuse(base.questions, lambda _: target(lm.model), target.hook)
+                self.unlearned = suite.run(lm.model, desc=target.name, reuse=reuse)
+            else:
+                with target(lm.model):
+                    self.unlearned = suite.run(lm.model, desc=target.name)
         self.add("base", {}, self.base, {"seconds": base_s})
         self.add("unlearned", {}, self.unlearned, {"seconds": time.perf_counter() - start})
 

@@ -228,7 +228,8 @@ def train_rmu(
     steps: int,
     on_step: Callable[[int, StepLosses], None] | None = None,
 ) -> tuple[RMUTrainer, list[StepLosses]]:
-    """Train `lm.model` in place for `steps` steps (a resolved config); returns the trainer and losses."""
+    """Train `lm.model` in place for `steps` steps (a resolved config); returns the trainer and losses. A
+    failed step leaves the model as it found it (`RMUTrainer.restore`)."""
     model = lm.model
     n_layers = len(decoder_layers(model))
     if not 0 <= cfg.layer < n_layers:
@@ -251,6 +252,9 @@ def train_rmu(
             history.append(trainer.step(f_in, r_in, topic))
             if on_step:
                 on_step(i, history[-1])
+    except BaseException:
+        trainer.restore()
+        raise
     finally:
         trainer.finish()
     return trainer, history
@@ -298,16 +302,20 @@ def _eval_suite(lm: LoadedModel, cfg: RMUConfig):
     return prepare_eval(lm, eval_config_from_preset(lm.preset, **overrides))
 
 
-def run_rmu(cfg: RMUConfig, *, progress: bool = True) -> Path:
-    """Train RMU on a freshly loaded model, evaluate before and after, and write the run folder."""
+def run_rmu(cfg: RMUConfig, *, lm: LoadedModel | None = None, progress: bool = True) -> Path:
+    """Train RMU on a freshly loaded model, evaluate before and after, and write the run folder.
+
+    A given `lm` (the demo's, so it loads once) is trained in place and has its original weights back
+    when this returns or fails."""
     import pandas as pd
 
     setup = setup_of(cfg)
     cfg = resolve_config(cfg, setup)
     check_rmu_flags(cfg)
     check_new_run("rmu-baseline", cfg.run_id, overwrite=cfg.overwrite)
-    lm = load_model(setup)
+    borrowed = lm is not None
     forget, retain, steps = load_batches(cfg)  # fail on missing corpora before any slow work
+    lm = lm or load_model(setup)
     cfg = absolute_coeff(lm, cfg, retain)
     identity = {"command": "rmu-baseline", **dataclasses.asdict(cfg), "model": setup.model.source,
                 "steps": steps}  # fmt: skip
@@ -317,23 +325,28 @@ def run_rmu(cfg: RMUConfig, *, progress: bool = True) -> Path:
         before = suite.run(lm.model, desc="before RMU") if suite else None
         with _progress(progress, steps) as on_step:
             trainer, history = train_rmu(lm, cfg, forget, retain, steps, on_step)
-        losses = pd.DataFrame(
-            [(i, h.forget, h.retain, cfg.forget_source[i % len(forget)]) for i, h in enumerate(history)],
-            columns=["step", "forget_loss", "retain_loss", "source"],
-        )
-        training = training_summary(cfg, text_config(lm.model).hidden_size, losses)
-        write_table(run_dir / "losses.csv", add_loss_ratios(losses, training))
-        write_json(run_dir / "training.json", training)
-        write_bytes(run_dir / "loss.png", loss_plot(losses))
-        meta = {"model": str(lm.source), "preset": str(setup.preset_name), "layer": str(cfg.layer)}
-        save_rmu_weights(run_dir / WEIGHTS_FILE, trainer.changed_weights(), meta)
-        if suite:
-            after = suite.run(lm.model, desc="after RMU")
-            write_table(run_dir / "questions_before.csv", before.questions)
-            write_table(run_dir / "questions_after.csv", after.questions)
-            write_json(
-                run_dir / "metrics.json", {"before": before.block, "after": after.block, "training": training}
+        try:
+            losses = pd.DataFrame(
+                [(i, h.forget, h.retain, cfg.forget_source[i % len(forget)]) for i, h in enumerate(history)],
+                columns=["step", "forget_loss", "retain_loss", "source"],
             )
+            training = training_summary(cfg, text_config(lm.model).hidden_size, losses)
+            write_table(run_dir / "losses.csv", add_loss_ratios(losses, training))
+            write_json(run_dir / "training.json", training)
+            write_bytes(run_dir / "loss.png", loss_plot(losses))
+            meta = {"model": str(lm.source), "preset": str(setup.preset_name), "layer": str(cfg.layer)}
+            save_rmu_weights(run_dir / WEIGHTS_FILE, trainer.changed_weights(), meta)
+            if suite:
+                after = suite.run(lm.model, desc="after RMU")
+                write_table(run_dir / "questions_before.csv", before.questions)
+                write_table(run_dir / "questions_after.csv", after.questions)
+                write_json(
+                    run_dir / "metrics.json",
+                    {"before": before.block, "after": after.block, "training": training},
+                )
+        finally:
+            if borrowed:  # the caller's model: its original weights back
+                trainer.restore()
     log.info("RMU run written to %s", run_dir)
     return run_dir
 
