@@ -314,8 +314,8 @@ def run_rmu(cfg: RMUConfig, *, lm: LoadedModel | None = None, progress: bool = T
     check_rmu_flags(cfg)
     check_new_run("rmu-baseline", cfg.run_id, overwrite=cfg.overwrite)
     borrowed = lm is not None
-    forget, retain, steps = load_batches(cfg)  # fail on missing corpora before any slow work
     lm = lm or load_model(setup)
+    forget, retain, steps = load_batches(cfg)  # fail on missing corpora before any slow work
     cfg = absolute_coeff(lm, cfg, retain)
     identity = {"command": "rmu-baseline", **dataclasses.asdict(cfg), "model": setup.model.source,
                 "steps": steps}  # fmt: skip
