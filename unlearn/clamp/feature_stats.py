@@ -174,8 +174,9 @@ def pass_key(
     name: str, model: nn.Module, sae: nn.Module, hook: str, chunks: list[list[int]], **settings
 ) -> dict:
     """What the pass `name` over `chunks` depends on: model and SAE weights (fingerprints, classes, the
-    SAE's config), dtype, device and attention implementation (they set the rounding), the hook, the exact token ids and the pass's
-    settings (batching sets the padding, which also sets the rounding)."""
+    SAE's config), dtype, device and attention implementation (`known.numerics`: they set the rounding),
+    the hook, the exact token ids and the pass's settings (batching sets the padding, which also sets the
+    rounding)."""
     from unlearn.eval.known import numerics, weight_fingerprint
 
     digest = hashlib.sha256(np.asarray([len(c) for c in chunks], dtype=np.int64).tobytes())
